@@ -1,0 +1,113 @@
+"""The `Broker` contract every adapter implements, and the consumer it hands out.
+
+The docstrings are the contract; `tests/conformance/` checks it on every adapter.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import AsyncIterator, Sequence
+
+from broker.message import Delivery, Message
+from broker.topology import Topology
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Counts for one queue: `ready` to deliver, `in_flight` handed to consumers and
+    not settled, `delayed` waiting out a retry delay, `dead_letters` in its DLQ.
+    A count is None where the broker cannot tell."""
+
+    queue: str
+    ready: int
+    in_flight: int | None
+    delayed: int | None
+    dead_letters: int
+
+
+class Consumer(ABC):
+    """Deliveries from one queue, as an async iterator. At most `prefetch` deliveries
+    are unsettled at once: iteration waits while that many are held.
+
+    `stop()` ends the iteration; deliveries already handed out can still be settled
+    (graceful shutdown). `close()` also returns every unsettled delivery to the queue,
+    at the front where the broker allows; settling one afterwards raises
+    `DeliveryReleased`. Leaving `async with` closes. Cancelling a task blocked in
+    `__anext__` loses nothing."""
+
+    def __aiter__(self) -> AsyncIterator[Delivery]:
+        return self
+
+    @abstractmethod
+    async def __anext__(self) -> Delivery: ...
+
+    @abstractmethod
+    def stop(self) -> None: ...
+
+    @abstractmethod
+    async def close(self) -> None: ...
+
+    async def __aenter__(self) -> "Consumer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+
+class Broker(ABC):
+    """A connection to one broker. Safe to share between tasks of one event loop.
+
+    Delivery is at least once: a consumer must expect duplicates. After `close()`,
+    `publish` and `consume` raise `BrokerClosed`."""
+
+    #: the URL this broker was opened with, password masked
+    url: str = ""
+
+    @abstractmethod
+    async def declare(self, topology: Topology) -> None:
+        """Create the topics, queues, subscriptions, retry and dead-letter plumbing.
+        Declaring the same topology twice is a no-op; a conflicting redeclaration
+        raises `TopologyError` naming the queue and the setting."""
+
+    @abstractmethod
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        """Fan the messages out to every queue subscribed to `topic`. Returns once the
+        broker has confirmed all of them; raises `PublishFailed` naming those it did not."""
+
+    @abstractmethod
+    async def send(self, queue: str, messages: Sequence[Message]) -> None:
+        """Put the messages straight into one queue, bypassing topics (replay, repair).
+        Confirmed like `publish`."""
+
+    @abstractmethod
+    def consume(self, queue: str, prefetch: int = 10) -> Consumer:
+        """Start consuming `queue`; see `Consumer`. Several consumers of one queue
+        compete: each message goes to one of them."""
+
+    @abstractmethod
+    async def stats(self, queue: str) -> QueueStats:
+        """Ready, in-flight and dead-letter counts of a declared queue."""
+
+    @abstractmethod
+    async def browse(self, queue: str, limit: int = 100) -> list[Message]:
+        """Up to `limit` ready messages of `queue`, oldest first, without consuming them."""
+
+    @abstractmethod
+    async def purge(self, queue: str) -> int:
+        """Drop every ready message of `queue`; returns how many."""
+
+    async def queue_names(self) -> list[str] | None:
+        """Every queue the broker holds (dead-letter queues included), or None where the
+        protocol cannot list them."""
+        return None
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Close consumers (returning what they held) and the connection. Idempotent."""
+
+    async def __aenter__(self) -> "Broker":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

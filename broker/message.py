@@ -1,0 +1,112 @@
+"""The message envelope and the delivery that carries it to a consumer."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from broker.errors import AlreadySettled
+
+HeaderValue = str | int | float | bool
+
+
+def new_message_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One event as it travels: the body is opaque bytes, everything else maps onto
+    native broker fields (AMQP basic properties, SNS/SQS message attributes), so plain
+    clients in any language can read what we publish and publish what we consume."""
+
+    topic: str
+    body: bytes
+    id: str = field(default_factory=new_message_id)
+    content_type: str = "application/json"
+    type: str | None = None
+    headers: Mapping[str, HeaderValue] = field(default_factory=dict)
+    correlation_id: str | None = None
+    causation_id: str | None = None
+    ordering_key: str | None = None
+    created_at: datetime = field(default_factory=utcnow)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.body, (bytes, bytearray, memoryview)):
+            raise TypeError(f"Message.body must be bytes, not {type(self.body).__name__}")
+        if not self.topic:
+            raise ValueError("Message.topic must not be empty")
+        object.__setattr__(self, "body", bytes(self.body))
+        object.__setattr__(self, "headers", dict(self.headers))
+
+    def evolve(self, **changes: Any) -> "Message":
+        return replace(self, **changes)
+
+
+class Delivery:
+    """A received message, the queue it came from and its attempt number (1 on first
+    delivery). It must be settled exactly once, by `ack`, `retry` or `dead_letter`;
+    a second settlement raises `AlreadySettled`. An unsettled delivery goes back to the
+    queue when its consumer closes or its process dies (at-least-once).
+
+    Adapters subclass it and implement `_ack`, `_retry` and `_dead_letter`."""
+
+    __slots__ = ("message", "queue", "attempt", "_settled")
+
+    def __init__(self, message: Message, queue: str, attempt: int) -> None:
+        self.message = message
+        self.queue = queue
+        self.attempt = attempt
+        self._settled: str | None = None
+
+    @property
+    def settled(self) -> str | None:
+        """How the delivery was settled ('ack', 'retry', 'dead_letter'), or None."""
+        return self._settled
+
+    def _claim(self, how: str) -> None:
+        if self._settled is not None:
+            raise AlreadySettled(
+                f"message {self.message.id} on {self.queue!r} was already settled by {self._settled}"
+            )
+        self._settled = how
+
+    async def ack(self) -> None:
+        """The message was handled: remove it from the queue."""
+        self._claim("ack")
+        await self._ack()
+
+    async def retry(self, delay: float = 0.0) -> None:
+        """Deliver the message again after `delay` seconds with attempt + 1. Past the
+        queue's max attempts the broker dead-letters it instead."""
+        if delay < 0:
+            raise ValueError(f"retry delay must be >= 0, got {delay}")
+        self._claim("retry")
+        await self._retry(delay)
+
+    async def dead_letter(self, reason: str, error: BaseException | None = None) -> None:
+        """Move the message to the queue's dead-letter queue, body and headers intact,
+        with `reason` (and the error's type, text and traceback) stamped on it."""
+        self._claim("dead_letter")
+        await self._dead_letter(reason, error)
+
+    async def _ack(self) -> None:
+        raise NotImplementedError
+
+    async def _retry(self, delay: float) -> None:
+        raise NotImplementedError
+
+    async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return (
+            f"<{type(self).__name__} {self.message.id} queue={self.queue!r} "
+            f"attempt={self.attempt} settled={self._settled}>"
+        )

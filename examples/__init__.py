@@ -1,0 +1,1 @@
+"""Reference applications built on mailbag; not part of the library."""

@@ -1,0 +1,1 @@
+"""The order flow of the user's story: orders -> inventory -> payment -> notification."""

@@ -1,0 +1,38 @@
+"""The public face of mailbag: the names applications import, and the `mailbag`
+command line (`mailbag.cli`). It holds no business logic of the layers below.
+
+    from mailbag import App, Context, connect
+"""
+
+from broker import (
+    Broker,
+    BrokerError,
+    Delivery,
+    Message,
+    Queue,
+    RetryPolicy,
+    Subscription,
+    Topology,
+    connect,
+    mask_url,
+)
+from workers import App, Context, Middleware, Reject, RetryLater, Worker
+
+__all__ = [
+    "App",
+    "Broker",
+    "BrokerError",
+    "Context",
+    "Delivery",
+    "Message",
+    "Middleware",
+    "Queue",
+    "Reject",
+    "RetryLater",
+    "RetryPolicy",
+    "Subscription",
+    "Topology",
+    "Worker",
+    "connect",
+    "mask_url",
+]

@@ -1,0 +1,42 @@
+"""The `mailbag` command line. Each command lives in its own module and registers its
+sub-parser; `COMMANDS` is the one list of them."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+from mailbag.cli import demo, publish, queues, topology, worker
+from mailbag.cli.common import CliError, Parser, report
+from broker import BrokerError
+
+COMMANDS = [demo, worker, publish, queues, topology]
+
+
+def build_parser() -> Parser:
+    parser = Parser(
+        prog="mailbag",
+        description="Work queues on RabbitMQ, SNS/SQS or in memory: run workers, publish, inspect.",
+    )
+    subs = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    subs.required = True
+    for module in COMMANDS:
+        module.register(subs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        result = args.run(args)
+        if asyncio.iscoroutine(result):
+            result = asyncio.run(result)
+        return int(result or 0)
+    except KeyboardInterrupt:
+        return 130
+    except (CliError, BrokerError, OSError) as exc:
+        return report(exc)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

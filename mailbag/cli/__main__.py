@@ -1,0 +1,5 @@
+import sys
+
+from mailbag.cli import main
+
+sys.exit(main())

@@ -1,0 +1,62 @@
+"""What every command shares: the `--broker` option, loading `MODULE:APP`, and turning
+errors into one line on stderr with exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Any, NoReturn
+
+from workers import App
+
+DEFAULT_BROKER = "memory://"
+
+
+class CliError(Exception):
+    """A user mistake: printed as one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def report(exc: BaseException) -> int:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    print(f"mailbag: error: {text}", file=sys.stderr)
+    return 2
+
+
+def add_broker_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--broker",
+        metavar="URL",
+        default=os.environ.get("MAILBAG_BROKER_URL", DEFAULT_BROKER),
+        help="broker URL: memory://, amqp://user:pass@host/vhost, sqs://?region=... "
+        "(default: $MAILBAG_BROKER_URL, else memory://)",
+    )
+
+
+def load_app(spec: str) -> App:
+    """Import `MODULE:ATTRIBUTE` and check it is an App (the current directory is importable)."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise CliError(f"app must be given as MODULE:APP, got {spec!r}")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise CliError(f"cannot import module {module_name!r}: {exc}") from None
+    try:
+        app: Any = getattr(module, attr)
+    except AttributeError:
+        raise CliError(f"module {module_name!r} has no attribute {attr!r}") from None
+    if callable(app) and not isinstance(app, App):
+        app = app()
+    if not isinstance(app, App):
+        raise CliError(f"{spec} is a {type(app).__name__}, not a mailbag App")
+    return app
+

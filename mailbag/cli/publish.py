@@ -1,0 +1,68 @@
+"""`mailbag publish TOPIC BODY`: publish messages and print their ids."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from broker import Message, Topology, connect
+from broker.codec import JSON
+from mailbag.cli.common import CliError, add_broker_option
+
+
+def register(subs: argparse._SubParsersAction) -> None:
+    p = subs.add_parser("publish", help="publish messages to a topic and print their ids")
+    p.add_argument("topic", metavar="TOPIC")
+    p.add_argument("body", metavar="BODY", help="the message body (JSON is sent as application/json); - reads JSON lines from stdin")
+    add_broker_option(p)
+    p.add_argument("--key", metavar="K", help="ordering key")
+    p.add_argument("--header", action="append", default=[], metavar="k=v", help="a header (repeat)")
+    p.add_argument("--count", type=int, default=1, metavar="N", help="publish the body N times")
+    p.set_defaults(run=run)
+
+
+def _headers(pairs: list[str]) -> dict[str, str]:
+    headers = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise CliError(f"--header must look like key=value, got {pair!r}")
+        headers[key] = value
+    return headers
+
+
+def _bodies(body: str, count: int) -> list[tuple[bytes, str]]:
+    if count < 1:
+        raise CliError("--count must be at least 1")
+    if body != "-":
+        return [_typed(body)] * count
+    lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
+    for n, line in enumerate(lines, 1):
+        try:
+            json.loads(line)
+        except ValueError as exc:
+            raise CliError(f"stdin line {n} is not JSON: {exc}") from None
+    return [(line.encode(), JSON) for line in lines] * count
+
+
+def _typed(body: str) -> tuple[bytes, str]:
+    try:
+        json.loads(body)
+    except ValueError:
+        return body.encode(), "text/plain"
+    return body.encode(), JSON
+
+
+async def run(args: argparse.Namespace) -> int:
+    headers = _headers(args.header)
+    messages = [
+        Message(args.topic, body, content_type=ctype, headers=headers, ordering_key=args.key)
+        for body, ctype in _bodies(args.body, args.count)
+    ]
+    async with await connect(args.broker) as broker:
+        await broker.declare(Topology(topics=(args.topic,)))
+        await broker.publish(args.topic, messages)
+    for m in messages:
+        print(m.id)
+    return 0

@@ -1,0 +1,42 @@
+"""`mailbag queues`: ready / in-flight / delayed / dead-letter counts per queue."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+
+from rich.console import Console
+from rich.table import Table
+
+from broker import connect
+from mailbag.cli.common import CliError, add_broker_option, load_app
+
+
+def register(subs: argparse._SubParsersAction) -> None:
+    p = subs.add_parser("queues", help="list queues with ready / in-flight / dead-letter counts")
+    add_broker_option(p)
+    p.add_argument("--app", metavar="MODULE:APP", help="the app whose queues to list")
+    p.add_argument("--queue", action="append", default=[], metavar="Q", help="a queue to list (repeat)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.set_defaults(run=run)
+
+
+async def run(args: argparse.Namespace) -> int:
+    names = list(args.queue)
+    if args.app:
+        names += [q for q in load_app(args.app).queues if q not in names]
+    async with await connect(args.broker) as broker:
+        if not names:
+            names = await broker.queue_names()
+            if names is None:
+                raise CliError("this broker cannot list its queues; name them with --app MODULE:APP or --queue Q")
+        stats = [await broker.stats(name) for name in names]
+    if args.json:
+        print(json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
+        return 0
+    table = Table("queue", "ready", "in flight", "delayed", "dead letters")
+    for s in stats:
+        table.add_row(s.queue, *("?" if v is None else str(v) for v in (s.ready, s.in_flight, s.delayed, s.dead_letters)))
+    Console().print(table)
+    return 0

@@ -1,0 +1,65 @@
+"""The command line, run as a user runs it: a subprocess, its exit status and output."""
+
+import subprocess
+import sys
+
+import pytest
+
+
+def mailbag(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mailbag.cli", *args], input=stdin, capture_output=True, text=True, timeout=60, env=env
+    )
+
+
+def test_help_lists_every_command():
+    out = mailbag("--help").stdout
+    for command in ("demo", "worker", "publish", "queues", "topology"):
+        assert command in out
+
+
+def test_demo_runs_the_order_flow_and_one_payment_fails():
+    result = mailbag("demo")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "card declined" in out and "released the reservation" in out
+    assert "2 confirmed, 1 cancelled" in out
+    assert out.count("customer told") == 3
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("queues", "--broker", "kafka://u:hunter2@host"), "unknown broker URL scheme 'kafka'"),
+        (("worker", "no_such_module:app"), "cannot import module 'no_such_module'"),
+        (("worker", "justamodule"), "MODULE:APP"),
+        (("publish", "t", "{}", "--header", "oops"), "key=value"),
+        (("publish", "t", "{}", "--count", "x"), "invalid int value"),
+        (("demo", "--orders", "0"), "--orders must be at least 1"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_exit_2(args, says):
+    result = mailbag(*args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert says in lines[0]
+    assert "hunter2" not in result.stderr + result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_publish_prints_one_id_per_message_and_reads_json_lines_from_stdin():
+    result = mailbag("publish", "orders", "-", "--key", "k", stdin='{"a": 1}\n{"a": 2}\n')
+    assert result.returncode == 0, result.stderr
+    ids = result.stdout.split()
+    assert len(ids) == 2 and len(set(ids)) == 2
+
+
+def test_queues_json_and_topology_apply_on_memory():
+    result = mailbag("topology", "apply", "examples.orders.app:app")
+    assert result.returncode == 0, result.stderr
+    assert "queue(s)" in result.stdout
+    # a memory:// broker lives in one process: a new one holds no queues
+    result = mailbag("queues", "--json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -1,0 +1,95 @@
+"""What the conformance suite needs from a backend, and helpers its tests share.
+
+A backend joins the suite by adding a `backend_<name>.py` module beside this one
+that defines `BACKENDS`, a list of `Backend`. Nothing else changes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, AsyncContextManager, Awaitable, Callable
+
+from broker import Broker, Delivery, Queue, RetryPolicy, Subscription, Topology
+from broker.base import Consumer
+
+
+@dataclass(frozen=True)
+class Features:
+    #: test time is under the suite's control (a manual clock): a delay can be checked
+    #: to hold exactly, and `advance` makes it pass at once
+    manual_clock: bool = False
+    #: settings applied to every queue the suite declares (e.g. kind="quorum", ordered=True)
+    queue_defaults: dict[str, Any] = field(default_factory=dict)
+    #: shortest retry delay the broker honours, in seconds
+    min_delay: float = 0.0
+
+
+@dataclass
+class Env:
+    broker: Broker
+    features: Features
+    advance: Callable[[float], Awaitable[None]]
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    def name(self, base: str) -> str:
+        return f"t{self.run_id}-{base}"
+
+    def queue(self, base: str, *subscriptions: str | Subscription, **settings: Any) -> Queue:
+        merged = {**self.features.queue_defaults, **settings}
+        return Queue(self.name(base), subscriptions, **merged)
+
+    async def declare(self, *queues: Queue, topics: tuple[str, ...] = ()) -> Topology:
+        topology = Topology(queues=queues, topics=topics)
+        await self.broker.declare(topology)
+        return topology
+
+    def policy(self, max_attempts: int = 3) -> RetryPolicy:
+        d = self.features.min_delay
+        return RetryPolicy(max_attempts=max_attempts, initial_delay=d, multiplier=1.0, max_delay=d)
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str
+    open: Callable[[], AsyncContextManager[Env]]
+
+
+async def next_delivery(consumer: Consumer, timeout: float = 15.0) -> Delivery:
+    return await asyncio.wait_for(anext(consumer), timeout)
+
+
+async def nothing_within(consumer: Consumer, seconds: float) -> bool:
+    """True if the consumer yields nothing for `seconds` (cancelling the wait loses nothing)."""
+    try:
+        d = await asyncio.wait_for(anext(consumer), seconds)
+    except (asyncio.TimeoutError, StopAsyncIteration):
+        return True
+    await d.retry(0)
+    return False
+
+
+async def drain(consumer: Consumer, count: int, timeout: float = 30.0) -> list[Delivery]:
+    """Take `count` deliveries, acking each."""
+    got = []
+
+    async def run() -> None:
+        async for d in consumer:
+            got.append(d)
+            await d.ack()
+            if len(got) == count:
+                return
+
+    await asyncio.wait_for(run(), timeout)
+    return got
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], timeout: float = 15.0, what: str = "") -> None:
+    """Poll `check` until true or fail after `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or check}")
+        await asyncio.sleep(0.02)

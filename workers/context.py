@@ -1,0 +1,66 @@
+"""What a handler sees of its delivery, and how it publishes follow-up events."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from broker import Broker, Delivery, Message
+from broker.codec import encode
+
+
+class Context:
+    """The delivery behind a handler call. `publish` carries the correlation id over
+    and records this message as the cause, so a flow can be followed across services."""
+
+    __slots__ = ("delivery", "payload", "handler", "_broker", "extras")
+
+    def __init__(self, delivery: Delivery, broker: Broker, handler: Any, payload: Any = None) -> None:
+        self.delivery = delivery
+        self.payload = payload
+        self.handler = handler
+        self._broker = broker
+        #: a place for middleware to leave things for handlers (e.g. a transaction)
+        self.extras: dict[str, Any] = {}
+
+    @property
+    def message(self) -> Message:
+        return self.delivery.message
+
+    @property
+    def message_id(self) -> str:
+        return self.delivery.message.id
+
+    @property
+    def correlation_id(self) -> str:
+        return self.delivery.message.correlation_id or self.delivery.message.id
+
+    @property
+    def attempt(self) -> int:
+        return self.delivery.attempt
+
+    @property
+    def queue(self) -> str:
+        return self.delivery.queue
+
+    def follow_up(
+        self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
+    ) -> Message:
+        """The message `publish` would send: correlated with, and caused by, this one."""
+        body, content_type, type_name = encode(payload)
+        return Message(
+            topic=topic,
+            body=body,
+            content_type=content_type,
+            type=type_name,
+            headers=dict(headers or {}),
+            correlation_id=self.correlation_id,
+            causation_id=self.message_id,
+            ordering_key=key,
+        )
+
+    async def publish(
+        self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
+    ) -> str:
+        message = self.follow_up(topic, payload, key=key, headers=headers)
+        await self._broker.publish(topic, [message])
+        return message.id
