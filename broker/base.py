@@ -76,9 +76,12 @@ class Broker(ABC):
         broker has confirmed all of them; raises `PublishFailed` naming those it did not."""
 
     @abstractmethod
-    async def send(self, queue: str, messages: Sequence[Message]) -> None:
+    async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         """Put the messages straight into one queue, bypassing topics (replay, repair).
-        Confirmed like `publish`."""
+        Confirmed like `publish`. With `delay` > 0 they become deliverable only after
+        that many seconds. Each is a new message to the broker: its attempt starts at 1
+        (the worker puts a message back this way when it must wait without using up an
+        attempt)."""
 
     @abstractmethod
     def consume(self, queue: str, prefetch: int = 10) -> Consumer:

@@ -105,9 +105,17 @@ class MemoryBroker(Broker):
                     state.ready.append(_Entry(m))
             state.notify()
 
-    async def send(self, queue: str, messages: Sequence[Message]) -> None:
+    async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         self._check_open()
+        if delay < 0:
+            raise ValueError(f"send delay must be >= 0, got {delay}")
         state = self._state(queue)
+        if delay > 0:
+            due = self.clock.now() + delay
+            for m in messages:
+                heapq.heappush(state.delayed, (due, next(self._seq), _Entry(m)))
+            self._arm_timer()
+            return
         state.ready.extend(_Entry(m) for m in messages)
         state.notify()
 
@@ -333,9 +341,6 @@ class _MemoryConsumer(Consumer):
         self._stopped = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-
-    async def queue_names(self) -> list[str]:
-        return sorted(self._queues)
 
     async def close(self) -> None:
         if self._closed:

@@ -2,4 +2,28 @@
 list / show / replay / purge / export operations, on every broker.
 
 It works through the `broker` contract only, never through a broker SDK.
+
+    dead = DeadLetters(broker, "inventory.reserve")
+    for record in await dead.ls():
+        print(record.id, record.reason, record.attempts)
+    await dead.replay(where='error_type == "TimeoutError"', rate=50)
 """
+
+from dlq.operations import DeadLetters, ExportFileError, NotInQueue, dump, load, replay_file
+from dlq.record import FIELD_NAMES, DeadLetter
+from dlq.sweep import SweepResult
+from dlq.where import Where, WhereError
+
+__all__ = [
+    "FIELD_NAMES",
+    "DeadLetter",
+    "DeadLetters",
+    "ExportFileError",
+    "NotInQueue",
+    "SweepResult",
+    "Where",
+    "WhereError",
+    "dump",
+    "load",
+    "replay_file",
+]

@@ -6,6 +6,7 @@ from typing import Any, Mapping
 
 from broker import Broker, Delivery, Message
 from broker.codec import encode
+from workers.attempts import attempt_of
 
 
 class Context:
@@ -36,7 +37,14 @@ class Context:
 
     @property
     def attempt(self) -> int:
-        return self.delivery.attempt
+        """1 on the first try; postponements (open circuit, running duplicate) do not count."""
+        return attempt_of(self.delivery)
+
+    @property
+    def transaction(self) -> Any:
+        """The database connection whose open transaction also records this message as
+        handled (handlers registered with `transactional=True`); None otherwise."""
+        return self.extras.get("transaction")
 
     @property
     def queue(self) -> str:

@@ -1,13 +1,23 @@
-"""Exceptions a handler raises to choose its message's fate explicitly."""
+"""Exceptions a handler (or a middleware) raises to choose its message's fate explicitly."""
 
 
 class Reject(Exception):
-    """Dead-letter this message now, with this reason; retrying cannot help."""
+    """Dead-letter this message now, with this reason; retrying cannot help. Raised
+    `from` an error, that error's type, text and traceback go into the dead letter."""
 
 
 class RetryLater(Exception):
-    """Put the message back for `delay` seconds (a dependency is down, not the message)."""
+    """Put the message back for `delay` seconds; this try counts as an attempt."""
 
     def __init__(self, delay: float, reason: str = "retry later") -> None:
+        super().__init__(reason)
+        self.delay = delay
+
+
+class Postpone(Exception):
+    """Put the message back for `delay` seconds without using up an attempt: the
+    message was never tried (a circuit is open, a duplicate is still running)."""
+
+    def __init__(self, delay: float, reason: str = "postponed") -> None:
         super().__init__(reason)
         self.delay = delay

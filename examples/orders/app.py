@@ -1,5 +1,13 @@
-"""The order flow as a runnable app: `mailbag worker examples.orders.app:app`."""
+"""The order flow as runnable apps:
 
-from examples.orders.choreography import Timeline, build_app
+    mailbag worker examples.orders.app:app            # choreography, all four services
+    mailbag worker examples.orders.app:participants   # the services as saga participants
+    python -m examples.orders.orchestrator            # the saga orchestrator
+"""
 
-app = build_app(Timeline())
+from examples.orders.choreography import build_app
+from examples.orders.saga import build_participants, order_saga
+from examples.orders.services import Shop
+
+app = build_app(Shop())
+participants = build_participants(Shop(), order_saga())

@@ -1,26 +1,44 @@
-"""`mailbag demo`: the order flow of the user's story, end to end, with a timeline."""
+"""`mailbag demo`: the order flow of the user's story, end to end, with a timeline:
+as a choreography of events, or as an orchestrated saga with compensation."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import tempfile
+from pathlib import Path
 
-from broker import connect, mask_url
-from broker.codec import encode
-from broker.message import Message
-from examples.orders.choreography import Timeline, build_app
-from examples.orders.events import TOPICS, Item, OrderPlaced
+from broker import Broker, connect, mask_url
+from examples.orders.choreography import build_app, place_order
+from examples.orders.events import Topics
+from examples.orders.saga import build_participants, order_saga
+from examples.orders.services import Payments, Shop, sample_orders
+from examples.orders.timeline import Timeline
 from mailbag.cli.common import CliError, add_broker_option
 from workers import Worker
+from workers.saga import Orchestrator
+from workers.saga_store import open_store
 
 
 def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("demo", help="run the order flow (orders -> inventory -> payment -> notification)")
+    p = subs.add_parser(
+        "demo", help="run the order flow (orders -> inventory -> payment -> notification) as events or as a saga"
+    )
     add_broker_option(p)
     p.add_argument("--orders", type=int, default=3, metavar="N", help="how many orders to place (default 3)")
     p.add_argument(
-        "--fail-payment-every", type=int, default=3, metavar="K", help="decline the payment of every K-th order"
+        "--fail-payment-every", type=int, default=3, metavar="K",
+        help="decline the payment of every K-th order (default 3; 0 never)",
     )
+    p.add_argument(
+        "--mode", choices=("choreography", "saga"), default="choreography",
+        help="services reacting to each other's events, or a saga orchestrator sending commands",
+    )
+    p.add_argument(
+        "--store", metavar="URL",
+        help="saga state store: sqlite:///file.db or postgresql://... (default: a SQLite file in a temporary directory)",
+    )
+    p.add_argument("--prefix", default="", help="prefix for every topic and queue name, to keep runs apart")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
     p.set_defaults(run=run)
 
@@ -28,32 +46,51 @@ def register(subs: argparse._SubParsersAction) -> None:
 async def run(args: argparse.Namespace) -> int:
     if args.orders < 1:
         raise CliError("--orders must be at least 1")
-    timeline = Timeline(expected=args.orders)
-    app = build_app(timeline, fail_payment_every=args.fail_payment_every)
-    print(f"broker: {mask_url(args.broker)}")
+    if args.fail_payment_every < 0:
+        raise CliError("--fail-payment-every must be 0 (never) or more")
+    shop = Shop(payments=Payments(fail_every=args.fail_payment_every), timeline=Timeline(expected=args.orders))
+    topics = Topics(args.prefix)
+    print(f"broker: {mask_url(args.broker)}  mode: {args.mode}")
     async with await connect(args.broker) as broker:
-        async with Worker(app, broker, concurrency=8):
-            orders = [
-                OrderPlaced(
-                    order_id=f"order-{n}",
-                    items=[Item(sku="book", quantity=n), Item(sku="pen", quantity=1)],
-                    amount_cents=1250 * n,
-                    address=f"{n} Queue Street",
-                )
-                for n in range(1, args.orders + 1)
-            ]
-            for order in orders:
-                body, ctype, type_name = encode(order)
-                message = Message(TOPICS["placed"], body, content_type=ctype, type=type_name, ordering_key=order.order_id)
-                timeline.record("orders", order.order_id, f"placed, {len(order.items)} line(s)")
-                await broker.publish(TOPICS["placed"], [message])
-            try:
-                await asyncio.wait_for(timeline.all_done.wait(), args.timeout)
-            except asyncio.TimeoutError:
-                raise CliError(f"the flow did not finish within {args.timeout:g}s") from None
-    for at, service, order_id, what in timeline.entries:
-        print(f"{at * 1000:8.1f} ms  {service:<12} {order_id:<10} {what}")
-    confirmed = sum(1 for s in timeline.finished.values() if s == "confirmed")
-    held = ", ".join(f"{sku}={n}" for sku, n in sorted(timeline.reserved.items()))
-    print(f"{confirmed} confirmed, {len(timeline.finished) - confirmed} cancelled; stock reserved: {held}")
+        if args.mode == "choreography":
+            await _choreography(broker, shop, topics, args)
+        else:
+            await _saga(broker, shop, topics, args)
+    print("\n".join(shop.timeline.lines()))
+    orders = shop.orders
+    held = ", ".join(f"{sku}={n}" for sku, n in sorted(shop.inventory.reserved.items())) or "none"
+    print(f"{orders.count('confirmed')} confirmed, {orders.count('cancelled')} cancelled; stock reserved: {held}")
     return 0
+
+
+async def _choreography(broker: Broker, shop: Shop, topics: Topics, args: argparse.Namespace) -> None:
+    async with Worker(build_app(shop, topics), broker, concurrency=8):
+        for order in sample_orders(args.orders):
+            await place_order(broker, shop, order, topics)
+        await _until_everyone_told(shop, args.timeout)
+
+
+async def _saga(broker: Broker, shop: Shop, topics: Topics, args: argparse.Namespace) -> None:
+    saga = order_saga(topics)
+    with tempfile.TemporaryDirectory(prefix="mailbag-demo-") as scratch:
+        try:
+            store = await open_store(args.store or f"sqlite:///{Path(scratch) / 'sagas.db'}")
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        try:
+            async with Worker(build_participants(shop, saga, topics), broker, concurrency=8):
+                listener = lambda state, what: shop.timeline.record("saga", state.id, what)  # noqa: E731
+                async with Orchestrator(saga, store, broker, listener=listener) as orchestrator:
+                    for order in sample_orders(args.orders):
+                        shop.timeline.record("orders", order.order_id, f"created, {order.amount_cents / 100:.2f}")
+                        await orchestrator.begin(order.order_id, order.model_dump(mode="json"))
+                    await _until_everyone_told(shop, args.timeout)
+        finally:
+            await store.close()
+
+
+async def _until_everyone_told(shop: Shop, timeout: float) -> None:
+    try:
+        await asyncio.wait_for(shop.timeline.all_told.wait(), timeout)
+    except asyncio.TimeoutError:
+        raise CliError(f"the flow did not finish within {timeout:g}s") from None

@@ -1,54 +1,58 @@
-"""`mailbag worker MODULE:APP`: run an app's handlers until SIGINT or SIGTERM."""
+"""`mailbag worker MODULE:APP`: run an app's handlers until SIGINT or SIGTERM.
+
+Settings come from `MAILBAG_*` environment variables (see `workers.WorkerSettings`);
+flags given on the command line win over them."""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import logging
-import signal
 
-from broker import connect, mask_url
-from mailbag.cli.common import add_broker_option, load_app
-from workers import Worker
+from pydantic import ValidationError
 
-log = logging.getLogger("mailbag.worker")
+from broker import connect
+from mailbag.cli.common import CliError, add_broker_option, load_app
+from workers import Worker, WorkerSettings
+from workers import logs
+from workers.shutdown import serve
 
 
 def register(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("worker", help="run an app's handlers until SIGINT/SIGTERM")
     p.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.handlers:app")
     add_broker_option(p)
-    p.add_argument("--concurrency", type=int, default=10, metavar="N", help="handlers in flight at once")
-    p.add_argument("--prefetch", type=int, default=None, metavar="N", help="unsettled deliveries per queue")
-    p.add_argument("--queue", action="append", default=None, metavar="Q", help="consume only this queue (repeat)")
-    p.add_argument("--grace-period", type=float, default=30.0, metavar="S", help="time in-flight handlers get to finish")
+    p.add_argument("--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 10)")
+    p.add_argument("--prefetch", type=int, metavar="N", help="unsettled deliveries per queue ($MAILBAG_PREFETCH, 2 x concurrency)")
+    p.add_argument("--queue", action="append", metavar="Q", help="consume only this queue; repeat for more ($MAILBAG_QUEUES)")
+    p.add_argument(
+        "--grace-period", type=float, metavar="S", help="seconds in-flight handlers get on shutdown ($MAILBAG_GRACE_PERIOD, 30)"
+    )
     p.set_defaults(run=run)
 
 
+def settings_from(args: argparse.Namespace) -> WorkerSettings:
+    """The environment's settings with the flags given on top; one line on a bad value."""
+    flags = {
+        "broker_url": args.broker,
+        "concurrency": args.concurrency,
+        "prefetch": args.prefetch,
+        "queues": tuple(args.queue) if args.queue else None,
+        "grace_period": args.grace_period,
+    }
+    try:
+        return WorkerSettings(**{k: v for k, v in flags.items() if v is not None})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]) if first["loc"] else "settings"
+        raise CliError(f"bad worker setting {name}: {first['msg']}") from None
+
+
 async def run(args: argparse.Namespace) -> int:
+    settings = settings_from(args)
     app = load_app(args.app)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    signals = 0
-
-    def on_signal() -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            raise SystemExit(1)  # a second signal forces exit
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal)
-    async with await connect(args.broker) as broker:
-        worker = Worker(
-            app, broker, concurrency=args.concurrency, prefetch=args.prefetch, queues=args.queue,
-            grace_period=args.grace_period,
-        )
-        await worker.start()
-        log.info("worker for %s consuming %s on %s", app.name, ", ".join(worker.queues), mask_url(args.broker))
-        await stop.wait()
-        log.info("stopping: finishing in-flight handlers (grace %ss)", args.grace_period)
-        await worker.stop()
-    return 0
+    logs.configure(settings.log_level)
+    async with await connect(settings.broker_url) as broker:
+        try:
+            worker = Worker(app, broker, settings=settings)
+        except ValueError as exc:
+            raise CliError(str(exc)) from None
+        return await serve(worker)

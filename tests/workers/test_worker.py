@@ -1,4 +1,4 @@
-"""The minimal worker: settlement follows the handler's outcome."""
+"""Settlement follows the handler's outcome."""
 
 import asyncio
 
@@ -9,7 +9,7 @@ from broker import headers as h
 from broker.clock import ManualClock
 from broker.memory import MemoryBroker
 from tests.conformance.env import eventually
-from workers import App, Context, Reject, Worker
+from workers import App, Context, Reject, Worker, WorkerSettings
 
 
 class Order(BaseModel):
@@ -70,7 +70,7 @@ async def test_an_exception_is_retried_with_backoff_then_dead_lettered_with_its_
         tried.set()
         raise RuntimeError(f"warehouse offline (attempt {ctx.attempt})")
 
-    async with Worker(app, broker):
+    async with Worker(app, broker, settings=WorkerSettings(retry_jitter=False)):
         await broker.publish("orders", [order("orders", b"{}")])
         for expected, backoff in ((1, 10), (2, 20)):
             await asyncio.wait_for(tried.wait(), 5)

@@ -1,9 +1,17 @@
 """Middleware: a plain chain of callables around the handler.
 
-A middleware is `async def mw(ctx, call_next) -> result`: it may act before and after
-`await call_next(ctx)`, change the outcome, or not call it at all. The first in the
-list runs outermost. What the chain returns or raises decides the settlement
-(see `workers.runtime`).
+The protocol, in full: a middleware is any `async def mw(ctx, call_next) -> result`
+(a function or an object with that `__call__`). It may act before and after
+`await call_next(ctx)`, change the result, raise, or not call `call_next` at all.
+The first in the list runs outermost. A middleware may also define
+`applies_to(handler) -> bool`: where it says False (say, a timeout for a handler
+without one) that handler's chain leaves it out. What comes out of the chain decides the
+settlement (see `workers.runtime`): a result acks; `Reject` dead-letters; `RetryLater`
+retries and counts an attempt; `Postpone` puts the message back without counting one.
+
+The built-ins live one per module (`correlation`, `idempotency`, `retry`, `breaker`,
+`timeout`); `workers.middleware.defaults` is the one list that puts them in order.
+An app's own middleware runs innermost, right around the handler.
 """
 
 from __future__ import annotations
@@ -20,8 +28,13 @@ class Middleware(Protocol):
     async def __call__(self, ctx: Context, call_next: Call) -> Any: ...
 
 
-def chain(middlewares: Sequence[Middleware], innermost: Call) -> Call:
+def chain(middlewares: Sequence[Middleware], innermost: Call, handler: Any = None) -> Call:
+    """`innermost` wrapped in `middlewares`, the first outermost; for `handler`, those
+    whose `applies_to(handler)` is False are left out."""
     call = innermost
     for mw in reversed(middlewares):
+        applies_to = getattr(mw, "applies_to", None)
+        if handler is not None and applies_to is not None and not applies_to(handler):
+            continue
         call = partial(mw, call_next=call)
     return call

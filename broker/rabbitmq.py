@@ -1,0 +1,621 @@
+"""The RabbitMQ adapter (`amqp://`, `amqps://`) on aio-pika.
+
+One robust connection per broker; it reconnects by itself and consumers resume on it.
+Publishing goes through one channel with publisher confirms, pipelined: every message
+of a call is in flight at once and the call returns when the broker has confirmed
+them all. `mandatory` is set, so a message no queue takes comes back and the call
+fails naming it (aio-pika hands a returned message back as a result, it does not
+raise). What a dropped connection left unconfirmed is sent again once it is back (a
+duplicate at worst); a publish fails only when nothing moved for `publish_timeout`.
+Each consumer has a channel of its own with `prefetch` as its QoS.
+
+Settlement:
+- `ack` acks;
+- `retry(delay)` publishes a copy carrying attempt + 1 to the retry queue of that delay
+  (declared on first use when the policy did not name it; delays are whole
+  milliseconds) or, for no delay, to the back of the work queue, and acks the original
+  only once the copy is confirmed: a crash in between duplicates, never loses;
+- on an ordered queue `retry` keeps the message unacked in the consumer and hands it
+  out again after the delay, ahead of the rest of its key, which waits;
+- `dead_letter` publishes a stamped copy to the dead-letter queue, then acks;
+- a retry past the queue's max attempts dead-letters with `DELIVERY_LIMIT_EXCEEDED`,
+  and so does the consumer for a message that arrives past it (a crash loop); a quorum
+  queue's `x-delivery-limit` stops a crash loop even when no consumer of ours sees it.
+
+Settlements that publish run to the end even when the calling task is cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from typing import Any, Awaitable, Sequence
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from broker import headers as h
+from broker.base import Broker, Consumer, QueueStats
+from broker.errors import (
+    BrokerClosed,
+    BrokerUnavailable,
+    DeliveryReleased,
+    PublishFailed,
+    TopologyError,
+    UnknownQueue,
+    UnknownTopic,
+)
+from broker.message import Delivery, Message
+from broker.rabbitmq_marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
+from broker.rabbitmq_topology import declare_retry_queue, declare_topology, delay_ms, retry_queue_name
+from broker.topology import Queue, Topology
+from broker.url import mask_url
+
+log = logging.getLogger("mailbag.broker.rabbitmq")
+
+#: how often a publish sends again what a dropped connection lost
+_PUBLISH_ROUNDS = 3
+
+#: errors that mean the connection or channel went away under an operation
+_GONE = (
+    aiormq.exceptions.AMQPError,
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    asyncio.TimeoutError,
+)
+
+
+class RabbitBroker(Broker):
+    """A broker on one robust aio-pika connection; see the module docstring."""
+
+    def __init__(self, url: str, connection: AbstractRobustConnection, channel: Any, publish_timeout: float) -> None:
+        self.url = mask_url(url)
+        self._connection = connection
+        self._channel = channel
+        self._publish_timeout = publish_timeout
+        self._specs: dict[str, Queue] = {}
+        self._dead_letter_queues: set[str] = set()
+        self._topics: set[str] = set()
+        self._known_queues: set[str] = set()
+        self._retry_queues: set[str] = set()
+        self._consumers: set[_RabbitConsumer] = set()
+        self._closed = False
+
+    # -- contract -------------------------------------------------------------
+
+    async def declare(self, topology: Topology) -> None:
+        self._check_open()
+        for spec in topology.queues:
+            if spec.name in self._dead_letter_queues:
+                raise TopologyError(f"{spec.name!r} is already declared as a dead-letter queue")
+            if spec.dead_letter_queue in self._specs:
+                raise TopologyError(f"{spec.dead_letter_queue!r} is already declared as a queue, not a dead-letter queue")
+        async with self._scratch() as channel:
+            await declare_topology(channel, topology)
+        for spec in topology.queues:
+            self._specs[spec.name] = spec
+            self._dead_letter_queues.add(spec.dead_letter_queue)
+            self._known_queues.update((spec.name, spec.dead_letter_queue))
+            self._retry_queues.update(retry_queue_name(spec.name, delay_ms(d)) for d in spec.retry.delays)
+        self._topics.update(topology.topics)
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        self._check_open()
+        for m in messages:
+            if m.topic != topic:
+                raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
+        await self._check_topic(topic)
+        await self._confirmed(topic, "", [to_amqp(m) for m in messages], f"topic {topic!r}")
+
+    async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
+        """A delay goes through the queue's retry queue of that delay, like a retry."""
+        self._check_open()
+        if delay < 0:
+            raise ValueError(f"send delay must be >= 0, got {delay}")
+        await self._check_queue(queue)
+        target = await self._retry_queue(self._specs.get(queue) or Queue(queue), delay) if delay > 0 else queue
+        await self._confirmed("", target, [to_amqp(m) for m in messages], f"queue {target!r}")
+
+    def consume(self, queue: str, prefetch: int = 10) -> Consumer:
+        self._check_open()
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        consumer = _RabbitConsumer(self, queue, self._specs.get(queue), prefetch)
+        self._consumers.add(consumer)
+        return consumer
+
+    async def stats(self, queue: str) -> QueueStats:
+        self._check_open()
+        ready = await self._count(queue)
+        if ready is None:
+            raise UnknownQueue(f"queue {queue!r} is not declared")
+        spec = self._specs.get(queue)
+        dead = await self._count(spec.dead_letter_queue if spec else f"{queue}.dlq")
+        delayed = 0
+        for name in sorted(q for q in self._retry_queues if q.startswith(f"{queue}.retry.")):
+            delayed += await self._count(name) or 0
+        return QueueStats(queue, ready, None, delayed, dead or 0)
+
+    async def browse(self, queue: str, limit: int = 100) -> list[Message]:
+        """Gets up to `limit` messages unacked and closes the channel, which puts them
+        back where they were. A quorum queue counts that as a delivery in
+        `x-delivery-count`, and consumers do not see them for that moment."""
+        self._check_open()
+        await self._check_queue(queue)
+        found: list[Message] = []
+        async with self._scratch() as channel:
+            source = await channel.get_queue(queue, ensure=False)
+            while len(found) < limit:
+                raw = await source.get(no_ack=False, fail=False)
+                if raw is None:
+                    break
+                found.append(from_amqp(raw))
+        return found
+
+    async def purge(self, queue: str) -> int:
+        self._check_open()
+        await self._check_queue(queue)
+        async with self._scratch() as channel:
+            source = await channel.get_queue(queue, ensure=False)
+            result = await source.purge()
+        return int(result.message_count or 0)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for consumer in list(self._consumers):
+            await consumer.close()
+        await self._connection.close()
+
+    # -- internals ------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosed(f"broker {self.url} is closed")
+
+    def _scratch(self) -> aio_pika.Channel:
+        """A plain (not robust) channel for declarations and passive checks, which the
+        broker closes on failure."""
+        return aio_pika.Channel(self._connection, publisher_confirms=False)
+
+    async def _count(self, queue: str) -> int | None:
+        """Ready messages in `queue`, or None when it does not exist."""
+        try:
+            async with self._scratch() as channel:
+                found = await channel.declare_queue(queue, passive=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            return None
+        self._known_queues.add(queue)
+        return int(found.declaration_result.message_count or 0)
+
+    async def _check_queue(self, queue: str) -> None:
+        if queue not in self._known_queues and await self._count(queue) is None:
+            raise UnknownQueue(f"queue {queue!r} is not declared")
+
+    async def _check_topic(self, topic: str) -> None:
+        if topic not in self._topics:
+            try:
+                async with self._scratch() as channel:
+                    await channel.declare_exchange(topic, passive=True)
+            except aiormq.exceptions.ChannelNotFoundEntity:
+                raise UnknownTopic(f"topic {topic!r} is not declared") from None
+            self._topics.add(topic)
+
+    async def _confirmed(
+        self, exchange: str, routing_key: str, messages: list[Outgoing], where: str
+    ) -> None:
+        """Publish all at once and wait for every confirm. What the connection lost is
+        published again once it is back (a duplicate at worst). Gives up when nothing
+        moved (no confirm, no reconnect) for the publish timeout, and raises
+        `PublishFailed` naming what the broker returned (no queue took it), refused, or
+        never confirmed."""
+        returned: list[str] = []
+        refused: list[str] = []
+        for _ in range(_PUBLISH_ROUNDS):
+            lost, stuck = await self._publish_once(exchange, routing_key, messages, returned, refused)
+            if not lost or stuck or self._closed:
+                break
+            try:
+                await asyncio.wait_for(self._channel.ready(), self._publish_timeout)
+            except asyncio.TimeoutError:
+                break
+            messages = lost
+        problems = []
+        if returned:
+            problems.append(f"{len(returned)} unroutable on {where} (no queue is bound, or none of its filters match)")
+        if refused:
+            problems.append(f"{len(refused)} refused (nacked) by the broker on {where}")
+        if lost:
+            problems.append(f"{len(lost)} not confirmed on {where} (nothing moved for {self._publish_timeout:g}s)")
+        if problems:
+            raise PublishFailed("; ".join(problems), returned + refused + [m.id for m in lost])
+
+    async def _publish_once(
+        self,
+        exchange: str,
+        routing_key: str,
+        messages: list[Outgoing],
+        returned: list[str],
+        refused: list[str],
+    ) -> tuple[list[Outgoing], bool]:
+        """One pipelined round: sorts the outcomes into `returned` and `refused`, and
+        gives back the messages left unconfirmed, and whether the round got stuck."""
+        if not messages:
+            return [], False
+        try:
+            channel = await asyncio.wait_for(self._channel.get_underlay_channel(), self._publish_timeout)
+        except asyncio.TimeoutError:
+            return messages, True
+        tasks = [
+            asyncio.ensure_future(
+                channel.basic_publish(
+                    m.body, exchange=exchange, routing_key=routing_key, properties=m.properties, mandatory=True
+                )
+            )
+            for m in messages
+        ]
+        stuck = not await _while_progressing(tasks, self._publish_timeout)
+        lost = []
+        for m, task in zip(messages, tasks):
+            if not task.done() or task.cancelled():
+                task.cancel()
+                lost.append(m)
+            elif isinstance(task.exception(), aiormq.exceptions.DeliveryError):
+                refused.append(m.id)
+            elif task.exception() is not None:
+                lost.append(m)
+            elif not isinstance(task.result(), aiormq.spec.Basic.Ack):
+                returned.append(m.id)
+        return lost, stuck
+
+    async def _retry_queue(self, spec: Queue, delay: float) -> str:
+        name = retry_queue_name(spec.name, delay_ms(delay))
+        if name not in self._retry_queues:
+            async with self._scratch() as channel:
+                await declare_retry_queue(channel, spec, delay_ms(delay))
+            self._retry_queues.add(name)
+        return name
+
+    async def _republish(self, queue: str, message: Outgoing) -> None:
+        await self._confirmed("", queue, [message], f"queue {queue!r}")
+
+
+async def _while_progressing(tasks: list[asyncio.Future[Any]], timeout: float) -> bool:
+    """Wait for every task, giving up once none has finished for `timeout` seconds: a
+    big batch on a busy broker is slow, not stuck. True when all finished."""
+    left = len(tasks)
+    progress = asyncio.Event()
+
+    def finished(_: asyncio.Future[Any]) -> None:
+        nonlocal left
+        left -= 1
+        progress.set()
+
+    for task in tasks:
+        task.add_done_callback(finished)
+    while left:
+        progress.clear()
+        try:
+            await asyncio.wait_for(progress.wait(), timeout)
+        except asyncio.TimeoutError:
+            return False
+    return True
+
+
+class _RabbitDelivery(Delivery):
+    __slots__ = ("_consumer", "_raw")
+
+    def __init__(self, consumer: "_RabbitConsumer", raw: AbstractIncomingMessage, message: Message, attempt: int) -> None:
+        super().__init__(message, consumer.queue, attempt)
+        self._consumer = consumer
+        self._raw = raw
+
+    @property
+    def key(self) -> str:
+        return self.message.ordering_key or ""
+
+    def stale(self) -> bool:
+        """The channel it came on is gone (closed, or replaced by a reconnect): the
+        broker has put the message back already."""
+        try:
+            self._raw.channel
+        except aiormq.exceptions.ChannelInvalidStateError:
+            return True
+        return False
+
+    async def _basic_ack(self) -> None:
+        """Queue the ack frame without waiting for the socket to drain: AMQP does not
+        answer an ack, and the wait would cost a loop turn per message."""
+        await self._raw.channel.basic_ack(delivery_tag=self._raw.delivery_tag, wait=False)
+
+    async def _ack(self) -> None:
+        consumer = self._consumer
+        consumer.check_live(self)
+        try:
+            await self._basic_ack()
+        except _GONE as exc:
+            raise consumer.released(self) from exc
+        finally:
+            consumer.finished(self)
+
+    async def _retry(self, delay: float) -> None:
+        consumer = self._consumer
+        spec = consumer.spec
+        if spec is not None and self.attempt >= spec.retry.max_attempts:
+            await consumer.settle(self, self._to_dead_letter_queue(h.DELIVERY_LIMIT_EXCEEDED, None))
+        elif spec is not None and spec.ordered:
+            consumer.hold(self, delay)
+        else:
+            await consumer.settle(self, self._requeue(delay))
+
+    async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
+        if self.queue in self._consumer.broker._dead_letter_queues:
+            raise TopologyError(f"{self.queue!r} is a dead-letter queue; it has no dead-letter queue of its own")
+        await self._consumer.settle(self, self._to_dead_letter_queue(reason, error))
+
+    async def _requeue(self, delay: float) -> None:
+        broker = self._consumer.broker
+        target = self.queue
+        if delay > 0:
+            target = await broker._retry_queue(self._consumer.spec or Queue(self.queue), delay)
+        await broker._republish(target, republished(self._raw, {ATTEMPT: self.attempt + 1}))
+        await self._basic_ack()
+
+    async def _to_dead_letter_queue(self, reason: str, error: BaseException | None, attempts: int | None = None) -> None:
+        spec = self._consumer.spec
+        stamp = h.dead_letter_stamp(
+            self.message.topic, self.queue, self.attempt if attempts is None else attempts, reason, error
+        )
+        target = spec.dead_letter_queue if spec else f"{self.queue}.dlq"
+        await self._consumer.broker._republish(target, republished(self._raw, stamp))
+        await self._basic_ack()
+
+
+class _RabbitConsumer(Consumer):
+    """Deliveries arrive through aio-pika's callback into a local buffer; `__anext__`
+    hands them out. On an ordered queue one delivery per ordering key is out at a time:
+    the rest of that key wait here (unacked, within the prefetch)."""
+
+    def __init__(self, broker: RabbitBroker, queue: str, spec: Queue | None, prefetch: int) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.spec = spec
+        self.prefetch = prefetch
+        self._ordered = spec is not None and spec.ordered
+        self._ready: deque[_RabbitDelivery] = deque()
+        self._held: set[_RabbitDelivery] = set()
+        self._busy: set[str] = set()
+        self._backlog: dict[str, deque[_RabbitDelivery]] = {}
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._background: set[asyncio.Task[None]] = set()
+        self._waiter: asyncio.Future[None] | None = None
+        self._opening: asyncio.Task[None] | None = None
+        self._channel: Any = None
+        self._source: Any = None
+        self._tag: str | None = None
+        self._stopped = False
+        self._closed = False
+
+    async def __anext__(self) -> Delivery:
+        if self._opening is None:
+            self._opening = asyncio.ensure_future(self._open())
+        if not self._opening.done():
+            await asyncio.shield(self._opening)  # a cancelled wait leaves the opening be
+        self._opening.result()
+        while True:
+            if self._stopped or self.broker._closed:
+                raise StopAsyncIteration
+            while self._ready:
+                delivery = self._ready.popleft()
+                if delivery.stale():
+                    self._release_key(delivery.key)
+                    continue
+                self._held.add(delivery)
+                return delivery
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    async def _open(self) -> None:
+        await self.broker._check_queue(self.queue)
+        channel = self.broker._connection.channel(publisher_confirms=False)
+        await channel.initialize()
+        try:
+            await channel.set_qos(prefetch_count=self.prefetch)
+            source = await channel.declare_queue(self.queue, passive=True)
+            self._tag = await source.consume(self._on_message)
+        except BaseException:
+            await channel.close()
+            raise
+        self._channel, self._source = channel, source
+
+    async def _on_message(self, raw: AbstractIncomingMessage) -> None:
+        if self._closed:
+            return  # closing the channel puts it back
+        delivery = _RabbitDelivery(self, raw, from_amqp(raw), attempt_of(raw))
+        if self.spec is not None and delivery.attempt > self.spec.retry.max_attempts:
+            self._spawn(self._exhausted(delivery))
+            return
+        if self._ordered:
+            if delivery.key in self._busy:
+                self._backlog.setdefault(delivery.key, deque()).append(delivery)
+                return
+            self._busy.add(delivery.key)
+        self._push(delivery)
+
+    async def _exhausted(self, delivery: _RabbitDelivery) -> None:
+        """A message back more often than the queue allows (its handler keeps crashing
+        the worker): dead-letter it without running the handler again."""
+        try:
+            await delivery._to_dead_letter_queue(h.DELIVERY_LIMIT_EXCEEDED, None, attempts=delivery.attempt - 1)
+        except _GONE + (PublishFailed,) as exc:
+            log.warning("could not dead-letter exhausted message %s: %r", delivery.message.id, exc)
+
+    def _push(self, delivery: _RabbitDelivery) -> None:
+        self._ready.append(delivery)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    # -- settlement, called by deliveries -------------------------------------
+
+    def check_live(self, delivery: _RabbitDelivery) -> None:
+        if self._closed or delivery not in self._held or delivery.stale():
+            raise self.released(delivery)
+
+    def released(self, delivery: _RabbitDelivery) -> DeliveryReleased:
+        self.finished(delivery)
+        return DeliveryReleased(
+            f"message {delivery.message.id} went back to {self.queue!r} when its channel closed"
+        )
+
+    def finished(self, delivery: _RabbitDelivery) -> None:
+        if delivery in self._held:
+            self._held.discard(delivery)
+            if self._ordered:
+                self._release_key(delivery.key)
+
+    async def settle(self, delivery: _RabbitDelivery, work: Awaitable[None]) -> None:
+        """Run a settlement that publishes, then acks, to its end even if the caller is
+        cancelled: the copy and the ack belong together."""
+        try:
+            self.check_live(delivery)
+        except DeliveryReleased:
+            work.close()  # type: ignore[attr-defined]
+            raise
+        task = asyncio.ensure_future(work)
+        task.add_done_callback(lambda _: self.finished(delivery))
+        try:
+            await asyncio.shield(task)
+        except _GONE as exc:
+            raise DeliveryReleased(
+                f"message {delivery.message.id}: its channel closed during settlement, so it goes back "
+                f"to {self.queue!r} (a copy may already be published)"
+            ) from exc
+
+    def hold(self, delivery: _RabbitDelivery, delay: float) -> None:
+        """Hand the same message out again after `delay`, its key held meanwhile."""
+        self.check_live(delivery)
+        self._held.discard(delivery)
+        again = _RabbitDelivery(self, delivery._raw, delivery.message, delivery.attempt + 1)
+        loop = asyncio.get_running_loop()
+        timer: asyncio.TimerHandle
+
+        def due() -> None:
+            self._timers.discard(timer)
+            if again.stale():
+                self._release_key(again.key)
+            else:
+                self._push(again)
+
+        timer = loop.call_later(delay, due)
+        self._timers.add(timer)
+
+    def _release_key(self, key: str) -> None:
+        if not self._ordered:
+            return
+        waiting = self._backlog.get(key)
+        while waiting:
+            following = waiting.popleft()
+            if not following.stale():
+                self._push(following)
+                return
+        self._backlog.pop(key, None)
+        self._busy.discard(key)
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+        if self._tag is not None and not self._closed:
+            self._spawn(self._cancel())
+
+    async def _cancel(self) -> None:
+        try:
+            await self._source.cancel(self._tag)
+        except _GONE as exc:
+            log.debug("cancelling consumer of %s: %r", self.queue, exc)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self.stop()
+        self._closed = True
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
+        self._ready.clear()
+        self._backlog.clear()
+        self._held.clear()
+        if self._opening is not None and not self._opening.done():
+            self._opening.cancel()
+        if self._opening is not None:
+            await asyncio.gather(self._opening, return_exceptions=True)
+        await asyncio.gather(*self._background, return_exceptions=True)
+        if self._channel is not None:
+            try:
+                await self._channel.close()  # the broker takes back everything unacked
+            except _GONE as exc:
+                log.debug("closing consumer channel of %s: %r", self.queue, exc)
+        self.broker._consumers.discard(self)
+
+
+_CONNECT_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError)
+
+
+async def open_broker(
+    url: str,
+    *,
+    connect_timeout: float = 10.0,
+    wait: float = 0.0,
+    reconnect_interval: float = 1.0,
+    publish_timeout: float = 30.0,
+) -> RabbitBroker:
+    """Connect to the RabbitMQ at `url`. The first connection fails fast with
+    `BrokerUnavailable` when the broker is down, unless `wait` gives the seconds to keep
+    trying (with backoff). Later drops reconnect on their own, every
+    `reconnect_interval` seconds. `publish_timeout` bounds how long a publish waits for
+    its confirms, a reconnect included."""
+    try:
+        async for attempt in AsyncRetrying(
+            stop=stop_after_delay(wait),
+            wait=wait_exponential(multiplier=0.1, max=2.0),
+            retry=retry_if_exception_type(_CONNECT_ERRORS)
+            & retry_if_not_exception_type(aiormq.exceptions.ProbableAuthenticationError),
+            reraise=True,
+        ):
+            with attempt:
+                connection = await aio_pika.connect_robust(
+                    url, timeout=connect_timeout, reconnect_interval=reconnect_interval
+                )
+    except aiormq.exceptions.ProbableAuthenticationError:
+        raise BrokerUnavailable(f"RabbitMQ at {mask_url(url)} refused the login; check the user and password") from None
+    except _CONNECT_ERRORS as exc:
+        waited = f" after trying for {wait:g}s" if wait else ""
+        raise BrokerUnavailable(
+            f"RabbitMQ at {mask_url(url)} is unreachable{waited} ({type(exc).__name__}); "
+            f"start it (e.g. `rabbitmq-server -detached`) or pass wait=SECONDS to keep trying"
+        ) from None
+    channel = await connection.channel(publisher_confirms=True)
+    return RabbitBroker(url, connection, channel, publish_timeout)
+

@@ -1,0 +1,650 @@
+"""The SNS/SQS adapter (`sqs://`), on boto3.
+
+URL: `sqs://?region=eu-west-1&endpoint=http://127.0.0.1:5055&prefix=dev-` plus optional
+`wait` (long-poll seconds, 0-20, default 20), `visibility` (queue visibility timeout in
+seconds, default 30), `threads` (boto3 call pool, default 32) and `linger` (seconds an
+ack waits to share a `DeleteMessageBatch`, and a consumer waits before its next receive
+after a short one, default 0.2; 0 favours latency over request count). Credentials come from the
+standard AWS chain, never from the URL.
+
+Publishing goes through `PublishBatch` (topics) and `SendMessageBatch` (queues) in
+groups of ten. Consumers long-poll ten at a time, extend visibility while a handler
+still runs (a heartbeat every third of the timeout) and batch their deletes. The
+attempt number is SQS's `ApproximateReceiveCount`; `retry(delay)` hides the message for
+`ceil(delay)` seconds. Dead letters carry their reason only when this adapter moved them
+(`dead_letter`, or `retry` past max attempts); a message SQS redrives itself (a consumer
+crashing past maxReceiveCount) arrives without one. See docs/sqs.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import re
+import time
+from collections import deque
+from typing import Any, Callable, Iterable, Sequence
+from urllib.parse import urlsplit
+
+from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential
+
+from broker import headers as h
+from broker.base import Broker, Consumer, QueueStats
+from broker.errors import (
+    BrokerClosed,
+    BrokerError,
+    BrokerUnavailable,
+    BrokerUrlError,
+    DeliveryReleased,
+    MessageTooLarge,
+    PublishFailed,
+    TopologyError,
+)
+from broker.message import Delivery, Message, new_message_id
+from broker.sqs_client import AwsClients
+from broker.sqs_marshal import from_wire, to_wire
+from broker.sqs_topology import QueueRef, Resources
+from broker.topology import Topology
+from broker.url import mask_url, query_options
+
+log = logging.getLogger("mailbag.broker.sqs")
+
+BATCH = 10
+#: largest message (body plus attributes) an SNS topic takes
+SNS_MAX_BYTES = 262_144
+#: largest message an SQS queue takes; queues are created with this MaximumMessageSize
+SQS_MAX_BYTES = 1_048_576
+SEND_ATTEMPTS = 3
+#: longest `DelaySeconds` SQS allows
+MAX_DELAY_SECONDS = 900
+_SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
+_TOKEN = re.compile(r"^[!-~]{1,128}$")
+
+
+class SqsBroker(Broker):
+    def __init__(self, url: str, aws: AwsClients, resources: Resources, *, wait: int, linger: float) -> None:
+        self.url = url
+        self.aws = aws
+        self.wait = wait
+        self.linger = linger
+        self._resources = resources
+        self._consumers: set[_SqsConsumer] = set()
+        self._polls: set[asyncio.Task[None]] = set()
+        self._closed = False
+
+    # -- contract -------------------------------------------------------------
+
+    async def declare(self, topology: Topology) -> None:
+        self._check_open()
+        await self._resources.declare(topology)
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        self._check_open()
+        for m in messages:
+            if m.topic != topic:
+                raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
+        ref = await self._resources.topic(topic)
+        entries = [_entry(m, "Message", SNS_MAX_BYTES, f"SNS topic {topic!r}", ref.fifo, m.id) for m in messages]
+        await self._send_batches(self.aws.sns.publish_batch, {"TopicArn": ref.arn}, "PublishBatchRequestEntries",
+                                 entries, SNS_MAX_BYTES, ordered=ref.fifo)
+
+    async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
+        """`delay` becomes SQS `DelaySeconds`, rounded up: at most 900 s, and only on
+        standard queues (FIFO queues take no per-message delay); beyond that it raises."""
+        self._check_open()
+        ref = await self._resources.queue(queue)
+        seconds = math.ceil(delay)
+        if seconds and ref.fifo:
+            raise BrokerError(f"SQS FIFO queue {queue!r} takes no per-message delay (asked for {delay}s)")
+        if seconds > MAX_DELAY_SECONDS:
+            raise BrokerError(f"SQS delays a message at most {MAX_DELAY_SECONDS}s; asked for {delay}s on {queue!r}")
+        await self._send_to(ref, messages, seconds)
+
+    def consume(self, queue: str, prefetch: int = 10) -> Consumer:
+        """The queue is looked up on the first `__anext__`, which raises `UnknownQueue`
+        if it does not exist."""
+        self._check_open()
+        if prefetch < 1:
+            raise ValueError(f"prefetch must be >= 1, got {prefetch}")
+        consumer = _SqsConsumer(self, queue, prefetch)
+        self._consumers.add(consumer)
+        return consumer
+
+    async def stats(self, queue: str) -> QueueStats:
+        """SQS counts are approximate; a message waiting out a retry delay is invisible,
+        so it counts as in flight and `delayed` is None."""
+        ref = await self._resources.queue(queue)
+        counts = await self._counts(ref)
+        dead = sum(await self._counts(ref.dead_letter)) if ref.dead_letter else 0
+        return QueueStats(queue, counts[0], counts[1], None, dead)
+
+    async def browse(self, queue: str, limit: int = 100) -> list[Message]:
+        """SQS cannot peek: the messages are received, hidden while browsing and made
+        visible again, so each browse counts as one receive towards maxReceiveCount."""
+        ref = await self._resources.queue(queue)
+        raw = await self._sweep(ref, limit)
+        await self._change_visibility(ref, [m["ReceiptHandle"] for m in raw], 0)
+        raw.sort(key=lambda m: int(m["Attributes"].get("SentTimestamp", 0)))  # stable: FIFO receive order kept
+        return [from_wire(m, _default_topic(ref)) for m in raw]
+
+    async def purge(self, queue: str) -> int:
+        """Receives and deletes what is ready. (`PurgeQueue` would also drop messages in
+        flight, takes up to a minute and is allowed once a minute.)"""
+        ref = await self._resources.queue(queue)
+        raw = await self._sweep(ref, math.inf)
+        receipts = [m["ReceiptHandle"] for m in raw]
+        for chunk in _chunks(receipts, BATCH):
+            await self.aws.call(self.aws.sqs.delete_message_batch, QueueUrl=ref.url,
+                                Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(chunk)])
+        return len(raw)
+
+    async def queue_names(self) -> list[str]:
+        """Every queue under the broker's prefix (the whole account and region without one)."""
+        return await self._resources.queue_names()
+
+    async def close(self) -> None:
+        """Also waits for running long polls (up to `wait` seconds) so that what they
+        receive is returned to the queue rather than hidden for the visibility timeout."""
+        if self._closed:
+            return
+        self._closed = True
+        for consumer in list(self._consumers):
+            await consumer.close()
+        if self._polls:
+            await asyncio.gather(*self._polls, return_exceptions=True)
+        await asyncio.to_thread(self.aws.close)
+
+    # -- sending --------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosed(f"broker {self.url} is closed")
+
+    async def _send_to(self, ref: QueueRef, messages: Sequence[Message], delay_seconds: int = 0) -> None:
+        """Send straight to a queue. On FIFO queues each send gets a fresh deduplication
+        id: the message id was already seen there, and a replay must not be dropped."""
+        entries = [
+            _entry(m, "MessageBody", SQS_MAX_BYTES, f"SQS queue {ref.name!r}", ref.fifo, new_message_id())
+            for m in messages
+        ]
+        if delay_seconds:
+            for e in entries:
+                e.params["DelaySeconds"] = delay_seconds
+        await self._send_batches(self.aws.sqs.send_message_batch, {"QueueUrl": ref.url}, "Entries",
+                                 entries, SQS_MAX_BYTES, ordered=ref.fifo)
+
+    async def _send_batches(
+        self,
+        method: Callable[..., Any],
+        target: dict[str, str],
+        key: str,
+        entries: list[_Entry],
+        max_bytes: int,
+        *,
+        ordered: bool,
+    ) -> None:
+        """Send in batches of ten (and at most `max_bytes` together). FIFO batches go one
+        after another to keep the publisher's order; others go at once."""
+        batches = list(_batches(entries, max_bytes))
+        if ordered:
+            results = [await self._send_batch(method, target, key, b) for b in batches]
+        else:
+            results = await asyncio.gather(*(self._send_batch(method, target, key, b) for b in batches))
+        failed = {mid: why for result in results for mid, why in result.items()}
+        if failed:
+            reasons = sorted(set(failed.values()))
+            raise PublishFailed(f"{len(failed)} message(s) not accepted ({'; '.join(reasons)})", list(failed))
+
+    async def _send_batch(
+        self, method: Callable[..., Any], target: dict[str, str], key: str, batch: list[_Entry]
+    ) -> dict[str, str]:
+        """Send one batch, retrying entries AWS failed on its side; returns the message
+        ids it never accepted, with the reason."""
+        left = dict(enumerate(batch))
+        refused: dict[str, str] = {}
+
+        async def attempt() -> dict[int, _Entry]:
+            try:
+                result = await self.aws.call(
+                    method, **target, **{key: [{**e.params, "Id": str(i)} for i, e in left.items()]}
+                )
+            except BrokerError as exc:
+                for e in left.values():
+                    refused[e.message_id] = str(exc)
+                return {}
+            for failure in result.get("Failed", []):
+                entry = left[int(failure["Id"])]
+                refused[entry.message_id] = f"{failure.get('Code')}: {failure.get('Message', '')}".strip()
+                if failure.get("SenderFault"):
+                    del left[int(failure["Id"])]
+            failed_ids = {int(f["Id"]) for f in result.get("Failed", [])}
+            for i in [i for i in left if i not in failed_ids]:
+                refused.pop(left.pop(i).message_id, None)
+            return left
+
+        retrying = AsyncRetrying(
+            retry=retry_if_result(bool),
+            stop=stop_after_attempt(SEND_ATTEMPTS),
+            wait=wait_exponential(multiplier=0.1, max=2),
+            retry_error_callback=lambda state: state.outcome.result(),
+        )
+        await retrying(attempt)
+        return refused
+
+    # -- receiving ------------------------------------------------------------
+
+    async def _receive(self, ref: QueueRef, count: int, wait: int, visibility: int | None = None) -> list[dict]:
+        params: dict[str, Any] = {
+            "QueueUrl": ref.url,
+            "MaxNumberOfMessages": count,
+            "WaitTimeSeconds": wait,
+            "MessageAttributeNames": ["All"],
+            "MessageSystemAttributeNames": _SYSTEM_ATTRIBUTES,
+        }
+        if visibility is not None:
+            params["VisibilityTimeout"] = visibility
+        return (await self.aws.call(self.aws.sqs.receive_message, **params)).get("Messages", [])
+
+    async def _sweep(self, ref: QueueRef, limit: float) -> list[dict]:
+        """Receive up to `limit` ready messages, holding each for the visibility timeout;
+        stops at the first empty receive (a one-second long poll, which unlike a short
+        poll asks every SQS server)."""
+        got: dict[str, dict] = {}
+        while len(got) < limit:
+            batch = await self._receive(ref, int(min(BATCH, limit - len(got))), min(self.wait, 1))
+            if not batch:
+                break
+            got.update((m["MessageId"], m) for m in batch)
+        return list(got.values())
+
+    async def _change_visibility(self, ref: QueueRef, receipts: list[str], seconds: int) -> None:
+        """Best effort: a receipt that fails here just keeps its old timeout."""
+        for chunk in _chunks(receipts, BATCH):
+            entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": seconds} for i, r in enumerate(chunk)]
+            try:
+                result = await self.aws.call(self.aws.sqs.change_message_visibility_batch, QueueUrl=ref.url, Entries=entries)
+            except BrokerError as exc:
+                log.warning("changing visibility on %s failed: %s", ref.name, exc)
+                continue
+            for failure in result.get("Failed", []):
+                log.debug("changing visibility on %s failed: %s", ref.name, failure)
+
+    async def _counts(self, ref: QueueRef) -> tuple[int, int]:
+        names = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
+        result = await self.aws.call(self.aws.sqs.get_queue_attributes, QueueUrl=ref.url, AttributeNames=names)
+        attrs = result.get("Attributes", {})
+        return int(attrs.get(names[0], 0)), int(attrs.get(names[1], 0))
+
+
+class _Entry:
+    __slots__ = ("message_id", "size", "params")
+
+    def __init__(self, message_id: str, size: int, params: dict[str, Any]) -> None:
+        self.message_id = message_id
+        self.size = size
+        self.params = params
+
+
+def _entry(message: Message, body_key: str, limit: int, where: str, fifo: bool, dedup_id: str) -> _Entry:
+    wire = to_wire(message)
+    if wire.size > limit:
+        raise MessageTooLarge(
+            f"message {message.id} is {wire.size} bytes (body plus attributes); {where} takes at most {limit}"
+        )
+    params: dict[str, Any] = {body_key: wire.body, "MessageAttributes": wire.attributes}
+    if fifo:
+        params["MessageGroupId"] = _token(message.ordering_key or message.id)
+        params["MessageDeduplicationId"] = _token(dedup_id)
+    return _Entry(message.id, wire.size, params)
+
+
+def _token(value: str) -> str:
+    """A group or deduplication id as SQS takes it: the value itself when it is 1-128
+    printable ASCII characters, else a digest of it."""
+    if _TOKEN.match(value):
+        return value
+    return "sha256-" + hashlib.sha256(value.encode()).hexdigest()
+
+
+def _batches(entries: list[_Entry], max_bytes: int) -> Iterable[list[_Entry]]:
+    batch: list[_Entry] = []
+    size = 0
+    for e in entries:
+        if batch and (len(batch) == BATCH or size + e.size > max_bytes):
+            yield batch
+            batch, size = [], 0
+        batch.append(e)
+        size += e.size
+    if batch:
+        yield batch
+
+
+def _chunks(items: list[Any], n: int) -> Iterable[list[Any]]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def _default_topic(ref: QueueRef) -> str:
+    """The topic of a message whose publisher did not say: the queue's only topic, or
+    else the queue's name."""
+    return ref.topics[0] if len(ref.topics) == 1 else ref.name
+
+
+class _Held:
+    """A received message this consumer keeps invisible: buffered or handed out."""
+
+    __slots__ = ("raw", "receipt", "group", "extended_at")
+
+    def __init__(self, raw: dict) -> None:
+        self.raw = raw
+        self.receipt: str = raw["ReceiptHandle"]
+        self.group: str | None = raw.get("Attributes", {}).get("MessageGroupId")
+        self.extended_at = time.monotonic()
+
+
+class _Deletes:
+    """Acks turned into `DeleteMessageBatch` calls: sent when ten are pending or
+    `linger` seconds after the first. A failed delete is logged; the message comes
+    back after its visibility timeout (at least once)."""
+
+    def __init__(self, broker: SqsBroker, ref: QueueRef) -> None:
+        self._broker = broker
+        self._ref = ref
+        self._pending: list[str] = []
+        self._timer: asyncio.TimerHandle | None = None
+        self._sending: set[asyncio.Task[None]] = set()
+
+    def add(self, receipt: str) -> None:
+        self._pending.append(receipt)
+        if len(self._pending) >= BATCH:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self._broker.linger, self._flush)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        pending, self._pending = self._pending, []
+        for chunk in _chunks(pending, BATCH):
+            task = asyncio.create_task(self._delete(chunk))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+
+    async def _delete(self, receipts: list[str]) -> None:
+        aws = self._broker.aws
+        entries = [{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(receipts)]
+        try:
+            result = await aws.call(aws.sqs.delete_message_batch, QueueUrl=self._ref.url, Entries=entries)
+        except BrokerError as exc:
+            log.warning("deleting %d acked message(s) from %s failed; they will come back: %s",
+                        len(receipts), self._ref.name, exc)
+            return
+        for failure in result.get("Failed", []):
+            log.warning("deleting an acked message from %s failed; it will come back: %s", self._ref.name, failure)
+
+    async def drain(self) -> None:
+        self._flush()
+        if self._sending:
+            await asyncio.gather(*self._sending, return_exceptions=True)
+
+
+class _SqsDelivery(Delivery):
+    __slots__ = ("_consumer", "_held")
+
+    def __init__(self, consumer: "_SqsConsumer", held: _Held, message: Message) -> None:
+        super().__init__(message, consumer.queue, int(held.raw["Attributes"].get("ApproximateReceiveCount", 1)))
+        self._consumer = consumer
+        self._held = held
+
+    async def _ack(self) -> None:
+        self._consumer.ack(self)
+
+    async def _retry(self, delay: float) -> None:
+        await self._consumer.retry(self, delay)
+
+    async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
+        await self._consumer.dead_letter(self, reason, error)
+
+
+class _SqsConsumer(Consumer):
+    """Polls only while someone waits for a delivery and fewer than `prefetch` messages
+    are held, so a closing consumer rarely has a receive in flight. On a FIFO queue a
+    message is handed out only once the previous one of its group is settled."""
+
+    def __init__(self, broker: SqsBroker, queue: str, prefetch: int) -> None:
+        self.broker = broker
+        self.queue = queue
+        self.prefetch = prefetch
+        self._ref: QueueRef | None = None
+        self._deletes: _Deletes | None = None
+        self._buffer: deque[_Held] = deque()
+        self._unsettled: dict[_SqsDelivery, None] = {}
+        self._busy_groups: set[str | None] = set()
+        self._poll: asyncio.Task[None] | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._visibility = asyncio.Lock()
+        self._wakeup = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._failures = 0
+        self._closed = False
+
+    async def __anext__(self) -> Delivery:
+        ref = self._ref or await self._open()
+        while True:
+            if self._stop.is_set():
+                raise StopAsyncIteration
+            held = self._next_ready(ref)
+            if held is not None:
+                delivery = await self._hand_out(ref, held)
+                if delivery is not None:
+                    return delivery
+                continue
+            room = self.prefetch - len(self._unsettled) - len(self._buffer)
+            if self._poll is None and room > 0:
+                self._poll = asyncio.create_task(self._fill(ref, min(BATCH, room)))
+                self.broker._polls.add(self._poll)
+                self._poll.add_done_callback(self.broker._polls.discard)
+            self._wakeup.clear()
+            await self._wakeup.wait()
+
+    async def _open(self) -> QueueRef:
+        ref = await self.broker._resources.queue(self.queue)
+        if self._ref is None:
+            self._ref = ref
+            self._deletes = _Deletes(self.broker, ref)
+            if ref.visibility > 0:
+                self._heartbeat = asyncio.create_task(self._beat(ref))
+        return self._ref
+
+    def _next_ready(self, ref: QueueRef) -> _Held | None:
+        if len(self._unsettled) >= self.prefetch:
+            return None
+        for i, held in enumerate(self._buffer):
+            if not ref.fifo or held.group not in self._busy_groups:
+                del self._buffer[i]
+                return held
+        return None
+
+    async def _hand_out(self, ref: QueueRef, held: _Held) -> _SqsDelivery | None:
+        try:
+            message = from_wire(held.raw, _default_topic(ref))
+        except (ValueError, KeyError, TypeError) as exc:
+            # not ours to drop: park it in the DLQ, as it came, with the reason
+            fallback = Message(_default_topic(ref), held.raw["Body"].encode(), id=held.raw["MessageId"])
+            delivery = self._track(ref, held, fallback)
+            await delivery.dead_letter(f"undecodable SQS message: {exc}", exc)
+            return None
+        return self._track(ref, held, message)
+
+    def _track(self, ref: QueueRef, held: _Held, message: Message) -> _SqsDelivery:
+        delivery = _SqsDelivery(self, held, message)
+        self._unsettled[delivery] = None
+        if ref.fifo:
+            self._busy_groups.add(held.group)
+        return delivery
+
+    async def _fill(self, ref: QueueRef, count: int) -> None:
+        """One receive into the buffer. After a short batch (messages trickling in) the
+        next receive waits `linger` so it comes back fuller; after a failure it backs off."""
+        try:
+            received = await self.broker._receive(ref, count, self.broker.wait)
+        except BrokerError as exc:
+            self._failures += 1
+            pause = min(10.0, 0.5 * 2 ** self._failures)
+            log.error("receiving from %s failed (retrying in %.1fs): %s", ref.name, pause, exc)
+            received = []
+        else:
+            self._failures = 0
+            pause = self.broker.linger if 0 < len(received) < count else 0.0
+        if self._closed:
+            self._poll = None
+            await self.broker._change_visibility(ref, [m["ReceiptHandle"] for m in received], 0)
+            return
+        self._buffer.extend(_Held(m) for m in received)
+        self._wakeup.set()
+        try:
+            if pause:
+                await asyncio.wait_for(self._stop.wait(), pause)
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            self._poll = None
+            self._wakeup.set()
+
+    # -- settlement -----------------------------------------------------------
+
+    def _finish(self, delivery: _SqsDelivery) -> _Held:
+        if self._unsettled.pop(delivery, False) is False:
+            raise DeliveryReleased(
+                f"message {delivery.message.id} went back to {self.queue!r} when its consumer closed"
+            )
+        self._busy_groups.discard(delivery._held.group)
+        self._wakeup.set()
+        return delivery._held
+
+    def ack(self, delivery: _SqsDelivery) -> None:
+        held = self._finish(delivery)
+        assert self._deletes is not None
+        self._deletes.add(held.receipt)
+
+    async def retry(self, delivery: _SqsDelivery, delay: float) -> None:
+        ref = self._ref
+        assert ref is not None
+        if ref.max_attempts is not None and delivery.attempt >= ref.max_attempts:
+            await self.dead_letter(delivery, h.DELIVERY_LIMIT_EXCEEDED, None)
+            return
+        held = self._finish(delivery)
+        # FIFO: the rest of the group we hold goes back too, behind the retried message,
+        # which keeps the group locked in SQS until it is visible again
+        behind = [b for b in self._buffer if ref.fifo and b.group == held.group]
+        for b in behind:
+            self._buffer.remove(b)
+        async with self._visibility:
+            await self.broker._change_visibility(ref, [b.receipt for b in behind], 0)
+            await self.broker._change_visibility(ref, [held.receipt], math.ceil(delay))
+
+    async def dead_letter(self, delivery: _SqsDelivery, reason: str, error: BaseException | None) -> None:
+        ref = self._ref
+        assert ref is not None and self._deletes is not None
+        if ref.dead_letter is None:
+            raise TopologyError(f"{self.queue!r} has no dead-letter queue (it is one, or has no RedrivePolicy)")
+        held = self._finish(delivery)
+        message = delivery.message
+        stamp = h.dead_letter_stamp(message.topic, self.queue, delivery.attempt, reason, error)
+        await self.broker._send_to(ref.dead_letter, [message.evolve(headers={**message.headers, **stamp})])
+        self._deletes.add(held.receipt)
+
+    # -- heartbeat and shutdown -----------------------------------------------
+
+    async def _beat(self, ref: QueueRef) -> None:
+        """Every third of the visibility timeout, extend what has been held that long,
+        so a handler slower than the timeout is not redelivered mid-run."""
+        period = ref.visibility / 3
+        while not self._closed:
+            try:
+                await asyncio.wait_for(self._stop.wait(), period)
+            except asyncio.TimeoutError:
+                pass
+            now = time.monotonic()
+            due = [x for x in self._holding() if now - x.extended_at >= period]
+            if not due:
+                continue
+            async with self._visibility:
+                await self.broker._change_visibility(ref, [x.receipt for x in due], ref.visibility)
+            for x in due:
+                x.extended_at = now
+
+    def _holding(self) -> list[_Held]:
+        return list(self._buffer) + [d._held for d in self._unsettled]
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wakeup.set()
+
+    async def close(self) -> None:
+        """Returns held messages to the queue at once (visibility 0) after sending
+        pending acks; a receive still in flight returns its messages when it ends."""
+        if self._closed:
+            return
+        self._closed = True
+        self.stop()
+        held = self._holding()
+        self._buffer.clear()
+        self._unsettled.clear()
+        self._busy_groups.clear()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            await asyncio.gather(self._heartbeat, return_exceptions=True)
+        if self._deletes is not None:
+            await self._deletes.drain()
+        if held and self._ref is not None:
+            async with self._visibility:
+                await self.broker._change_visibility(self._ref, [x.receipt for x in held], 0)
+        self.broker._consumers.discard(self)
+
+
+_OPTIONS = {"region", "endpoint", "prefix", "wait", "visibility", "threads", "linger"}
+
+
+async def open_broker(url: str, **options: Any) -> SqsBroker:
+    """Open an `sqs://` URL; keyword options override the URL's query. Raises
+    `BrokerUrlError` for a bad option and `BrokerUnavailable` when AWS does not answer."""
+    shown = mask_url(url)
+    if urlsplit(url).netloc:
+        raise BrokerUrlError(f"{shown}: put settings in the query, e.g. sqs://?region=eu-west-1&prefix=dev-")
+    opts: dict[str, Any] = {**query_options(url), **options}
+    unknown = set(opts) - _OPTIONS
+    if unknown:
+        raise BrokerUrlError(f"{shown}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+    wait = _number(shown, opts, "wait", 20, int, 0, 20)
+    visibility = _number(shown, opts, "visibility", 30, int, 0, 43_200)
+    threads = _number(shown, opts, "threads", 32, int, 1, 1024)
+    linger = _number(shown, opts, "linger", 0.2, float, 0, 10)
+    aws = await asyncio.to_thread(
+        AwsClients, region=opts.get("region"), endpoint=opts.get("endpoint"), threads=threads, where=shown
+    )
+    try:
+        resources = Resources(aws, prefix=opts.get("prefix", ""), visibility=visibility, max_message_bytes=SQS_MAX_BYTES)
+    except ValueError as exc:
+        await asyncio.to_thread(aws.close)
+        raise BrokerUrlError(f"{shown}: {exc}") from None
+    try:
+        await aws.call(aws.sqs.list_queues, MaxResults=1, **({"QueueNamePrefix": resources.prefix} if resources.prefix else {}))
+    except BrokerError as exc:
+        await asyncio.to_thread(aws.close)
+        raise BrokerUnavailable(f"cannot open {shown}: {exc}") from None
+    return SqsBroker(shown, aws, resources, wait=wait, linger=linger)
+
+
+def _number(shown: str, opts: dict[str, Any], name: str, default: float, kind: type, low: float, high: float) -> Any:
+    raw = opts.get(name, default)
+    try:
+        value = kind(raw)
+    except (TypeError, ValueError):
+        raise BrokerUrlError(f"{shown}: {name} must be a number, got {raw!r}") from None
+    if not low <= value <= high:
+        raise BrokerUrlError(f"{shown}: {name} must be between {low} and {high}, got {value}")
+    return value

@@ -1,0 +1,67 @@
+"""The boto3 side of the SNS/SQS adapter: one SNS and one SQS client per broker, and
+a thread pool that runs their blocking calls off the event loop.
+
+Long polls hold a thread each for up to `wait` seconds, so the pool is sized for many
+consumers at once and other calls never queue behind them. Errors leave here as
+`BrokerError`s: `BrokerUnavailable` when AWS cannot be reached, `AwsError` (with the
+AWS error code) when it answered no.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
+
+from broker.errors import BrokerError, BrokerUnavailable, BrokerUrlError
+
+
+class AwsError(BrokerError):
+    """AWS refused a call; `code` is its error code (e.g. `QueueDoesNotExist`)."""
+
+    def __init__(self, message: str, code: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class AwsClients:
+    """The broker's SNS and SQS clients (public, so callers can hook botocore events,
+    e.g. to count requests) and `call`, which runs one API call on the pool."""
+
+    def __init__(self, *, region: str | None, endpoint: str | None, threads: int, where: str) -> None:
+        self.where = where
+        config = Config(max_pool_connections=threads, retries={"mode": "standard", "max_attempts": 5})
+        session = boto3.session.Session()
+        try:
+            self.sns = session.client("sns", region_name=region, endpoint_url=endpoint, config=config)
+            self.sqs = session.client("sqs", region_name=region, endpoint_url=endpoint, config=config)
+        except NoRegionError:
+            raise BrokerUrlError(
+                f"no AWS region for {where}: add ?region=... to the URL or set AWS_DEFAULT_REGION"
+            ) from None
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailbag-sqs")
+
+    async def call(self, method: Callable[..., Any], **params: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(self._pool, functools.partial(method, **params))
+        except ClientError as exc:
+            error = exc.response.get("Error", {})
+            code = error.get("Code", "Unknown")
+            raise AwsError(f"{exc.operation_name} failed on {self.where}: {code}: {error.get('Message', '')}", code) from None
+        except NoCredentialsError:
+            raise BrokerUnavailable(
+                f"no AWS credentials for {self.where}: set them in the environment, a profile or an instance role"
+            ) from None
+        except BotoCoreError as exc:
+            raise BrokerUnavailable(f"cannot reach AWS at {self.where}: {exc}") from None
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        self.sns.close()
+        self.sqs.close()

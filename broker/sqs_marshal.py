@@ -1,0 +1,178 @@
+"""`Message` <-> SNS/SQS wire form: a text body and at most ten message attributes.
+
+Every envelope field travels as its own `mailbag.*` attribute and each header as an
+attribute of its own name, so a plain boto3 client (or a service in another language)
+reads them directly and SNS filter policies can match headers. Raw SNS -> SQS delivery
+drops a message carrying more than ten attributes, so headers that do not fit (or whose
+name or value SNS/SQS cannot carry natively) are packed, types intact, into one JSON
+attribute `mailbag.headers`. The body is sent untouched when it is text SNS/SQS accept;
+anything else travels base64-encoded and says so in `mailbag.body-encoding`. An
+envelope field SQS cannot carry as text (a control character in an id) is refused.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import re
+from datetime import datetime, timezone
+from typing import Any, Mapping
+
+from broker.message import HeaderValue, Message
+
+#: SNS delivers at most this many attributes to a raw-delivery SQS subscription
+MAX_ATTRIBUTES = 10
+
+ID = "mailbag.id"
+TOPIC = "mailbag.topic"
+CONTENT_TYPE = "mailbag.content-type"
+TYPE = "mailbag.type"
+CORRELATION_ID = "mailbag.correlation-id"
+CAUSATION_ID = "mailbag.causation-id"
+ORDERING_KEY = "mailbag.ordering-key"
+CREATED_AT = "mailbag.created-at"
+BODY_ENCODING = "mailbag.body-encoding"
+HEADERS = "mailbag.headers"
+
+_RESERVED_PREFIX = "mailbag."
+_NAME = re.compile(r"^[A-Za-z0-9_\-]([A-Za-z0-9_\-.]{0,254}[A-Za-z0-9_\-])?$")
+# characters SQS accepts in a body or string attribute (the XML 1.0 character set)
+_TEXT = re.compile("^[\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]+$")
+# SQS numbers: up to 38 significant digits, no exponent
+_NUMBER = re.compile(r"^-?\d{1,38}(\.\d{1,38})?$")
+
+Attributes = dict[str, dict[str, str]]
+
+
+class Wire:
+    """A message as SNS/SQS carry it: the body text and the message attributes."""
+
+    __slots__ = ("body", "attributes")
+
+    def __init__(self, body: str, attributes: Attributes) -> None:
+        self.body = body
+        self.attributes = attributes
+
+    @property
+    def size(self) -> int:
+        """Bytes SNS/SQS count against their size limit: the body plus each attribute's
+        name, data type and value."""
+        total = len(self.body.encode())
+        for name, attr in self.attributes.items():
+            total += len(name.encode()) + len(attr["DataType"].encode()) + len(attr["StringValue"].encode())
+        return total
+
+
+def to_wire(message: Message) -> Wire:
+    if not message.body:
+        raise ValueError(f"message {message.id}: SNS and SQS cannot carry an empty body")
+    attributes: Attributes = {}
+    body = _text(message.body)
+    if body is None:
+        body = base64.b64encode(message.body).decode()
+        attributes[BODY_ENCODING] = _string("base64")
+    fields = {
+        ID: message.id,
+        TOPIC: message.topic,
+        CONTENT_TYPE: message.content_type,
+        TYPE: message.type,
+        CORRELATION_ID: message.correlation_id,
+        CAUSATION_ID: message.causation_id,
+        ORDERING_KEY: message.ordering_key,
+        CREATED_AT: message.created_at.astimezone(timezone.utc).isoformat(),
+    }
+    for name, value in fields.items():
+        if value is None:
+            continue
+        if not _TEXT.match(value):
+            raise ValueError(f"message {message.id}: {name} holds characters SNS/SQS cannot carry: {value!r}")
+        attributes[name] = _string(value)
+    packed: dict[str, HeaderValue] = {}
+    native = {k: _native(k, v) for k, v in message.headers.items()}
+    room = MAX_ATTRIBUTES - len(attributes)
+    fits = all(native.values()) and len(native) <= room
+    for name, value in message.headers.items():
+        attr = native[name]
+        if attr is not None and (fits or len(attributes) < MAX_ATTRIBUTES - 1):
+            attributes[name] = attr
+        else:
+            packed[name] = value
+    if packed:
+        attributes[HEADERS] = _string(json.dumps(packed, separators=(",", ":")))
+    return Wire(body, attributes)
+
+
+def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
+    """The message in an SQS `ReceiveMessage` result. Fields a plain client did not set
+    fall back to the SQS message id, `default_topic` and the time SQS received it."""
+    attributes = {name: _value(attr) for name, attr in raw.get("MessageAttributes", {}).items()}
+    headers = {k: v for k, v in attributes.items() if not k.startswith(_RESERVED_PREFIX)}
+    packed = attributes.get(HEADERS)
+    if isinstance(packed, str):
+        headers.update(json.loads(packed))
+    body = raw["Body"].encode()
+    if attributes.get(BODY_ENCODING) == "base64":
+        body = base64.b64decode(body)
+    created = attributes.get(CREATED_AT)
+    if isinstance(created, str):
+        created_at = datetime.fromisoformat(created)
+    else:
+        sent_ms = int(raw.get("Attributes", {}).get("SentTimestamp", 0))
+        created_at = datetime.fromtimestamp(sent_ms / 1000, timezone.utc)
+    return Message(
+        topic=str(attributes.get(TOPIC) or default_topic),
+        body=body,
+        id=str(attributes.get(ID) or raw["MessageId"]),
+        content_type=str(attributes.get(CONTENT_TYPE) or Message.__dataclass_fields__["content_type"].default),
+        type=_optional(attributes.get(TYPE)),
+        headers=headers,
+        correlation_id=_optional(attributes.get(CORRELATION_ID)),
+        causation_id=_optional(attributes.get(CAUSATION_ID)),
+        ordering_key=_optional(attributes.get(ORDERING_KEY)),
+        created_at=created_at,
+    )
+
+
+def _text(body: bytes) -> str | None:
+    try:
+        text = body.decode()
+    except UnicodeDecodeError:
+        return None
+    return text if _TEXT.match(text) else None
+
+
+def _string(value: str) -> dict[str, str]:
+    return {"DataType": "String", "StringValue": value}
+
+
+def _native(name: str, value: HeaderValue) -> dict[str, str] | None:
+    """The attribute for a header, or None when it must be packed: a name SNS/SQS
+    reject or reserve, an empty or non-XML string, a bool, or a number SQS cannot hold."""
+    if not _NAME.match(name) or ".." in name or name.lower().startswith(("aws.", "amazon.", _RESERVED_PREFIX)):
+        return None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        return _string(value) if _TEXT.match(value) else None
+    if isinstance(value, int) or (isinstance(value, float) and math.isfinite(value)):
+        text = repr(value)
+        return {"DataType": "Number", "StringValue": text} if _NUMBER.match(text) else None
+    return None
+
+
+def _value(attr: Mapping[str, Any]) -> HeaderValue:
+    kind = attr.get("DataType", "String")
+    if kind.startswith("Binary"):
+        return base64.b64encode(attr["BinaryValue"]).decode()
+    text = attr["StringValue"]
+    if kind.startswith("Number"):
+        try:
+            return int(text)
+        except ValueError:
+            return float(text)
+    return text
+
+
+def _optional(value: HeaderValue | None) -> str | None:
+    return None if value is None else str(value)

@@ -1,0 +1,318 @@
+"""A `Topology` on SNS/SQS: names, creation and lookup of topics and queues.
+
+topic -> SNS topic; queue -> SQS queue whose policy admits only its topics
+(`aws:SourceArn`), subscribed with raw delivery and an optional filter policy on message
+attributes; dead-letter queue -> `RedrivePolicy` with maxReceiveCount = max attempts;
+ordered queue -> FIFO queue (and FIFO topics feeding it). Every AWS name is the broker's
+prefix plus ours with '.' turned into '_' (SNS and SQS names allow no dots), plus
+`.fifo` where FIFO; each queue carries its own name in the `mailbag-name` tag.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from broker.errors import TopologyError, UnknownQueue, UnknownTopic
+from broker.sqs_client import AwsClients, AwsError
+from broker.topology import Queue, Subscription, Topology
+
+NAME_TAG = "mailbag-name"
+POLICY_SID = "mailbag-sns"
+DLQ_RETENTION_SECONDS = 14 * 24 * 3600
+_QUEUE_MAX = 80
+_TOPIC_MAX = 256
+_MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+_QUEUE_EXISTS = ("QueueAlreadyExists", "QueueNameExists")
+_PREFIX = re.compile(r"^[A-Za-z0-9_\-]*$")
+_NUMBER = re.compile(r"^-?\d{1,15}(\.\d{1,5})?$")
+
+
+@dataclass(frozen=True)
+class QueueRef:
+    """What the adapter needs to know about one SQS queue."""
+
+    name: str
+    url: str
+    arn: str
+    fifo: bool
+    visibility: int
+    #: receives before SQS redrives to the dead-letter queue; None for a queue without one
+    max_attempts: int | None
+    dead_letter: "QueueRef | None"
+    topics: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TopicRef:
+    name: str
+    arn: str
+    fifo: bool
+
+
+class Resources:
+    """The broker's view of its topics and queues: declared from a `Topology`, or found
+    by name when another process declared them. Lookups are cached per broker."""
+
+    def __init__(self, aws: AwsClients, *, prefix: str, visibility: int, max_message_bytes: int) -> None:
+        if not _PREFIX.match(prefix):
+            raise ValueError(f"prefix {prefix!r} may hold only letters, digits, '-' and '_'")
+        self.aws = aws
+        self.prefix = prefix
+        self.visibility = visibility
+        self.max_message_bytes = max_message_bytes
+        self._queues: dict[str, QueueRef] = {}
+        self._topics: dict[str, TopicRef] = {}
+        self._topic_arns: dict[str, str] = {}
+
+    # -- names ----------------------------------------------------------------
+
+    def aws_name(self, name: str, fifo: bool, limit: int = _QUEUE_MAX) -> str:
+        full = self.prefix + name.replace(".", "_") + (".fifo" if fifo else "")
+        if len(full) > limit:
+            raise TopologyError(f"{name!r} becomes {full!r}, longer than the {limit} characters AWS allows")
+        return full
+
+    # -- declare --------------------------------------------------------------
+
+    async def declare(self, topology: Topology) -> None:
+        self._check_collisions(topology)
+        fifo_topics = {t for q in topology.queues if q.ordered for t in q.topics}
+        topics = {t: await self._ensure_topic(t, t in fifo_topics) for t in topology.topics}
+        for spec in topology.queues:
+            dlq = await self._ensure_queue(spec.dead_letter_queue, spec.ordered, None)
+            queue = await self._ensure_queue(spec.name, spec.ordered, (spec, dlq))
+            await self._admit(queue, [topics[t].arn for t in spec.topics])
+            for sub in spec.subscriptions:
+                await self._subscribe(topics[sub.topic], queue, sub)
+
+    def _check_collisions(self, topology: Topology) -> None:
+        seen: dict[str, str] = {}
+        names = [q.name for q in topology.queues] + [q.dead_letter_queue for q in topology.queues]
+        for name in dict.fromkeys(names + [f"topic:{t}" for t in topology.topics]):
+            key = name.replace(".", "_")
+            if key in seen:
+                raise TopologyError(f"{seen[key]!r} and {name!r} map to the same AWS name {self.prefix + key!r}")
+            seen[key] = name
+
+    async def _ensure_topic(self, name: str, fifo: bool) -> TopicRef:
+        existing = await self._find_topic(name)
+        if existing is not None:
+            if fifo and not existing.fifo:
+                raise TopologyError(
+                    f"topic {name!r} exists as a standard SNS topic; an ordered queue needs a FIFO topic"
+                )
+            return existing
+        attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "false"} if fifo else {}
+        result = await self.aws.call(
+            self.aws.sns.create_topic, Name=self.aws_name(name, fifo, _TOPIC_MAX), Attributes=attributes
+        )
+        ref = TopicRef(name, result["TopicArn"], fifo)
+        self._topics[name] = ref
+        self._topic_arns[self.aws_name(name, fifo, _TOPIC_MAX)] = ref.arn
+        return ref
+
+    async def _ensure_queue(self, name: str, fifo: bool, redrive: tuple[Queue, QueueRef] | None) -> QueueRef:
+        aws_name = self.aws_name(name, fifo)
+        wanted = {"VisibilityTimeout": str(self.visibility), "MaximumMessageSize": str(self.max_message_bytes)}
+        if fifo:
+            wanted |= {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
+        if redrive is None:
+            wanted["MessageRetentionPeriod"] = str(DLQ_RETENTION_SECONDS)
+        else:
+            spec, dlq = redrive
+            wanted["RedrivePolicy"] = json.dumps(
+                {"deadLetterTargetArn": dlq.arn, "maxReceiveCount": spec.retry.max_attempts}
+            )
+        try:
+            result = await self.aws.call(
+                self.aws.sqs.create_queue, QueueName=aws_name, Attributes=wanted, tags={NAME_TAG: name}
+            )
+        except AwsError as exc:
+            if exc.code not in _QUEUE_EXISTS:
+                raise
+            await self._explain_conflict(name, aws_name, wanted)
+            raise
+        url = result["QueueUrl"]
+        attrs = await self._attributes(url)
+        ref = QueueRef(
+            name=name,
+            url=url,
+            arn=attrs["QueueArn"],
+            fifo=fifo,
+            visibility=self.visibility,
+            max_attempts=redrive[0].retry.max_attempts if redrive else None,
+            dead_letter=redrive[1] if redrive else None,
+            topics=redrive[0].topics if redrive else (),
+        )
+        self._queues[name] = ref
+        return ref
+
+    async def _explain_conflict(self, name: str, aws_name: str, wanted: dict[str, str]) -> None:
+        url = (await self.aws.call(self.aws.sqs.get_queue_url, QueueName=aws_name))["QueueUrl"]
+        have = await self._attributes(url)
+        for key, value in wanted.items():
+            theirs = have.get(key)
+            if key == "RedrivePolicy" and theirs is not None:
+                same = json.loads(theirs) == json.loads(value)
+            else:
+                same = theirs == value
+            if not same:
+                raise TopologyError(f"queue {name!r} already exists with {key}={theirs}; redeclared with {key}={value}")
+
+    async def _admit(self, queue: QueueRef, topic_arns: list[str]) -> None:
+        """Let the queue's topics (and only those) send to it, keeping any statements
+        someone else added to the policy."""
+        current = (await self._attributes(queue.url)).get("Policy")
+        policy = json.loads(current) if current else {"Version": "2012-10-17", "Statement": []}
+        ours = next((s for s in policy["Statement"] if s.get("Sid") == POLICY_SID), None)
+        admitted = set(ours["Condition"]["ArnEquals"]["aws:SourceArn"]) if ours else set()
+        if set(topic_arns) <= admitted:
+            return
+        statement = {
+            "Sid": POLICY_SID,
+            "Effect": "Allow",
+            "Principal": {"Service": "sns.amazonaws.com"},
+            "Action": "sqs:SendMessage",
+            "Resource": queue.arn,
+            "Condition": {"ArnEquals": {"aws:SourceArn": sorted(admitted | set(topic_arns))}},
+        }
+        policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != POLICY_SID] + [statement]
+        await self.aws.call(
+            self.aws.sqs.set_queue_attributes, QueueUrl=queue.url, Attributes={"Policy": json.dumps(policy)}
+        )
+
+    async def _subscribe(self, topic: TopicRef, queue: QueueRef, sub: Subscription) -> None:
+        wanted = {"RawMessageDelivery": "true"}
+        if sub.filter:
+            wanted["FilterPolicy"] = json.dumps(filter_policy(sub.filter))
+        existing = await self._subscription(topic, queue)
+        if existing is None:
+            await self.aws.call(
+                self.aws.sns.subscribe,
+                TopicArn=topic.arn,
+                Protocol="sqs",
+                Endpoint=queue.arn,
+                Attributes=wanted,
+                ReturnSubscriptionArn=True,
+            )
+            return
+        have = (await self.aws.call(self.aws.sns.get_subscription_attributes, SubscriptionArn=existing))["Attributes"]
+        theirs = json.loads(have["FilterPolicy"]) if have.get("FilterPolicy") else None
+        ours = filter_policy(sub.filter) if sub.filter else None
+        if theirs != ours or have.get("RawMessageDelivery", "false").lower() != "true":
+            raise TopologyError(
+                f"queue {queue.name!r} is already subscribed to {topic.name!r} with filter {theirs} "
+                f"(raw delivery {have.get('RawMessageDelivery')}); redeclared with filter {ours}"
+            )
+
+    async def _subscription(self, topic: TopicRef, queue: QueueRef) -> str | None:
+        params: dict[str, Any] = {"TopicArn": topic.arn}
+        while True:
+            page = await self.aws.call(self.aws.sns.list_subscriptions_by_topic, **params)
+            for s in page.get("Subscriptions", []):
+                if s["Protocol"] == "sqs" and s["Endpoint"] == queue.arn:
+                    return s["SubscriptionArn"]
+            if not page.get("NextToken"):
+                return None
+            params["NextToken"] = page["NextToken"]
+
+    # -- lookup ---------------------------------------------------------------
+
+    async def topic(self, name: str) -> TopicRef:
+        ref = await self._find_topic(name)
+        if ref is None:
+            raise UnknownTopic(f"topic {name!r} is not declared (no SNS topic {self.aws_name(name, False, _TOPIC_MAX)!r})")
+        return ref
+
+    async def _find_topic(self, name: str) -> TopicRef | None:
+        ref = self._topics.get(name)
+        if ref is None:
+            candidates = [(self.aws_name(name, fifo, _TOPIC_MAX), fifo) for fifo in (False, True)]
+            if not any(aws_name in self._topic_arns for aws_name, _ in candidates):
+                await self._list_topics()
+            for aws_name, fifo in candidates:
+                if aws_name in self._topic_arns:
+                    ref = self._topics[name] = TopicRef(name, self._topic_arns[aws_name], fifo)
+        return ref
+
+    async def _list_topics(self) -> None:
+        """Refresh the ARNs of every SNS topic under the prefix (SNS finds no topic by name)."""
+        params: dict[str, Any] = {}
+        while True:
+            page = await self.aws.call(self.aws.sns.list_topics, **params)
+            for t in page.get("Topics", []):
+                aws_name = t["TopicArn"].rsplit(":", 1)[-1]
+                if aws_name.startswith(self.prefix):
+                    self._topic_arns[aws_name] = t["TopicArn"]
+            if not page.get("NextToken"):
+                return
+            params["NextToken"] = page["NextToken"]
+
+    async def queue(self, name: str) -> QueueRef:
+        ref = self._queues.get(name)
+        if ref is None:
+            ref = await self._find_queue(name)
+            self._queues[name] = ref
+        return ref
+
+    async def _find_queue(self, name: str) -> QueueRef:
+        for fifo in (False, True):
+            try:
+                result = await self.aws.call(self.aws.sqs.get_queue_url, QueueName=self.aws_name(name, fifo))
+            except AwsError as exc:
+                if exc.code in _MISSING_QUEUE:
+                    continue
+                raise
+            return await self._ref(name, result["QueueUrl"])
+        raise UnknownQueue(f"queue {name!r} is not declared (no SQS queue {self.aws_name(name, False)!r})")
+
+    async def _ref(self, name: str, url: str) -> QueueRef:
+        attrs = await self._attributes(url)
+        redrive = json.loads(attrs["RedrivePolicy"]) if attrs.get("RedrivePolicy") else None
+        dead_letter = None
+        if redrive is not None:
+            dlq_aws_name = redrive["deadLetterTargetArn"].rsplit(":", 1)[-1]
+            dlq_url = (await self.aws.call(self.aws.sqs.get_queue_url, QueueName=dlq_aws_name))["QueueUrl"]
+            dlq_name = dlq_aws_name[len(self.prefix):].removesuffix(".fifo")
+            dead_letter = await self._ref(dlq_name, dlq_url)
+        return QueueRef(
+            name=name,
+            url=url,
+            arn=attrs["QueueArn"],
+            fifo=attrs.get("FifoQueue", "false").lower() == "true",
+            visibility=int(attrs.get("VisibilityTimeout", self.visibility)),
+            max_attempts=int(redrive["maxReceiveCount"]) if redrive else None,
+            dead_letter=dead_letter,
+        )
+
+    async def _attributes(self, url: str) -> dict[str, str]:
+        result = await self.aws.call(self.aws.sqs.get_queue_attributes, QueueUrl=url, AttributeNames=["All"])
+        return result.get("Attributes", {})
+
+    async def queue_names(self) -> list[str]:
+        names = []
+        params: dict[str, Any] = {"QueueNamePrefix": self.prefix} if self.prefix else {}
+        while True:
+            page = await self.aws.call(self.aws.sqs.list_queues, **params)
+            for url in page.get("QueueUrls", []):
+                tags = (await self.aws.call(self.aws.sqs.list_queue_tags, QueueUrl=url)).get("Tags", {})
+                aws_name = url.rsplit("/", 1)[-1]
+                names.append(tags.get(NAME_TAG) or aws_name[len(self.prefix):].removesuffix(".fifo"))
+            if not page.get("NextToken"):
+                return sorted(names)
+            params["NextToken"] = page["NextToken"]
+
+
+def filter_policy(match: Mapping[str, tuple[str, ...]]) -> dict[str, list[Any]]:
+    """An SNS filter policy matching like `Subscription.matches`: a header equals one of
+    the listed strings. Numeric-looking values also match a Number attribute, since a
+    header published as 5 travels as a Number and an SNS string match would miss it."""
+    policy: dict[str, list[Any]] = {}
+    for key, values in match.items():
+        rules: list[Any] = list(values)
+        rules += [{"numeric": ["=", float(v)]} for v in values if _NUMBER.match(v)]
+        policy[key] = rules
+    return policy

@@ -1,0 +1,166 @@
+"""A fault-injecting `Broker` wrapper, so the harness can prove each of its detectors
+fires: a harness that cannot see a fault is a bug.
+
+Each fault hits a configurable share of messages, chosen by a seeded random
+generator; `injected` counts what was actually done, for tests to compare against
+what the scenarios detected.
+
+- drop: a published message is confirmed but never delivered, and a message held by
+  a consumer that closes is acked instead of going back (lost in a crash);
+- duplicate: a published message is delivered twice;
+- reorder: a published message is moved `reorder_distance` places later in its batch;
+- delay: a published message arrives `delay_seconds` late, and a retry comes back
+  `delay_seconds` later than asked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections import Counter
+from dataclasses import dataclass, fields
+from typing import Sequence
+
+from broker import Broker, Consumer, Delivery, Message, QueueStats, Topology
+
+
+@dataclass(frozen=True)
+class Faults:
+    drop: float = 0.0
+    duplicate: float = 0.0
+    reorder: float = 0.0
+    delay: float = 0.0
+    delay_seconds: float = 0.25
+    reorder_distance: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            if f.name in ("drop", "duplicate", "reorder", "delay") and not 0 <= getattr(self, f.name) <= 1:
+                raise ValueError(f"{f.name} is a share of messages: 0 to 1, got {getattr(self, f.name)}")
+        if self.delay_seconds < 0 or self.reorder_distance < 1:
+            raise ValueError("delay_seconds must be >= 0 and reorder_distance >= 1")
+
+
+class FaultyBroker(Broker):
+    """Wraps `inner`; everything not listed above passes straight through."""
+
+    def __init__(self, inner: Broker, faults: Faults) -> None:
+        self.inner = inner
+        self.faults = faults
+        self.url = inner.url
+        self.injected: Counter[str] = Counter()
+        self._rng = random.Random(faults.seed)
+        self._late: set[asyncio.Task[None]] = set()
+
+    def hits(self, fault: str) -> bool:
+        """Whether the next message is hit by `fault` (counted if so)."""
+        hit = self._rng.random() < getattr(self.faults, fault)
+        if hit:
+            self.injected[fault] += 1
+        return hit
+
+    async def declare(self, topology: Topology) -> None:
+        await self.inner.declare(topology)
+
+    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+        await self._deliver(messages, lambda batch: self.inner.publish(topic, batch))
+
+    async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
+        await self._deliver(messages, lambda batch: self.inner.send(queue, batch, delay=delay))
+
+    async def _deliver(self, messages: Sequence[Message], forward) -> None:
+        batch: list[Message] = []
+        for m in messages:
+            if self.hits("drop"):
+                continue
+            batch.append(m)
+            if self.hits("duplicate"):
+                batch.append(m)
+        batch = self._reorder(batch)
+        is_late = [self.hits("delay") for _ in batch]
+        late = [m for m, hit in zip(batch, is_late) if hit]
+        on_time = [m for m, hit in zip(batch, is_late) if not hit]
+        if late:
+            task = asyncio.create_task(self._later(forward, late))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        if on_time:
+            await forward(on_time)
+
+    def _reorder(self, batch: list[Message]) -> list[Message]:
+        moved = [i for i in range(len(batch) - 1) if self._rng.random() < self.faults.reorder]
+        for i in reversed(moved):
+            batch.insert(min(len(batch), i + self.faults.reorder_distance + 1), batch[i])
+            del batch[i]
+        self.injected["reorder"] += len(moved)
+        return batch
+
+    async def _later(self, forward, late: list[Message]) -> None:
+        await asyncio.sleep(self.faults.delay_seconds)
+        await forward(late)
+
+    def consume(self, queue: str, prefetch: int = 10) -> Consumer:
+        return _FaultyConsumer(self, self.inner.consume(queue, prefetch))
+
+    async def stats(self, queue: str) -> QueueStats:
+        return await self.inner.stats(queue)
+
+    async def browse(self, queue: str, limit: int = 100) -> list[Message]:
+        return await self.inner.browse(queue, limit)
+
+    async def purge(self, queue: str) -> int:
+        return await self.inner.purge(queue)
+
+    async def queue_names(self) -> list[str] | None:
+        return await self.inner.queue_names()
+
+    async def close(self) -> None:
+        """Late messages still go out first: the wrapper delays, it does not lose."""
+        await asyncio.gather(*self._late, return_exceptions=True)
+        await self.inner.close()
+
+
+class _FaultyConsumer(Consumer):
+    def __init__(self, broker: FaultyBroker, inner: Consumer) -> None:
+        self.broker = broker
+        self.inner = inner
+        self.unsettled: set[_FaultyDelivery] = set()
+
+    async def __anext__(self) -> Delivery:
+        delivery = _FaultyDelivery(self, await self.inner.__anext__())
+        self.unsettled.add(delivery)
+        return delivery
+
+    def stop(self) -> None:
+        self.inner.stop()
+
+    async def close(self) -> None:
+        for delivery in list(self.unsettled):
+            if self.broker.hits("drop"):
+                await delivery.inner.ack()  # lost with the consumer
+        self.unsettled.clear()
+        await self.inner.close()
+
+
+class _FaultyDelivery(Delivery):
+    __slots__ = ("inner", "_consumer")
+
+    def __init__(self, consumer: _FaultyConsumer, inner: Delivery) -> None:
+        super().__init__(inner.message, inner.queue, inner.attempt)
+        self.inner = inner
+        self._consumer = consumer
+
+    async def _ack(self) -> None:
+        self._consumer.unsettled.discard(self)
+        await self.inner.ack()
+
+    async def _retry(self, delay: float) -> None:
+        self._consumer.unsettled.discard(self)
+        if self._consumer.broker.hits("delay"):
+            delay += self._consumer.broker.faults.delay_seconds
+        await self.inner.retry(delay)
+
+    async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
+        self._consumer.unsettled.discard(self)
+        await self.inner.dead_letter(reason, error)

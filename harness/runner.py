@@ -1,0 +1,87 @@
+"""Running the chosen scenarios on each broker variant, one after the other, into a
+`Report`. A scenario that errors is recorded as ERROR and the run goes on."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from datetime import datetime, timezone
+from typing import Callable, Protocol, Sequence
+
+from broker import Broker
+from harness.ledger import Meter, NoMeter
+from harness.result import Report, ScenarioResult
+from harness.scenarios import SCENARIOS
+from harness.settings import Settings
+from harness.target import Target
+
+#: no scenario may take longer than this, whatever the broker does
+SCENARIO_TIMEOUT = 600.0
+
+
+class Progress(Protocol):
+    def begin(self, broker: str, scenario: str) -> Meter: ...
+
+    def end(self, result: ScenarioResult) -> None: ...
+
+
+class Silent:
+    def begin(self, broker: str, scenario: str) -> Meter:
+        return NoMeter()
+
+    def end(self, result: ScenarioResult) -> None:
+        pass
+
+
+async def compare(
+    targets: Sequence[Target],
+    scenarios: Sequence[str] = tuple(SCENARIOS),
+    settings: Settings = Settings(),
+    *,
+    progress: Progress | None = None,
+    wrap: Callable[[Broker], Broker] | None = None,
+) -> Report:
+    """Run `scenarios` on every target; `wrap` decorates each opened broker (the tests
+    wrap it in a `FaultyBroker`)."""
+    unknown = [s for s in scenarios if s not in SCENARIOS]
+    if unknown:
+        raise ValueError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
+    progress = progress or Silent()
+    report = Report(
+        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        settings=dataclasses.asdict(settings),
+        brokers=[{"label": t.label, "url": t.display} for t in targets],
+    )
+    for target in targets:
+        try:
+            broker = await target.open()
+        except Exception as exc:
+            for name in scenarios:
+                report.results.append(_error(name, target, exc))
+            continue
+        if wrap is not None:
+            broker = wrap(broker)
+        try:
+            for name in scenarios:
+                meter = progress.begin(target.label, name)
+                started = time.monotonic()
+                try:
+                    result = await asyncio.wait_for(
+                        SCENARIOS[name].run(broker, target, settings, meter), SCENARIO_TIMEOUT
+                    )
+                except Exception as exc:
+                    result = _error(name, target, exc)
+                result.seconds = time.monotonic() - started
+                report.results.append(result)
+                progress.end(result)
+        finally:
+            await broker.close()
+    return report
+
+
+def _error(scenario: str, target: Target, exc: BaseException) -> ScenarioResult:
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, asyncio.TimeoutError):
+        text = f"gave up after {SCENARIO_TIMEOUT:g}s"
+    return ScenarioResult(scenario, target.label, target.display, error=f"{type(exc).__name__}: {text}".rstrip(": "))

@@ -1,0 +1,90 @@
+"""A broker variant under comparison: a broker URL plus the queue options the
+harness reads from its query string.
+
+The options are the harness's own and are removed before the URL reaches
+`broker.connect`, so adapters never see them:
+
+- `queue=classic|quorum`: the RabbitMQ queue type (`Queue.kind`);
+- `ordered=1` (or `fifo=1`): order per ordering key (`Queue.ordered`: single active
+  consumer on RabbitMQ, a FIFO queue on SQS);
+- `label=NAME`: the name used in reports (default: derived from scheme and options).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+from broker import ADAPTERS, Broker, Queue, connect, mask_url
+from broker.errors import BrokerUrlError
+from broker.url import scheme_of
+
+_FAMILY = {"memory": "memory", "amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "sqs"}
+_TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+
+
+@dataclass(frozen=True)
+class Target:
+    """One broker variant. `url` keeps the harness options (and any password: never
+    print it, print `display`); `broker_url` is what the adapter is opened with."""
+
+    url: str
+    broker_url: str
+    label: str
+    kind: Literal["classic", "quorum"] = "classic"
+    ordered: bool = False
+
+    @classmethod
+    def parse(cls, url: str) -> "Target":
+        """Read the harness options off `url`; raises `BrokerUrlError` naming a bad one."""
+        scheme = scheme_of(url)
+        if scheme not in ADAPTERS:
+            known = ", ".join(f"{s}://" for s in ADAPTERS)
+            raise BrokerUrlError(f"unknown broker URL scheme {scheme!r} in {mask_url(url)!r}; expected one of {known}")
+        parts = urlsplit(url)
+        kept: list[tuple[str, str]] = []
+        options: dict[str, str] = {}
+        for key, value in parse_qsl(parts.query, keep_blank_values=True):
+            if key in ("queue", "ordered", "fifo", "label"):
+                options["ordered" if key == "fifo" else key] = value
+            else:
+                kept.append((key, value))
+        kind = options.get("queue", "classic")
+        if kind not in ("classic", "quorum"):
+            raise BrokerUrlError(f"queue={kind!r} in {mask_url(url)!r}: expected queue=classic or queue=quorum")
+        ordered = options.get("ordered", "0").lower()
+        if ordered not in _TRUE + _FALSE:
+            raise BrokerUrlError(f"ordered/fifo={ordered!r} in {mask_url(url)!r}: expected 1 or 0")
+        # rebuilt by hand: urlunsplit drops the '//' of an empty host (memory://, sqs://)
+        broker_url = url.split("?", 1)[0] + (f"?{urlencode(kept)}" if kept else "")
+        label = options.get("label") or _default_label(scheme, kind, ordered in _TRUE)
+        return cls(url, broker_url, label, kind, ordered in _TRUE)  # type: ignore[arg-type]
+
+    @property
+    def display(self) -> str:
+        """The URL, password masked: safe for reports and logs."""
+        return mask_url(self.url)
+
+    @property
+    def in_process(self) -> bool:
+        """The broker lives inside this process (memory://): a consumer process cannot be
+        killed apart from it, so the crash scenario closes a consumer instead."""
+        return scheme_of(self.url) == "memory"
+
+    def queue(self, name: str, *topics: str, **settings: Any) -> Queue:
+        """A queue with this variant's kind and ordering, subscribed to `topics`."""
+        return Queue(name, topics, kind=self.kind, ordered=self.ordered, **settings)
+
+    async def open(self) -> Broker:
+        return await connect(self.broker_url)
+
+
+def _default_label(scheme: str, kind: str, ordered: bool) -> str:
+    family = _FAMILY.get(scheme, scheme)
+    if family == "sqs":
+        return "sqs-fifo" if ordered else "sqs-standard"
+    variant = [kind] if family == "rabbitmq" else []
+    if ordered:
+        variant.append("ordered")
+    return "-".join([family, *variant])

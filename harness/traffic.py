@@ -1,0 +1,34 @@
+"""The messages a scenario sends: numbered bodies spread over ordering keys, published
+in batches and recorded in the ledger just before each batch goes out."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from typing import Sequence
+
+from broker import Broker, Message
+from harness.ledger import Ledger
+
+
+def run_name(scenario: str) -> str:
+    """A fresh name per scenario run, so runs never see each other's messages."""
+    return f"cmp-{uuid.uuid4().hex[:8]}-{scenario}"
+
+
+def messages(topic: str, count: int, keys: int) -> list[Message]:
+    """`count` messages, message i on key `k{i % keys}`; the body names both."""
+    return [
+        Message(topic, json.dumps({"n": i, "key": f"k{i % keys}"}).encode(), ordering_key=f"k{i % keys}")
+        for i in range(count)
+    ]
+
+
+async def publish(broker: Broker, topic: str, batch: Sequence[Message], ledgers: Sequence[Ledger], size: int) -> None:
+    """Publish in calls of `size`, recording each call's messages in every ledger first
+    (latency is measured from the moment the publish call starts)."""
+    for start in range(0, len(batch), size):
+        chunk = batch[start : start + size]
+        for ledger in ledgers:
+            ledger.publishing(chunk)
+        await broker.publish(topic, chunk)

@@ -1,0 +1,73 @@
+"""Turning a payload into the `Message` that is published: encoding, and validation
+against the model registered for the topic, so a bad payload is refused before it is
+sent (or written to an outbox) rather than dead-lettered by every consumer."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from broker import Message
+from broker.codec import PayloadError, decode, encode
+from publishers.errors import PayloadRejected
+
+
+class TopicModels:
+    """Topic -> the model its payloads must validate against. Built from explicit
+    `models` and from an App's handlers (the model each handler of a topic expects);
+    two different models for one topic is a mistake and raises at construction."""
+
+    def __init__(self, models: Mapping[str, Any] | None = None, app: Any = None) -> None:
+        self._models: dict[str, Any] = {}
+        for handler in getattr(app, "handlers", {}).values():
+            if handler.model is not None:
+                self.register(handler.topic, handler.model)
+        for topic, model in (models or {}).items():
+            self.register(topic, model)
+
+    def register(self, topic: str, model: Any) -> None:
+        known = self._models.get(topic)
+        if known is not None and known is not model:
+            raise ValueError(f"topic {topic!r} already has model {_name(known)}; cannot also use {_name(model)}")
+        self._models[topic] = model
+
+    def get(self, topic: str) -> Any:
+        return self._models.get(topic)
+
+    def message(
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> Message:
+        """The message for `payload`: a pydantic model, bytes, or a JSON-able value.
+        Raises `PayloadRejected` if the topic has a model and the payload does not
+        validate against it as a consumer would decode it."""
+        ids = {"id": message_id} if message_id else {}
+        try:
+            body, content_type, type_name = encode(payload)
+            model = self._models.get(topic)
+            if model is not None:
+                decode(body, content_type, model)
+                type_name = type_name or _name(model)
+        except PayloadError as exc:
+            raise PayloadRejected(f"payload for topic {topic!r} refused: {exc}", [message_id or "(new message)"]) from None
+        return Message(
+            topic=topic,
+            body=body,
+            content_type=content_type,
+            type=type_name,
+            headers=dict(headers or {}),
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            ordering_key=key,
+            **ids,
+        )
+
+
+def _name(model: Any) -> str:
+    return getattr(model, "__name__", repr(model))

@@ -1,0 +1,43 @@
+"""`mailbag compare` as a user runs it: a subprocess, its exit status, its files."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def mailbag(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mailbag.cli", *args], capture_output=True, text=True, timeout=120)
+
+
+def test_compare_on_memory_writes_the_whole_report(tmp_path):
+    out = tmp_path / "report"
+    result = mailbag("compare", "--messages", "30", "--broker", "memory://", "--broker", "memory://?fifo=1",
+                     "--scenario", "ordering", "--scenario", "crash", "--scenario", "latency", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "memory-ordered" in result.stdout and "PASS" in result.stdout
+    assert f"report: {out / 'index.md'}" in result.stdout
+    data = json.loads((out / "results.json").read_text())
+    assert {(r["broker"], r["scenario"]) for r in data["results"]} == {
+        (b, s) for b in ("memory", "memory-ordered") for s in ("ordering", "crash", "latency")
+    }
+    assert {p.name for p in out.glob("*.png")} == {"latency.png", "ordering.png", "crash.png", "throughput.png"}
+
+
+@pytest.mark.parametrize(
+    "args, says",
+    [
+        (("--messages", "0"), "--messages must be >= 1"),
+        (("--broker", "amqp://u:hunter2@h/?queue=lazy"), "queue='lazy'"),
+        (("--broker", "kafka://u:hunter2@h"), "unknown broker URL scheme"),
+        (("--scenario", "nope"), "invalid choice: 'nope'"),
+        (("--broker", "memory://", "--broker", "memory://?label=memory"), "same label"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path):
+    result = mailbag("compare", "--out", str(tmp_path), *args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and says in lines[0], result.stderr
+    assert "hunter2" not in result.stderr + result.stdout

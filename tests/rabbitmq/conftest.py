@@ -1,0 +1,52 @@
+import uuid
+
+import pytest
+
+from broker import Queue, RetryPolicy, Topology
+from broker.rabbitmq import open_broker
+from tests.rabbitmq.service import HOST, PORT, amqp_url, remove_declared
+from tests.rabbitmq.proxy import CuttingProxy
+
+
+@pytest.fixture
+def url() -> str:
+    return amqp_url()
+
+
+@pytest.fixture
+def names():
+    """Unique names for this test's topics and queues."""
+    run = uuid.uuid4().hex[:8]
+    return lambda base: f"r{run}-{base}"
+
+
+@pytest.fixture
+async def broker(url):
+    b = await open_broker(url)
+    yield b
+    await b.close()
+    await remove_declared(b)
+
+
+@pytest.fixture
+async def proxy():
+    async with CuttingProxy(HOST, PORT) as p:
+        yield p
+
+
+@pytest.fixture
+def work_queue(broker, names):
+    """Declare a queue subscribed to `names("topic")` (retry delays of 0.2s) and return it."""
+
+    async def declare(kind: str = "classic", max_attempts: int = 3, **settings) -> Queue:
+        queue = Queue(
+            names("q"),
+            (names("topic"),),
+            retry=RetryPolicy(max_attempts=max_attempts, initial_delay=0.2, multiplier=1.0, max_delay=0.2),
+            kind=kind,
+            **settings,
+        )
+        await broker.declare(Topology(queues=(queue,)))
+        return queue
+
+    return declare

@@ -1,0 +1,39 @@
+"""The RabbitMQ the tests run against: 127.0.0.1:5672, guest/guest, default vhost.
+
+Tests isolate themselves by unique names and remove what they declared afterwards
+(`remove_declared`). A vhost per run would isolate better, but creating one needs
+`rabbitmqctl`, whose CLI nodes collide when several test runs start at once.
+"""
+
+from __future__ import annotations
+
+import socket
+
+import aio_pika
+import pytest
+
+HOST, PORT = "127.0.0.1", 5672
+START = "start it with `bash scripts/services.sh` (or `rabbitmq-server -detached`)"
+
+
+def amqp_url(host: str = HOST, port: int = PORT) -> str:
+    """The tests' broker URL (through a proxy when `port` says so); fails the calling
+    test, saying how to start RabbitMQ, when it is not listening."""
+    try:
+        socket.create_connection((HOST, PORT), timeout=2).close()
+    except OSError:
+        pytest.fail(f"RabbitMQ is not running on {HOST}:{PORT}; {START}", pytrace=False)
+    return f"amqp://guest:guest@{host}:{port}/"
+
+
+async def remove_declared(broker) -> None:
+    """Delete every queue and exchange `broker` (a `RabbitBroker`) declared or used."""
+    connection = await aio_pika.connect(amqp_url())
+    async with connection:
+        channel = await connection.channel()
+        queues = set(broker._specs) | broker._dead_letter_queues | broker._retry_queues | broker._known_queues
+        for name in sorted(queues):
+            await channel.queue_delete(name)
+        for topic in sorted(broker._topics):
+            await channel.exchange_delete(topic)
+            await channel.exchange_delete(f"{topic}.filter")

@@ -1,0 +1,96 @@
+"""A dropped connection: the broker reconnects, consumers resume, and what was unacked
+at the drop comes back. The network is cut by a proxy on command."""
+
+import asyncio
+
+import pytest
+
+from broker import DeliveryReleased, Message, Queue, RetryPolicy, Topology
+from broker.rabbitmq import open_broker
+from tests.conformance.env import drain, next_delivery
+from tests.rabbitmq.service import amqp_url, remove_declared
+from workers import App, Worker
+from workers.stores.memory import MemoryStore
+
+
+async def test_unacked_messages_come_back_after_a_drop_and_the_consumer_resumes(proxy, names):
+    # Given a consumer, through the proxy, holding 3 of 10 messages unacked
+    broker = await open_broker(amqp_url(port=proxy.port), reconnect_interval=0.1)
+    try:
+        topic = names("orders")
+        queue = Queue(names("q"), (topic,))
+        await broker.declare(Topology(queues=(queue,)))
+        sent = [Message(topic, b'{"n": %d}' % i) for i in range(10)]
+        await broker.publish(topic, sent)
+        consumer = broker.consume(queue.name, prefetch=3)
+        held = [await next_delivery(consumer) for _ in range(3)]
+
+        # When the network drops and the client reconnects
+        await proxy.cut()
+        await asyncio.wait_for(proxy.connected.wait(), 15)
+
+        # Then settling a message held across the drop says it went back
+        with pytest.raises(DeliveryReleased):
+            await held[0].ack()
+        # and the same consumer receives all ten, the three held ones again
+        got = await drain(consumer, 10)
+        assert {d.message.id for d in got} == {m.id for m in sent}
+        assert all(d.attempt == 2 for d in got if d.message.id in {h.message.id for h in held})
+        await consumer.close()
+    finally:
+        await broker.close()
+        await remove_declared(broker)
+
+
+async def test_a_publish_during_a_drop_waits_for_the_reconnect_and_is_confirmed(proxy, names):
+    # Given a broker through the proxy
+    broker = await open_broker(amqp_url(port=proxy.port), reconnect_interval=0.1)
+    try:
+        topic = names("orders")
+        queue = Queue(names("q"), (topic,))
+        await broker.declare(Topology(queues=(queue,)))
+        # When the network drops just before a publish
+        await proxy.cut()
+        message = Message(topic, b"{}")
+        await broker.publish(topic, [message])
+        # Then the message is confirmed once reconnected, and there
+        async with broker.consume(queue.name) as consumer:
+            [d] = await drain(consumer, 1)
+        assert d.message.id == message.id
+    finally:
+        await broker.close()
+        await remove_declared(broker)
+
+
+async def test_a_worker_keeps_handling_across_a_drop(proxy, names, url):
+    # Given a worker through the proxy, and a publisher connected directly
+    broker = await open_broker(amqp_url(port=proxy.port), reconnect_interval=0.1)
+    publisher = await open_broker(url)
+    app = App(names("app"))
+    topic = names("orders")
+    seen: list[str] = []
+    arrived = asyncio.Event()
+
+    @app.handler(topic, queue=names("q"), retry=RetryPolicy(max_attempts=5, initial_delay=0.1))
+    async def handle(payload, ctx) -> None:
+        seen.append(ctx.message_id)
+        arrived.set()
+
+    try:
+        async with Worker(app, broker, store=MemoryStore()):
+            first = Message(topic, b"{}")
+            await publisher.publish(topic, [first])
+            await asyncio.wait_for(arrived.wait(), 15)
+            # When the network drops and comes back
+            await proxy.cut()
+            await asyncio.wait_for(proxy.connected.wait(), 15)
+            arrived.clear()
+            second = Message(topic, b"{}")
+            await publisher.publish(topic, [second])
+            # Then the worker handles what is published after it
+            await asyncio.wait_for(arrived.wait(), 15)
+            assert second.id in seen
+    finally:
+        await publisher.close()
+        await broker.close()
+        await remove_declared(broker)

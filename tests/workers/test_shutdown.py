@@ -1,0 +1,79 @@
+"""Graceful shutdown through real signals delivered to this process: the first lets
+in-flight handlers finish and gives the rest back; a second cuts the grace short."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+
+from broker import Message
+from broker.memory import MemoryBroker
+from tests.conformance.env import eventually
+from workers import App, Context, Worker
+from workers.shutdown import serve
+
+
+def _app(handled: list[int], started: asyncio.Event, gate: asyncio.Event) -> App:
+    app = App("shop")
+
+    @app.handler("orders", queue="orders.q", idempotency=False)
+    async def handle(payload: dict, ctx: Context) -> None:
+        started.set()
+        await gate.wait()
+        handled.append(payload["n"])
+
+    return app
+
+
+async def test_sigterm_finishes_in_flight_handlers_returns_the_rest_and_exits_0():
+    # Given a worker with four handlers in flight and a backlog behind them
+    broker = MemoryBroker()
+    handled: list[int] = []
+    started, gate = asyncio.Event(), asyncio.Event()
+    app = _app(handled, started, gate)
+    await broker.declare(app.topology)
+    await broker.publish("orders", [Message("orders", b'{"n": %d}' % n) for n in range(50)])
+    worker = Worker(app, broker, concurrency=4, prefetch=8, grace_period=10)
+    serving = asyncio.create_task(serve(worker))
+    await asyncio.wait_for(started.wait(), 5)
+    await eventually(lambda: _in_flight(broker, 8), what="prefetch to fill")
+    # When SIGTERM arrives, then the in-flight handlers get to finish
+    os.kill(os.getpid(), signal.SIGTERM)
+    await eventually(lambda: _stopping(worker), what="the signal to be seen")
+    gate.set()
+    # Then the worker exits 0, the four finished, and the rest are back in the queue
+    assert await asyncio.wait_for(serving, 10) == 0
+    assert sorted(handled) == [0, 1, 2, 3]
+    s = await broker.stats("orders.q")
+    assert (s.ready, s.in_flight) == (46, 0)
+    rest = await broker.browse("orders.q", limit=100)
+    assert sorted(int(m.body[6:-1]) for m in rest) == list(range(4, 50))
+
+
+async def test_a_second_signal_cuts_the_grace_period_short():
+    # Given a worker whose handler never finishes, with a long grace period
+    broker = MemoryBroker()
+    handled: list[int] = []
+    started, never = asyncio.Event(), asyncio.Event()
+    app = _app(handled, started, never)
+    await broker.declare(app.topology)
+    await broker.publish("orders", [Message("orders", b'{"n": 1}')])
+    worker = Worker(app, broker, grace_period=600)
+    serving = asyncio.create_task(serve(worker))
+    await asyncio.wait_for(started.wait(), 5)
+    # When SIGINT comes twice
+    os.kill(os.getpid(), signal.SIGINT)
+    await eventually(lambda: _stopping(worker), what="the first signal to be seen")
+    os.kill(os.getpid(), signal.SIGINT)
+    # Then it exits at once with status 1, and the message is back in the queue
+    assert await asyncio.wait_for(serving, 5) == 1
+    assert handled == [] and (await broker.stats("orders.q")).ready == 1
+
+
+async def _in_flight(broker, n) -> bool:
+    return (await broker.stats("orders.q")).in_flight == n
+
+
+async def _stopping(worker) -> bool:
+    return worker.stopping

@@ -1,0 +1,71 @@
+"""Worker settings: defaults, `MAILBAG_*` environment variables, then explicit values,
+validated when the worker is built so a wrong setting fails at start."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+#: the idempotency store when none is named: in memory for the memory broker (its
+#: messages die with the process too), else this SQLite file on the host
+DEFAULT_SQLITE_STORE = "sqlite:///.mailbag/idempotency.sqlite3"
+
+
+class WorkerSettings(BaseSettings):
+    """Each field reads `MAILBAG_<NAME>`, e.g. `MAILBAG_CONCURRENCY=20`,
+    `MAILBAG_QUEUES=orders,payments`, `MAILBAG_IDEMPOTENCY_URL=redis://127.0.0.1/0`."""
+
+    model_config = SettingsConfigDict(env_prefix="MAILBAG_", extra="ignore", frozen=True)
+
+    broker_url: str = "memory://"
+    #: handlers in flight at once
+    concurrency: int = Field(10, ge=1)
+    #: unsettled deliveries held per queue (default: twice concurrency, so the next
+    #: messages are at hand when a handler finishes)
+    prefetch: int | None = Field(None, ge=1)
+    #: queues to consume (default: all of the app's)
+    queues: Annotated[tuple[str, ...], NoDecode] = ()
+    #: seconds in-flight handlers get to finish on shutdown
+    grace_period: float = Field(30.0, ge=0)
+    #: seconds a handler may run unless it sets its own `timeout` (None: no limit)
+    handler_timeout: float | None = Field(None, gt=0)
+    #: exponential backoff with full jitter; off, the delays are the policy's exactly
+    retry_jitter: bool = True
+    #: consecutive failures that open a named circuit, and how long it stays open
+    breaker_failures: int = Field(5, ge=1)
+    breaker_reset_after: float = Field(30.0, gt=0)
+    #: where handled messages are recorded (None: see DEFAULT_SQLITE_STORE)
+    idempotency_url: str | None = None
+    #: how long a handled message is remembered, and how long a run holds its key
+    idempotency_ttl: float = Field(7 * 24 * 3600.0, gt=0)
+    idempotency_lease: float = Field(300.0, gt=0)
+    log_level: str = "INFO"
+
+    @field_validator("queues", mode="before")
+    @classmethod
+    def _split(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(q.strip() for q in value.split(",") if q.strip())
+        return value
+
+    @field_validator("log_level")
+    @classmethod
+    def _level(cls, value: str) -> str:
+        level = value.upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise ValueError(f"log level must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
+        return level
+
+    @model_validator(mode="after")
+    def _lease_outlasts_timeout(self) -> "WorkerSettings":
+        if self.handler_timeout is not None and self.idempotency_lease <= self.handler_timeout:
+            raise ValueError("idempotency_lease must be longer than handler_timeout, or a slow run loses its key")
+        return self
+
+    def store_url(self, broker_url: str) -> str:
+        """The idempotency store for a worker on `broker_url`."""
+        if self.idempotency_url:
+            return self.idempotency_url
+        return "memory://" if broker_url.startswith("memory:") else DEFAULT_SQLITE_STORE
