@@ -38,8 +38,13 @@ class UnknownTopic(BrokerError, KeyError):
 class PublishFailed(BrokerError):
     """The broker refused or did not confirm some messages; `message_ids` names them."""
 
+    #: ids named in the error's text; the rest are counted (all are in `message_ids`)
+    SHOWN = 5
+
     def __init__(self, message: str, message_ids: list[str]) -> None:
-        super().__init__(f"{message}: {', '.join(message_ids)}")
+        shown = ", ".join(message_ids[: self.SHOWN])
+        more = len(message_ids) - self.SHOWN
+        super().__init__(f"{message}: {shown}" + (f" and {more} more" if more > 0 else ""))
         self.message_ids = list(message_ids)
 
 

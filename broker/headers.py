@@ -19,6 +19,8 @@ ORIGIN_QUEUE = "x-mailbag-origin-queue"
 ORIGIN_TOPIC = "x-mailbag-origin-topic"
 FAILED_AT = "x-mailbag-failed-at"
 WORKER_HOST = "x-mailbag-host"
+#: attempts a message had used before the worker put it back uncounted (see `workers.attempts`)
+ATTEMPTS_USED = "x-mailbag-attempts-used"
 
 DEAD_LETTER_HEADERS = (
     DEAD_REASON,

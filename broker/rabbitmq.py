@@ -74,6 +74,17 @@ _GONE = (
 )
 
 
+#: errors of a consumer's opening that a reconnect cures
+_LOST_WHILE_OPENING = (
+    aiormq.exceptions.AMQPConnectionError,  # a ConnectionError too
+    aiormq.exceptions.ChannelInvalidStateError,
+    ConnectionError,
+    asyncio.TimeoutError,
+)
+#: seconds between a consumer's failed opening and its next try
+_REOPEN_PAUSE = 0.1
+
+
 class RabbitBroker(Broker):
     """A broker on one robust aio-pika connection; see the module docstring."""
 
@@ -407,11 +418,7 @@ class _RabbitConsumer(Consumer):
         self._closed = False
 
     async def __anext__(self) -> Delivery:
-        if self._opening is None:
-            self._opening = asyncio.ensure_future(self._open())
-        if not self._opening.done():
-            await asyncio.shield(self._opening)  # a cancelled wait leaves the opening be
-        self._opening.result()
+        await self._opened()
         while True:
             if self._stopped or self.broker._closed:
                 raise StopAsyncIteration
@@ -427,6 +434,29 @@ class _RabbitConsumer(Consumer):
                 await self._waiter
             finally:
                 self._waiter = None
+
+    async def _opened(self) -> None:
+        """Open the consumer on first use. A connection lost while opening is waited out
+        (the robust connection comes back by itself) and the opening tried again; `stop`
+        or `close` meanwhile ends the consumer instead."""
+        warned = False
+        while True:
+            if self._stopped or self._closed or self.broker._closed:
+                raise StopAsyncIteration
+            if self._opening is None:
+                self._opening = asyncio.ensure_future(self._open())
+            try:
+                await asyncio.shield(self._opening)  # a cancelled wait leaves the opening be
+                return
+            except _LOST_WHILE_OPENING as exc:
+                self._opening = None
+                if not warned:
+                    log.warning("consumer of %s lost its connection while opening (%r); opening again", self.queue, exc)
+                    warned = True
+            # until reconnected, look again every pause (a lost connection may not say so yet)
+            await asyncio.sleep(_REOPEN_PAUSE)
+            while not self.broker._connection.connected.is_set() and not (self._stopped or self._closed):
+                await asyncio.sleep(_REOPEN_PAUSE)
 
     async def _open(self) -> None:
         await self.broker._check_queue(self.queue)

@@ -44,6 +44,7 @@ from broker.errors import (
 )
 from broker.message import Delivery, Message, new_message_id
 from broker.sqs_client import AwsClients
+from broker.sqs_mapping import SQS_MAX_BYTES
 from broker.sqs_marshal import from_wire, to_wire
 from broker.sqs_topology import QueueRef, Resources
 from broker.topology import Topology
@@ -54,8 +55,6 @@ log = logging.getLogger("mailbag.broker.sqs")
 BATCH = 10
 #: largest message (body plus attributes) an SNS topic takes
 SNS_MAX_BYTES = 262_144
-#: largest message an SQS queue takes; queues are created with this MaximumMessageSize
-SQS_MAX_BYTES = 1_048_576
 SEND_ATTEMPTS = 3
 #: longest `DelaySeconds` SQS allows
 MAX_DELAY_SECONDS = 900

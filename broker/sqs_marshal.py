@@ -8,6 +8,7 @@ name or value SNS/SQS cannot carry natively) are packed, types intact, into one 
 attribute `mailbag.headers`. The body is sent untouched when it is text SNS/SQS accept;
 anything else travels base64-encoded and says so in `mailbag.body-encoding`. An
 envelope field SQS cannot carry as text (a control character in an id) is refused.
+A record of a Lambda SQS event decodes the same way (`from_lambda_record`).
 """
 
 from __future__ import annotations
@@ -132,6 +133,50 @@ def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
         ordering_key=_optional(attributes.get(ORDERING_KEY)),
         created_at=created_at,
     )
+
+
+def from_lambda_record(record: Mapping[str, Any], default_topic: str) -> Message:
+    """The message in one record of a Lambda SQS event, decoded as `from_wire` decodes
+    a received message. With raw delivery (or a direct send) the record's body and
+    attributes are the message; with raw delivery off the body is SNS's JSON envelope
+    (`Type` `Notification`), whose `Message` and `MessageAttributes` are."""
+    envelope = _sns_envelope(record)
+    if envelope is None:
+        body, message_id = record["body"], record["messageId"]
+        attributes = {
+            name: _attribute(attr["dataType"], attr.get("stringValue"), attr.get("binaryValue"))
+            for name, attr in record.get("messageAttributes", {}).items()
+        }
+    else:
+        body, message_id = envelope["Message"], envelope["MessageId"]
+        attributes = {
+            name: _attribute(attr["Type"], str(attr["Value"]), attr["Value"])
+            for name, attr in envelope.get("MessageAttributes", {}).items()
+        }
+    raw = {"Body": body, "MessageId": message_id, "MessageAttributes": attributes, "Attributes": record.get("attributes", {})}
+    return from_wire(raw, default_topic)
+
+
+def _sns_envelope(record: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The SNS notification wrapped around a record's message, or None when the record
+    is the message itself (it has attributes of its own, or its body is no envelope)."""
+    if record.get("messageAttributes"):
+        return None
+    try:
+        body = json.loads(record["body"])
+    except ValueError:
+        return None
+    if isinstance(body, dict) and body.get("Type") == "Notification" and {"TopicArn", "Message", "MessageId"} <= body.keys():
+        return body
+    return None
+
+
+def _attribute(data_type: str, text: str | None, binary: str | None) -> dict[str, Any]:
+    """An attribute from a Lambda event or SNS envelope (binary values base64 text) in
+    the shape `ReceiveMessage` returns (binary values as bytes)."""
+    if data_type.startswith("Binary"):
+        return {"DataType": data_type, "BinaryValue": base64.b64decode(binary or "")}
+    return {"DataType": data_type, "StringValue": text}
 
 
 def _text(body: bytes) -> str | None:

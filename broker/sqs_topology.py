@@ -5,29 +5,38 @@ topic -> SNS topic; queue -> SQS queue whose policy admits only its topics
 attributes; dead-letter queue -> `RedrivePolicy` with maxReceiveCount = max attempts;
 ordered queue -> FIFO queue (and FIFO topics feeding it). Every AWS name is the broker's
 prefix plus ours with '.' turned into '_' (SNS and SQS names allow no dots), plus
-`.fifo` where FIFO; each queue carries its own name in the `mailbag-name` tag.
+`.fifo` where FIFO; each queue carries its own name in the `mailbag-name` tag. The
+mapping itself lives in `broker.sqs_mapping`, shared with the CloudFormation export.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from broker.errors import TopologyError, UnknownQueue, UnknownTopic
 from broker.sqs_client import AwsClients, AwsError
+from broker.sqs_mapping import (
+    NAME_TAG,
+    POLICY_SID,
+    QUEUE_NAME_MAX,
+    TOPIC_NAME_MAX,
+    admit_topics_statement,
+    aws_name,
+    check_collisions,
+    check_prefix,
+    fifo_topics,
+    filter_policy,
+    queue_attributes,
+    redrive_policy,
+    subscription_attributes,
+    topic_attributes,
+)
 from broker.topology import Queue, Subscription, Topology
 
-NAME_TAG = "mailbag-name"
-POLICY_SID = "mailbag-sns"
-DLQ_RETENTION_SECONDS = 14 * 24 * 3600
-_QUEUE_MAX = 80
-_TOPIC_MAX = 256
 _MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 _QUEUE_EXISTS = ("QueueAlreadyExists", "QueueNameExists")
-_PREFIX = re.compile(r"^[A-Za-z0-9_\-]*$")
-_NUMBER = re.compile(r"^-?\d{1,15}(\.\d{1,5})?$")
 
 
 @dataclass(frozen=True)
@@ -57,8 +66,7 @@ class Resources:
     by name when another process declared them. Lookups are cached per broker."""
 
     def __init__(self, aws: AwsClients, *, prefix: str, visibility: int, max_message_bytes: int) -> None:
-        if not _PREFIX.match(prefix):
-            raise ValueError(f"prefix {prefix!r} may hold only letters, digits, '-' and '_'")
+        check_prefix(prefix)
         self.aws = aws
         self.prefix = prefix
         self.visibility = visibility
@@ -69,33 +77,21 @@ class Resources:
 
     # -- names ----------------------------------------------------------------
 
-    def aws_name(self, name: str, fifo: bool, limit: int = _QUEUE_MAX) -> str:
-        full = self.prefix + name.replace(".", "_") + (".fifo" if fifo else "")
-        if len(full) > limit:
-            raise TopologyError(f"{name!r} becomes {full!r}, longer than the {limit} characters AWS allows")
-        return full
+    def aws_name(self, name: str, fifo: bool, limit: int = QUEUE_NAME_MAX) -> str:
+        return aws_name(self.prefix, name, fifo, limit)
 
     # -- declare --------------------------------------------------------------
 
     async def declare(self, topology: Topology) -> None:
-        self._check_collisions(topology)
-        fifo_topics = {t for q in topology.queues if q.ordered for t in q.topics}
-        topics = {t: await self._ensure_topic(t, t in fifo_topics) for t in topology.topics}
+        check_collisions(topology, self.prefix)
+        fifo = fifo_topics(topology)
+        topics = {t: await self._ensure_topic(t, t in fifo) for t in topology.topics}
         for spec in topology.queues:
             dlq = await self._ensure_queue(spec.dead_letter_queue, spec.ordered, None)
             queue = await self._ensure_queue(spec.name, spec.ordered, (spec, dlq))
             await self._admit(queue, [topics[t].arn for t in spec.topics])
             for sub in spec.subscriptions:
                 await self._subscribe(topics[sub.topic], queue, sub)
-
-    def _check_collisions(self, topology: Topology) -> None:
-        seen: dict[str, str] = {}
-        names = [q.name for q in topology.queues] + [q.dead_letter_queue for q in topology.queues]
-        for name in dict.fromkeys(names + [f"topic:{t}" for t in topology.topics]):
-            key = name.replace(".", "_")
-            if key in seen:
-                raise TopologyError(f"{seen[key]!r} and {name!r} map to the same AWS name {self.prefix + key!r}")
-            seen[key] = name
 
     async def _ensure_topic(self, name: str, fifo: bool) -> TopicRef:
         existing = await self._find_topic(name)
@@ -105,38 +101,39 @@ class Resources:
                     f"topic {name!r} exists as a standard SNS topic; an ordered queue needs a FIFO topic"
                 )
             return existing
-        attributes = {"FifoTopic": "true", "ContentBasedDeduplication": "false"} if fifo else {}
         result = await self.aws.call(
-            self.aws.sns.create_topic, Name=self.aws_name(name, fifo, _TOPIC_MAX), Attributes=attributes
+            self.aws.sns.create_topic,
+            Name=self.aws_name(name, fifo, TOPIC_NAME_MAX),
+            Attributes=_for_api(topic_attributes(fifo)),
         )
         ref = TopicRef(name, result["TopicArn"], fifo)
         self._topics[name] = ref
-        self._topic_arns[self.aws_name(name, fifo, _TOPIC_MAX)] = ref.arn
+        self._topic_arns[self.aws_name(name, fifo, TOPIC_NAME_MAX)] = ref.arn
         return ref
 
     async def _ensure_queue(self, name: str, fifo: bool, redrive: tuple[Queue, QueueRef] | None) -> QueueRef:
+        """Find the queue and check its settings, or create it: a worker whose role may
+        not create queues still starts on a topology deployed for it."""
         aws_name = self.aws_name(name, fifo)
-        wanted = {"VisibilityTimeout": str(self.visibility), "MaximumMessageSize": str(self.max_message_bytes)}
-        if fifo:
-            wanted |= {"FifoQueue": "true", "ContentBasedDeduplication": "false"}
-        if redrive is None:
-            wanted["MessageRetentionPeriod"] = str(DLQ_RETENTION_SECONDS)
-        else:
-            spec, dlq = redrive
-            wanted["RedrivePolicy"] = json.dumps(
-                {"deadLetterTargetArn": dlq.arn, "maxReceiveCount": spec.retry.max_attempts}
-            )
-        try:
-            result = await self.aws.call(
-                self.aws.sqs.create_queue, QueueName=aws_name, Attributes=wanted, tags={NAME_TAG: name}
-            )
-        except AwsError as exc:
-            if exc.code not in _QUEUE_EXISTS:
-                raise
-            await self._explain_conflict(name, aws_name, wanted)
-            raise
-        url = result["QueueUrl"]
+        wanted = _for_api(queue_attributes(
+            fifo=fifo,
+            visibility=self.visibility,
+            max_message_bytes=self.max_message_bytes,
+            redrive=None if redrive is None else redrive_policy(redrive[1].arn, redrive[0]),
+        ))
+        url = await self._queue_url(aws_name)
+        if url is None:
+            try:
+                url = (await self.aws.call(
+                    self.aws.sqs.create_queue, QueueName=aws_name, Attributes=wanted, tags={NAME_TAG: name}
+                ))["QueueUrl"]
+            except AwsError as exc:
+                if exc.code not in _QUEUE_EXISTS:
+                    raise
+                # created meanwhile with other settings: the check below names the one
+                url = (await self.aws.call(self.aws.sqs.get_queue_url, QueueName=aws_name))["QueueUrl"]
         attrs = await self._attributes(url)
+        _check_settings(name, attrs, wanted)
         ref = QueueRef(
             name=name,
             url=url,
@@ -150,17 +147,13 @@ class Resources:
         self._queues[name] = ref
         return ref
 
-    async def _explain_conflict(self, name: str, aws_name: str, wanted: dict[str, str]) -> None:
-        url = (await self.aws.call(self.aws.sqs.get_queue_url, QueueName=aws_name))["QueueUrl"]
-        have = await self._attributes(url)
-        for key, value in wanted.items():
-            theirs = have.get(key)
-            if key == "RedrivePolicy" and theirs is not None:
-                same = json.loads(theirs) == json.loads(value)
-            else:
-                same = theirs == value
-            if not same:
-                raise TopologyError(f"queue {name!r} already exists with {key}={theirs}; redeclared with {key}={value}")
+    async def _queue_url(self, aws_name: str) -> str | None:
+        try:
+            return (await self.aws.call(self.aws.sqs.get_queue_url, QueueName=aws_name))["QueueUrl"]
+        except AwsError as exc:
+            if exc.code in _MISSING_QUEUE:
+                return None
+            raise
 
     async def _admit(self, queue: QueueRef, topic_arns: list[str]) -> None:
         """Let the queue's topics (and only those) send to it, keeping any statements
@@ -168,26 +161,18 @@ class Resources:
         current = (await self._attributes(queue.url)).get("Policy")
         policy = json.loads(current) if current else {"Version": "2012-10-17", "Statement": []}
         ours = next((s for s in policy["Statement"] if s.get("Sid") == POLICY_SID), None)
-        admitted = set(ours["Condition"]["ArnEquals"]["aws:SourceArn"]) if ours else set()
+        source = ours["Condition"]["ArnEquals"]["aws:SourceArn"] if ours else []
+        admitted = {source} if isinstance(source, str) else set(source)
         if set(topic_arns) <= admitted:
             return
-        statement = {
-            "Sid": POLICY_SID,
-            "Effect": "Allow",
-            "Principal": {"Service": "sns.amazonaws.com"},
-            "Action": "sqs:SendMessage",
-            "Resource": queue.arn,
-            "Condition": {"ArnEquals": {"aws:SourceArn": sorted(admitted | set(topic_arns))}},
-        }
+        statement = admit_topics_statement(queue.arn, sorted(admitted | set(topic_arns)))
         policy["Statement"] = [s for s in policy["Statement"] if s.get("Sid") != POLICY_SID] + [statement]
         await self.aws.call(
             self.aws.sqs.set_queue_attributes, QueueUrl=queue.url, Attributes={"Policy": json.dumps(policy)}
         )
 
     async def _subscribe(self, topic: TopicRef, queue: QueueRef, sub: Subscription) -> None:
-        wanted = {"RawMessageDelivery": "true"}
-        if sub.filter:
-            wanted["FilterPolicy"] = json.dumps(filter_policy(sub.filter))
+        wanted = _for_api(subscription_attributes(sub))
         existing = await self._subscription(topic, queue)
         if existing is None:
             await self.aws.call(
@@ -224,13 +209,13 @@ class Resources:
     async def topic(self, name: str) -> TopicRef:
         ref = await self._find_topic(name)
         if ref is None:
-            raise UnknownTopic(f"topic {name!r} is not declared (no SNS topic {self.aws_name(name, False, _TOPIC_MAX)!r})")
+            raise UnknownTopic(f"topic {name!r} is not declared (no SNS topic {self.aws_name(name, False, TOPIC_NAME_MAX)!r})")
         return ref
 
     async def _find_topic(self, name: str) -> TopicRef | None:
         ref = self._topics.get(name)
         if ref is None:
-            candidates = [(self.aws_name(name, fifo, _TOPIC_MAX), fifo) for fifo in (False, True)]
+            candidates = [(self.aws_name(name, fifo, TOPIC_NAME_MAX), fifo) for fifo in (False, True)]
             if not any(aws_name in self._topic_arns for aws_name, _ in candidates):
                 await self._list_topics()
             for aws_name, fifo in candidates:
@@ -306,13 +291,20 @@ class Resources:
             params["NextToken"] = page["NextToken"]
 
 
-def filter_policy(match: Mapping[str, tuple[str, ...]]) -> dict[str, list[Any]]:
-    """An SNS filter policy matching like `Subscription.matches`: a header equals one of
-    the listed strings. Numeric-looking values also match a Number attribute, since a
-    header published as 5 travels as a Number and an SNS string match would miss it."""
-    policy: dict[str, list[Any]] = {}
-    for key, values in match.items():
-        rules: list[Any] = list(values)
-        rules += [{"numeric": ["=", float(v)]} for v in values if _NUMBER.match(v)]
-        policy[key] = rules
-    return policy
+def _check_settings(name: str, have: dict[str, str], wanted: dict[str, str]) -> None:
+    for key, value in wanted.items():
+        theirs = have.get(key)
+        if key == "RedrivePolicy" and theirs is not None:
+            same = json.loads(theirs) == json.loads(value)
+        else:
+            same = theirs == value
+        if not same:
+            raise TopologyError(f"queue {name!r} already exists with {key}={theirs}; redeclared with {key}={value}")
+
+
+def _for_api(attributes: dict[str, Any]) -> dict[str, str]:
+    """Attribute values as the SNS and SQS APIs take them: all strings, JSON for policies."""
+    return {
+        key: json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else str(value)
+        for key, value in attributes.items()
+    }

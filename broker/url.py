@@ -2,24 +2,20 @@
 
 from __future__ import annotations
 
-from urllib.parse import parse_qs, urlsplit, urlunsplit
+import re
+from urllib.parse import parse_qs, urlsplit
 
 from broker.errors import BrokerUrlError
 
 
+#: a URL's password: scheme://user:PASSWORD@host. It runs to the URL's last '@', as a
+#: password may hold '/', ':' or '@' itself (unencoded, which parsers get wrong).
+URL_PASSWORD = re.compile(r"(\b[a-zA-Z][a-zA-Z0-9+.-]*://[^\s:/@'\"]*:)[^\s'\"]+@")
+
+
 def mask_url(url: str) -> str:
-    """The URL with its password replaced by `***`, safe to print or log."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    """The URL (or any text) with every URL password replaced by `***`, safe to print or log."""
+    return URL_PASSWORD.sub(r"\g<1>***@", url)
 
 
 def scheme_of(url: str) -> str:

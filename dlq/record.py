@@ -34,8 +34,9 @@ RABBITMQ_DEATH_HEADERS = (
 #: the SQS adapter surfaces `ApproximateReceiveCount` under the same name
 DELIVERY_COUNT = "x-delivery-count"
 
-#: every header that says how the message died rather than what it is; replay drops them
-DEATH_HEADERS = frozenset(h.DEAD_LETTER_HEADERS + RABBITMQ_DEATH_HEADERS + (DELIVERY_COUNT,))
+#: every header that says how the message died (or how many tries it had) rather than
+#: what it is; replay drops them, so attempts start again at 1
+DEATH_HEADERS = frozenset(h.DEAD_LETTER_HEADERS + RABBITMQ_DEATH_HEADERS + (DELIVERY_COUNT, h.ATTEMPTS_USED))
 
 _RABBITMQ_REASONS = {
     "delivery_limit": h.DELIVERY_LIMIT_EXCEEDED,

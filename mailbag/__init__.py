@@ -1,7 +1,7 @@
 """The public face of mailbag: the names applications import, and the `mailbag`
 command line (`mailbag.cli`). It holds no business logic of the layers below.
 
-    from mailbag import App, Context, connect
+    from mailbag import App, Context, Publisher, connect
 """
 
 from broker import (
@@ -16,6 +16,7 @@ from broker import (
     connect,
     mask_url,
 )
+from publishers import PublishError, Publisher
 from workers import App, Context, Middleware, Reject, RetryLater, Worker
 
 __all__ = [
@@ -26,6 +27,8 @@ __all__ = [
     "Delivery",
     "Message",
     "Middleware",
+    "PublishError",
+    "Publisher",
     "Queue",
     "Reject",
     "RetryLater",

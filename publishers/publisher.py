@@ -12,7 +12,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from broker import Broker, BrokerClosed, BrokerError, Message, MessageTooLarge, PublishFailed, Topology
+from broker import Broker, BrokerClosed, BrokerError, Message, MessageTooLarge, PublishFailed, Topology, tracing
 from broker.errors import TopologyError, UnknownTopic
 from publishers.breaker import BreakerSettings, CircuitBreaker
 from publishers.envelope import TopicModels
@@ -127,7 +127,8 @@ class Publisher:
         try:
             for run in _runs_by_topic(own):
                 try:
-                    await self._publish_run(run)
+                    with tracing.publishing(self.broker, run[0].topic, run) as traced:
+                        await self._publish_run(traced)
                 except PublishError as exc:
                     confirmed.update(m.id for m in run if m.id not in exc.failed)
                     exc.failed = [i for i in ids if i not in confirmed]

@@ -1,15 +1,18 @@
 """The consumer runtime: handler registry, payload validation, concurrency and
-prefetch, settlement, the middleware chain (correlation, idempotency, retry with
-backoff, circuit breaker, timeout), idempotency stores, settings and graceful shutdown.
+prefetch, settlement, the middleware chain (tracing, metrics, correlation,
+idempotency, retry with backoff, circuit breaker, timeout), idempotency stores,
+settings and graceful shutdown, and the AWS Lambda entry point that runs the same
+path on SQS event batches (`workers.aws_lambda.handler_for`).
 
 It talks to brokers only through the `broker` contract and never imports aio-pika or
-boto3 (the DynamoDB store, which needs its own client, is the one exception). It never
-decides how a broker stores or routes messages.
+boto3 (the DynamoDB store, which needs its own client, is the one exception; the Lambda
+entry point also reaches the SNS/SQS adapter's client, to change a reported record's
+visibility). It never decides how a broker stores or routes messages.
 """
 
 from workers.app import App, Handler
 from workers.context import Context
-from workers.errors import Postpone, Reject, RetryLater
+from workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
 from workers.middleware import Middleware
 from workers.middleware.breaker import BreakerPolicy
 from workers.runtime import Worker
@@ -18,6 +21,7 @@ from workers.settings import WorkerSettings
 __all__ = [
     "App",
     "BreakerPolicy",
+    "ConsumerFailed",
     "Context",
     "Handler",
     "Middleware",

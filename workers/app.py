@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Awaitable, Callable, Mapping
 
 from broker import Queue, RetryPolicy, Subscription, Topology, TopologyError
 from workers.context import Context
@@ -36,11 +36,13 @@ class Handler:
     def name(self) -> str:
         return getattr(self.func, "__qualname__", repr(self.func))
 
-    async def __call__(self, ctx: Context) -> Any:
+    def __call__(self, ctx: Context) -> Awaitable[Any]:
+        """The call's awaitable (a plain function handler runs in a thread). Not itself a
+        coroutine: one frame less per message, at the bottom of every chain."""
         args = (ctx.payload, ctx) if self.wants_context else (ctx.payload,)
         if self.is_async:
-            return await self.func(*args)
-        return await asyncio.to_thread(self.func, *args)
+            return self.func(*args)
+        return asyncio.to_thread(self.func, *args)
 
 
 @dataclass

@@ -13,9 +13,7 @@ copy. A crash between the send and the ack leaves two copies; idempotency absorb
 from __future__ import annotations
 
 from broker import Delivery, Message
-
-#: attempts a message had used before it was re-sent by a postponement
-ATTEMPTS_USED = "x-mailbag-attempts-used"
+from broker.headers import ATTEMPTS_USED
 
 
 def attempt_of(delivery: Delivery) -> int:

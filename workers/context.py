@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from broker import Broker, Delivery, Message
+from broker import Broker, Delivery, Message, tracing
 from broker.codec import encode
 from workers.attempts import attempt_of
 
 
 class Context:
-    """The delivery behind a handler call. `publish` carries the correlation id over
-    and records this message as the cause, so a flow can be followed across services."""
+    """The delivery behind a handler call. `publish` carries the correlation id over,
+    records this message as the cause and (with tracing on) continues its trace, so a
+    flow can be followed across services."""
 
     __slots__ = ("delivery", "payload", "handler", "_broker", "extras")
 
@@ -50,6 +51,11 @@ class Context:
     def queue(self) -> str:
         return self.delivery.queue
 
+    @property
+    def broker(self) -> Broker:
+        """The broker the delivery came from (and `publish` sends through)."""
+        return self._broker
+
     def follow_up(
         self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
     ) -> Message:
@@ -70,5 +76,6 @@ class Context:
         self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
     ) -> str:
         message = self.follow_up(topic, payload, key=key, headers=headers)
-        await self._broker.publish(topic, [message])
+        with tracing.publishing(self._broker, topic, [message]) as traced:
+            await self._broker.publish(topic, traced)
         return message.id

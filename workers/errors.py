@@ -1,4 +1,5 @@
-"""Exceptions a handler (or a middleware) raises to choose its message's fate explicitly."""
+"""Exceptions a handler (or a middleware) raises to choose its message's fate
+explicitly, and the one a worker raises when it can no longer do its work."""
 
 
 class Reject(Exception):
@@ -21,3 +22,8 @@ class Postpone(Exception):
     def __init__(self, delay: float, reason: str = "postponed") -> None:
         super().__init__(reason)
         self.delay = delay
+
+
+class ConsumerFailed(Exception):
+    """A queue's consumer ended on its own (the broker gave up on it); the worker
+    stopped rather than go on without that queue."""

@@ -20,13 +20,14 @@ import logging
 from collections import deque
 from typing import Any, Mapping, Sequence
 
-from broker import Broker, Delivery
+from broker import Broker, Delivery, tracing
 from broker.base import Consumer
 from broker.codec import PayloadError, decode
 from workers.app import App, Handler
 from workers.attempts import attempt_of, postponed_copy
 from workers.context import Context
-from workers.errors import Postpone, Reject, RetryLater
+from workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
+from workers.metrics import Metrics, Settlement
 from workers.middleware import Call, Middleware, chain
 from workers.middleware.defaults import default_chain
 from workers.settings import WorkerSettings
@@ -40,7 +41,8 @@ class Worker:
     `MAILBAG_*` environment), and the keyword arguments override them. `middleware`
     replaces the app's own middleware (it still runs inside the built-in chain).
     `store` is the idempotency store (default: opened from the settings, and closed
-    with the worker)."""
+    with the worker). With `metrics`, the worker records what it does there and
+    polls its queues' depths (see `workers.metrics`); without, it records nothing."""
 
     def __init__(
         self,
@@ -54,6 +56,7 @@ class Worker:
         middleware: Sequence[Middleware] | None = None,
         settings: WorkerSettings | None = None,
         store: IdempotencyStore | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -81,26 +84,48 @@ class Worker:
         self.grace_period = settings.grace_period
         self.store = store
         self._owns_store = store is None
+        self.metrics = metrics
+        self._poller: asyncio.Task[None] | None = None
         self._own_middleware = list(middleware if middleware is not None else app.middleware)
-        self._calls: dict[Handler, Call] = {}
+        #: (topic, queue) -> the handler and its chain
+        self._calls: dict[tuple[str, str], tuple[Handler, Call]] = {}
         self._consumers: list[Consumer] = []
         self._fetchers: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
-        self._inbox: asyncio.Queue[tuple[Delivery, bool]] = asyncio.Queue()
+        self._inbox = _Inbox()
         self._busy = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
+        #: set by a stop waiting for in-flight handlers; the last one to finish resolves it
+        self._all_done: asyncio.Future[None] | None = None
         #: ordering key -> deliveries of that key waiting for the one running
         self._waiting: dict[tuple[str, str], deque[Delivery]] = {}
         self._stopping = False
         self._forced = asyncio.Event()
         self._stopped = asyncio.Event()
+        #: set when a queue's consumer ended on its own (the broker gave up on it): the
+        #: worker no longer does all its work, and whoever runs it should stop and exit
+        self.failed = asyncio.Event()
 
     async def start(self) -> None:
-        """Declare the app's topology, open the idempotency store, start consuming."""
+        """Declare the app's topology, prepare, start consuming."""
+        topology = self.app.topology
+        await self.broker.declare(topology)
+        await self.prepare()
+        for name in self.queues:
+            consumer = self.broker.consume(name, prefetch=self.prefetch)
+            self._consumers.append(consumer)
+            ordered = topology.queue(name).ordered
+            self._fetchers.append(asyncio.create_task(self._fetch(name, consumer, ordered), name=f"fetch:{name}"))
+        self._runners = [asyncio.create_task(self._run(), name=f"runner:{i}") for i in range(self.concurrency)]
+        if self.metrics is not None:
+            poll = self.metrics.poll(self.broker, self.queues, self.settings.metrics_interval)
+            self._poller = asyncio.create_task(poll, name="metrics-poll")
+
+    async def prepare(self) -> None:
+        """Open the idempotency store and build each handler's middleware chain: all
+        that `process` needs. A host that brings its own deliveries (the Lambda entry
+        point) calls this instead of `start`."""
         topology = self.app.topology
         transactional = [h.name for h in self.app.handlers.values() if h.transactional and h.queue in self.queues]
-        await self.broker.declare(topology)
         if self.store is None:
             self.store = await open_store(self.settings.store_url(self.broker.url))
         if transactional and not isinstance(self.store, TransactionalStore):
@@ -109,19 +134,19 @@ class Worker:
                 f"handler {transactional[0]} is transactional; its idempotency store must be SQLite or PostgreSQL"
             )
         policies = {q.name: q.retry for q in topology.queues}
-        middleware = default_chain(self.settings, self.store, policies, self.app.breakers, self._own_middleware)
-        self._calls = {h: chain(middleware, h, h) for h in self.app.handlers.values()}
-        for name in self.queues:
-            consumer = self.broker.consume(name, prefetch=self.prefetch)
-            self._consumers.append(consumer)
-            ordered = topology.queue(name).ordered
-            self._fetchers.append(asyncio.create_task(self._fetch(consumer, ordered), name=f"fetch:{name}"))
-        self._runners = [asyncio.create_task(self._run(), name=f"runner:{i}") for i in range(self.concurrency)]
+        middleware = default_chain(
+            self.settings, self.store, policies, self.app.breakers, self._own_middleware, self.metrics
+        )
+        self._calls = {(h.topic, h.queue): (h, chain(middleware, h, h)) for h in self.app.handlers.values()}
 
     async def run(self) -> None:
-        """Start, then run until `stop()` is called."""
+        """Start, then run until `stop()` is called or a consumer fails; then stop and
+        raise `ConsumerFailed`."""
         await self.start()
-        await self._stopped.wait()
+        await wait_first(self._stopped, self.failed)
+        if self.failed.is_set():
+            await self.stop()
+            raise ConsumerFailed("a queue's consumer ended on its own; see the log")
 
     async def stop(self, grace_period: float | None = None) -> None:
         """Stop fetching, let in-flight handlers finish within the grace period (or
@@ -129,6 +154,10 @@ class Worker:
         and close the store the worker opened."""
         grace = self.grace_period if grace_period is None else grace_period
         self._stopping = True
+        if self._poller is not None:
+            self._poller.cancel()
+            await asyncio.gather(self._poller, return_exceptions=True)
+            self._poller = None
         for consumer in self._consumers:
             consumer.stop()
         for fetcher in self._fetchers:
@@ -154,6 +183,13 @@ class Worker:
         """True once `stop()` began: no new handler starts."""
         return self._stopping
 
+    @property
+    def ready(self) -> bool:
+        """True while every queue's consumer runs and no stop began, and (with
+        metrics) the broker answered the last poll: what /readyz reports."""
+        consuming = bool(self._fetchers) and not self._stopping and not any(f.done() for f in self._fetchers)
+        return consuming and (self.metrics is None or self.metrics.broker_up)
+
     def force(self) -> None:
         """Cut the grace period short: a stop in progress cancels in-flight handlers now."""
         self._forced.set()
@@ -166,12 +202,12 @@ class Worker:
         await self.stop()
 
     async def _wait_idle(self, grace: float) -> None:
-        idle = asyncio.ensure_future(self._idle.wait())
+        if self._all_done is None or self._all_done.done():
+            self._all_done = asyncio.get_running_loop().create_future()
         forced = asyncio.ensure_future(self._forced.wait())
         try:
-            await asyncio.wait({idle, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({self._all_done, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            idle.cancel()
             forced.cancel()
 
     async def _close_store(self) -> None:
@@ -181,10 +217,21 @@ class Worker:
 
     # -- consuming ----------------------------------------------------------------
 
-    async def _fetch(self, consumer: Consumer, ordered: bool) -> None:
-        """Hand what the consumer gives (at most `prefetch` unsettled) to the runners."""
-        async for delivery in consumer:
-            self._inbox.put_nowait((delivery, ordered))
+    async def _fetch(self, queue: str, consumer: Consumer, ordered: bool) -> None:
+        """Hand what the consumer gives (at most `prefetch` unsettled) to the runners. A
+        consumer that fails is logged, and the worker is no longer `ready`."""
+        try:
+            async for delivery in consumer:
+                self._inbox.put((delivery, ordered))
+        except Exception as exc:
+            self._lost(queue, repr(exc))
+        else:
+            self._lost(queue, "the consumer ended")
+
+    def _lost(self, queue: str, why: str) -> None:
+        if not self._stopping:
+            log.error("stopped consuming", extra={"queue": queue, "error": why})
+            self.failed.set()
 
     async def _run(self) -> None:
         """One of `concurrency` runners: takes deliveries and processes them one by one.
@@ -199,7 +246,6 @@ class Worker:
                     continue
                 self._waiting[key] = deque()
             self._busy += 1
-            self._idle.clear()
             try:
                 next_one: Delivery | None = delivery
                 while next_one is not None and not self._stopping:
@@ -210,48 +256,131 @@ class Worker:
                 if key is not None:
                     del self._waiting[key]
                 self._busy -= 1
-                if not self._busy:
-                    self._idle.set()
+                if not self._busy and self._all_done is not None and not self._all_done.done():
+                    self._all_done.set_result(None)
 
     # -- one delivery ---------------------------------------------------------------
 
     async def process(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it. Never raises except on cancellation."""
         message = delivery.message
-        handler = self.app.handler_for(delivery.queue, message.topic)
+        handler, call = self._calls.get((message.topic, delivery.queue), (None, None))
         try:
             if handler is None:
-                await self._dead_letter(delivery, f"no handler for topic {message.topic!r} on queue {delivery.queue!r}")
+                await self._refuse(delivery, None, f"no handler for topic {message.topic!r} on queue {delivery.queue!r}")
                 return
             try:
                 payload = decode(message.body, message.content_type, handler.model)
             except PayloadError as exc:
-                await self._dead_letter(delivery, str(exc), exc)
+                await self._refuse(delivery, handler, str(exc), exc)
                 return
             try:
-                await self._calls[handler](Context(delivery, self.broker, handler, payload))
+                await call(Context(delivery, self.broker, handler, payload))
             except Reject as exc:
-                await self._dead_letter(delivery, str(exc) or "rejected by handler", exc.__cause__ or exc)
+                await self._dead_letter(delivery, handler, str(exc) or "rejected by handler", exc.__cause__ or exc)
             except Postpone as exc:
                 log.debug("postponed: %s", exc, extra=_where(delivery, action="postpone", delay=round(exc.delay, 3)))
                 await self.broker.send(delivery.queue, [postponed_copy(delivery)], delay=max(0.0, exc.delay))
                 await delivery.ack()
+                self._settled("postponed", delivery, handler)
             except RetryLater as exc:
                 log.warning("handler failed", extra=_where(delivery, action="retry", delay=round(exc.delay, 3), error=str(exc)))
                 await delivery.retry(max(0.0, exc.delay))
+                self._settled("retried", delivery, handler)
             except Exception as exc:  # a middleware outside the retry middleware failed
-                await self._dead_letter(delivery, f"unexpected error: {type(exc).__name__}: {exc}", exc)
+                await self._dead_letter(delivery, handler, f"unexpected error: {type(exc).__name__}: {exc}", exc)
             else:
                 await delivery.ack()
+                self._settled("handled", delivery, handler)
         except Exception as exc:
             # the broker could not take the settlement; the message comes back to us or another worker
             log.error("settling failed", extra=_where(delivery, error=repr(exc)))
 
-    async def _dead_letter(self, delivery: Delivery, reason: str, exc: BaseException | None = None) -> None:
+    async def _refuse(
+        self, delivery: Delivery, handler: Handler | None, reason: str, exc: BaseException | None = None
+    ) -> None:
+        """Dead-letter a delivery before any handler ran; traced here, as no chain saw it."""
+        tracing.refused(self.broker, delivery, attempt_of(delivery), reason, exc)
+        await self._dead_letter(delivery, handler, reason, exc)
+
+    async def _dead_letter(
+        self, delivery: Delivery, handler: Handler | None, reason: str, exc: BaseException | None = None
+    ) -> None:
         log.warning("handler failed", extra=_where(delivery, action="dead-letter", error=reason))
         await delivery.dead_letter(reason, exc)
+        self._settled("dead_lettered", delivery, handler)
+
+    def _settled(self, outcome: Settlement, delivery: Delivery, handler: Handler | None) -> None:
+        """Count a settlement the broker took (with metrics only)."""
+        if self.metrics is not None:
+            self.metrics.settle(outcome, delivery.queue, handler.name if handler is not None else "")
+
+
+class _Inbox:
+    """Deliveries fetched and not yet taken by a runner.
+
+    One idle runner is woken at a time: a new delivery wakes one unless one is already
+    on its way, and a runner that takes a delivery and leaves more behind wakes the next.
+    Runners whose handlers finish without waiting on anything take turn after turn while
+    the rest sleep; runners whose handlers wait fan out one per delivery. (Waking one
+    runner per delivery, as `asyncio.Queue` does, mostly wakes runners that find nothing
+    left: half the worker's task switches on the memory broker.)"""
+
+    def __init__(self) -> None:
+        self._items: deque[tuple[Delivery, bool]] = deque()
+        self._idle: deque[asyncio.Future[None]] = deque()
+        #: a runner was woken and has not looked at the items yet
+        self._waking = False
+
+    def put(self, item: tuple[Delivery, bool]) -> None:
+        self._items.append(item)
+        if not self._waking:
+            self._wake_one()
+
+    async def get(self) -> tuple[Delivery, bool]:
+        while not self._items:
+            woken = asyncio.get_running_loop().create_future()
+            self._idle.append(woken)
+            try:
+                await woken
+            except asyncio.CancelledError:
+                if woken.done() and not woken.cancelled():  # woken, then cancelled: pass the turn on
+                    self._waking = False
+                    if self._items:
+                        self._wake_one()
+                raise
+            self._waking = False
+        item = self._items.popleft()
+        if self._items and not self._waking:
+            self._wake_one()
+        return item
+
+    def _wake_one(self) -> None:
+        while self._idle:
+            runner = self._idle.popleft()
+            if not runner.done():
+                runner.set_result(None)
+                self._waking = True
+                return
+
+
+async def wait_first(*events: asyncio.Event) -> None:
+    """Wait until one of `events` is set."""
+    waits = [asyncio.ensure_future(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()
 
 
 def _where(delivery: Delivery, **more: Any) -> Mapping[str, Any]:
-    """The fields of a failure line: which message, where, which attempt."""
-    return {"message_id": delivery.message.id, "queue": delivery.queue, "attempt": attempt_of(delivery), **more}
+    """The fields of a failure line: which message, of which flow, where, which attempt."""
+    message = delivery.message
+    return {
+        "message_id": message.id,
+        "correlation_id": message.correlation_id or message.id,
+        "queue": delivery.queue,
+        "attempt": attempt_of(delivery),
+        **more,
+    }

@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 from pydantic import BaseModel
 
-from broker import Broker, Message, RetryPolicy
+from broker import Broker, Message, RetryPolicy, tracing
 from broker.clock import Clock
 from broker.codec import encode
 from workers.app import App
@@ -316,7 +316,8 @@ class Orchestrator:
             correlation_id=saved.id,
             ordering_key=saved.id,
         )
-        await self.broker.publish(topic, [command])
+        with tracing.publishing(self.broker, topic, [command]) as traced:
+            await self.broker.publish(topic, traced)
         verb = "sent" if phase == DO else "compensating"
         self._report(saved, f"{verb} {step.name} -> {topic}" + (f" ({note})" if note else ""))
         return saved
@@ -327,11 +328,10 @@ class Orchestrator:
         final = state.evolve(status=status, deadline=None, reason=reason)
         event = SagaFinished(saga=self.saga.name, saga_id=state.id, status=status, reason=reason, data=state.data)
         body, content_type, type_name = encode(event)
-        await self.broker.publish(
-            self.saga.finished_topic,
-            [Message(self.saga.finished_topic, body, content_type=content_type, type=type_name,
-                     correlation_id=state.id, ordering_key=state.id)],
-        )
+        announcement = Message(self.saga.finished_topic, body, content_type=content_type, type=type_name,
+                               correlation_id=state.id, ordering_key=state.id)
+        with tracing.publishing(self.broker, self.saga.finished_topic, [announcement]) as traced:
+            await self.broker.publish(self.saga.finished_topic, traced)
         saved = await self.store.update(final)
         self._report(saved, status + (f": {reason}" if reason else ""))
 

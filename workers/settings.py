@@ -3,7 +3,7 @@ validated when the worker is built so a wrong setting fails at start."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,16 @@ class WorkerSettings(BaseSettings):
     idempotency_ttl: float = Field(7 * 24 * 3600.0, gt=0)
     idempotency_lease: float = Field(300.0, gt=0)
     log_level: str = "INFO"
+    #: log lines as `text` (message key=value ...) or `json` (one object per line)
+    log_format: Literal["text", "json"] = "text"
+    #: `mailbag worker` records metrics and serves /metrics, /healthz and /readyz on
+    #: this port (None: it records none)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    #: the address to serve them on: all interfaces, since probes and scrapers come
+    #: from outside the container; 127.0.0.1 keeps them on the host
+    metrics_host: str = "0.0.0.0"
+    #: seconds between polls of queue depths (and of the broker's health, for /readyz)
+    metrics_interval: float = Field(15.0, gt=0)
 
     @field_validator("queues", mode="before")
     @classmethod

@@ -9,7 +9,7 @@ import logging
 import signal
 
 from broker import mask_url
-from workers.runtime import Worker
+from workers.runtime import Worker, wait_first
 
 log = logging.getLogger("mailbag.worker")
 
@@ -17,8 +17,10 @@ SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 async def serve(worker: Worker) -> int:
-    """Run `worker` until a signal, then stop it. Returns the exit status: 0 after a
-    graceful stop, 1 when a second signal forced it."""
+    """Run `worker` until a signal (or until one of its consumers fails, so that the
+    process exits and its supervisor starts a new one), then stop it. Returns the exit
+    status: 0 after a graceful stop on a signal, 1 when a second signal forced it or a
+    consumer failed."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     received: list[int] = []
@@ -37,9 +39,11 @@ async def serve(worker: Worker) -> int:
     try:
         await worker.start()
         log.info("worker for %s consuming %s on %s", worker.app.name, ", ".join(worker.queues), mask_url(worker.broker.url))
-        await stopping.wait()
+        await wait_first(stopping, worker.failed)
+        if worker.failed.is_set() and not received:
+            log.error("a consumer failed: stopping, in-flight handlers get %gs", worker.grace_period)
         await worker.stop()
     finally:
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)
-    return 0 if len(received) < 2 else 1
+    return 0 if len(received) < 2 and not worker.failed.is_set() else 1

@@ -6,11 +6,11 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from mailbag.cli import compare, demo, dlq, outbox, publish, queues, topology, worker
+from mailbag.cli import compare, demo, dlq, health, outbox, publish, queues, topology, worker
 from mailbag.cli.common import CliError, Parser, report
 from broker import BrokerError
 
-COMMANDS = [demo, worker, publish, queues, topology, dlq, outbox, compare]
+COMMANDS = [demo, worker, health, publish, queues, topology, dlq, outbox, compare]
 
 
 def build_parser() -> Parser:

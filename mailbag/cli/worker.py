@@ -1,11 +1,14 @@
 """`mailbag worker MODULE:APP`: run an app's handlers until SIGINT or SIGTERM.
 
 Settings come from `MAILBAG_*` environment variables (see `workers.WorkerSettings`);
-flags given on the command line win over them."""
+flags given on the command line win over them. With `--metrics-port` the worker
+records metrics and serves /metrics, /healthz and /readyz (see `workers.endpoints`)."""
 
 from __future__ import annotations
 
 import argparse
+from contextlib import contextmanager, nullcontext
+from typing import Iterator
 
 from pydantic import ValidationError
 
@@ -13,6 +16,8 @@ from broker import connect
 from mailbag.cli.common import CliError, add_broker_option, load_app
 from workers import Worker, WorkerSettings
 from workers import logs
+from workers.endpoints import Endpoints
+from workers.metrics import Metrics
 from workers.shutdown import serve
 
 
@@ -26,6 +31,17 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--grace-period", type=float, metavar="S", help="seconds in-flight handlers get on shutdown ($MAILBAG_GRACE_PERIOD, 30)"
     )
+    p.add_argument(
+        "--metrics-port", type=int, metavar="N",
+        help="serve /metrics, /healthz and /readyz on this port ($MAILBAG_METRICS_PORT; default: no metrics)",
+    )
+    p.add_argument(
+        "--metrics-host", metavar="ADDR",
+        help="address to serve them on ($MAILBAG_METRICS_HOST; default 0.0.0.0, all interfaces)",
+    )
+    p.add_argument(
+        "--log-format", choices=("text", "json"), help="log lines as key=value text or JSON ($MAILBAG_LOG_FORMAT, text)"
+    )
     p.set_defaults(run=run)
 
 
@@ -37,6 +53,9 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
         "prefetch": args.prefetch,
         "queues": tuple(args.queue) if args.queue else None,
         "grace_period": args.grace_period,
+        "metrics_port": args.metrics_port,
+        "metrics_host": args.metrics_host,
+        "log_format": args.log_format,
     }
     try:
         return WorkerSettings(**{k: v for k, v in flags.items() if v is not None})
@@ -49,10 +68,27 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
 async def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     app = load_app(args.app)
-    logs.configure(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
     async with await connect(settings.broker_url) as broker:
+        metrics = Metrics() if settings.metrics_port is not None else None
         try:
-            worker = Worker(app, broker, settings=settings)
+            worker = Worker(app, broker, settings=settings, metrics=metrics)
         except ValueError as exc:
             raise CliError(str(exc)) from None
-        return await serve(worker)
+        with nullcontext() if metrics is None else _serving(worker, metrics, settings):
+            return await serve(worker)
+
+
+@contextmanager
+def _serving(worker: Worker, metrics: Metrics, settings: WorkerSettings) -> Iterator[None]:
+    """The worker's endpoints for the block; one line if the port is taken."""
+    host, port = settings.metrics_host, settings.metrics_port or 0
+    endpoints = Endpoints(metrics.registry, lambda: worker.ready, host, port)
+    try:
+        endpoints.start()
+    except OSError as exc:
+        raise CliError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from None
+    try:
+        yield
+    finally:
+        endpoints.stop()

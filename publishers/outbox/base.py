@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, AsyncContextManager, Iterable, Mapping, Sequence
 
-from broker import Message
+from broker import Message, tracing
 from publishers.envelope import TopicModels
 
 DEFAULT_TABLE = "mailbag_outbox"
@@ -179,8 +179,10 @@ class Outbox(ABC):
     models: TopicModels
 
     def message(self, topic: str, payload: Any, **fields: Any) -> Message:
-        """The message `add` stores: validated against the topic's model if it has one."""
-        return self.models.message(topic, payload, **fields)
+        """The message `add` stores: validated against the topic's model if it has one,
+        and (with tracing on) carrying the trace it was written in, which the relay's
+        publish keeps."""
+        return tracing.created(self.models.message(topic, payload, **fields))
 
     @abstractmethod
     async def setup(self) -> None:

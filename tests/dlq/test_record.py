@@ -30,7 +30,9 @@ def test_our_stamp_gives_reason_error_attempts_origin_and_host():
 
 def test_original_message_keeps_everything_but_the_death_headers():
     stamp = h.dead_letter_stamp("orders.placed", "q", 2, "rejected", None)
-    dead = _dead({**stamp, "x-death": [{"queue": "q", "reason": "rejected", "count": 1}], "x-delivery-count": 2})
+    dead = _dead(
+        {**stamp, "x-death": [{"queue": "q", "reason": "rejected", "count": 1}], "x-delivery-count": 2, h.ATTEMPTS_USED: 1}
+    )
 
     original = DeadLetter.from_message(dead, "q.dlq").message
 

@@ -55,7 +55,15 @@ async def test_saga(on, tmp_path):
                     for order in sample_orders(ORDERS):
                         await orchestrator.begin(order.order_id, order.model_dump(mode="json"))
                     await asyncio.wait_for(s.timeline.all_told.wait(), FLOW_TIMEOUT)
-                    ended = {i: (await orchestrator.state(i)).status for i in ("order-1", "order-2", "order-3")}
+
+                    async def statuses() -> dict[str, str]:
+                        return {i: (await orchestrator.state(i)).status for i in ("order-1", "order-2", "order-3")}
+
+                    async def all_ended() -> bool:  # a saga tells the customer, then saves its end
+                        return set((await statuses()).values()) <= {"completed", "compensated"}
+
+                    await eventually(all_ended, what="every saga to save its end")
+                    ended = await statuses()
     finally:
         await store.close()
     assert ended == {"order-1": "completed", "order-2": "completed", "order-3": "compensated"}

@@ -1,5 +1,5 @@
 """Links to a broker for the publisher tests: the publishing side goes through
-something the test can cut (a `TcpProxy` for network brokers, `Cuttable` in memory),
+something the test can cut (a `CuttingProxy` for network brokers, `Cuttable` in memory),
 the observing side reaches the broker directly."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import AsyncIterator, Callable
 from broker import Broker, Queue, Topology
 from broker.memory import MemoryBroker
 from tests.publishers.faults import Cuttable
-from tests.publishers.proxy import TcpProxy
+from tests.proxy import CuttingProxy
 
 
 @dataclass
@@ -52,19 +52,27 @@ async def memory_link() -> AsyncIterator[Link]:
 async def _through_proxy(open_broker, host: str, port: int, url_via) -> AsyncIterator[Link]:
     """`url_via(host, port)` is the broker's URL at an address; the observer goes
     straight to `host:port`, the publishing side through a proxy."""
-    proxy = await TcpProxy(host, port).start()
+    proxy = await CuttingProxy(host, port).start()
     direct = url_via(host, port)
     observer = await open_broker(direct)
+
+    def cut() -> None:  # and keep it down until restored
+        proxy.refuse = True
+        proxy.cut()
+
+    def restore() -> None:
+        proxy.refuse = False
+
     try:
         broker = await open_broker(url_via("127.0.0.1", proxy.port))
         try:
-            yield Link(broker, observer, proxy.cut, proxy.restore, direct)
+            yield Link(broker, observer, cut, restore, direct)
         finally:
-            proxy.restore()
+            restore()
             await broker.close()
     finally:
         await observer.close()
-        await proxy.close()
+        await proxy.stop()
 
 
 @asynccontextmanager

@@ -5,7 +5,7 @@ import pytest
 from broker import Queue, RetryPolicy, Topology
 from broker.rabbitmq import open_broker
 from tests.rabbitmq.service import HOST, PORT, amqp_url, remove_declared
-from tests.rabbitmq.proxy import CuttingProxy
+from tests.proxy import CuttingProxy
 
 
 @pytest.fixture

@@ -26,7 +26,7 @@ async def test_unacked_messages_come_back_after_a_drop_and_the_consumer_resumes(
         held = [await next_delivery(consumer) for _ in range(3)]
 
         # When the network drops and the client reconnects
-        await proxy.cut()
+        proxy.cut()
         await asyncio.wait_for(proxy.connected.wait(), 15)
 
         # Then settling a message held across the drop says it went back
@@ -50,7 +50,7 @@ async def test_a_publish_during_a_drop_waits_for_the_reconnect_and_is_confirmed(
         queue = Queue(names("q"), (topic,))
         await broker.declare(Topology(queues=(queue,)))
         # When the network drops just before a publish
-        await proxy.cut()
+        proxy.cut()
         message = Message(topic, b"{}")
         await broker.publish(topic, [message])
         # Then the message is confirmed once reconnected, and there
@@ -82,7 +82,7 @@ async def test_a_worker_keeps_handling_across_a_drop(proxy, names, url):
             await publisher.publish(topic, [first])
             await asyncio.wait_for(arrived.wait(), 15)
             # When the network drops and comes back
-            await proxy.cut()
+            proxy.cut()
             await asyncio.wait_for(proxy.connected.wait(), 15)
             arrived.clear()
             second = Message(topic, b"{}")
@@ -90,6 +90,37 @@ async def test_a_worker_keeps_handling_across_a_drop(proxy, names, url):
             # Then the worker handles what is published after it
             await asyncio.wait_for(arrived.wait(), 15)
             assert second.id in seen
+    finally:
+        await publisher.close()
+        await broker.close()
+        await remove_declared(broker)
+
+
+async def test_a_worker_whose_connection_drops_while_its_consumers_open_consumes_after_the_reconnect(proxy, names, url):
+    # Given a worker through the proxy, and a publisher connected directly
+    broker = await open_broker(amqp_url(port=proxy.port), reconnect_interval=0.1)
+    publisher = await open_broker(url)
+    app = App(names("app"))
+    topic = names("orders")
+    arrived = asyncio.Event()
+
+    @app.handler(topic, queue=names("q"))
+    async def handle(payload) -> None:
+        arrived.set()
+
+    try:
+        worker = Worker(app, broker, store=MemoryStore())
+        await worker.start()
+        try:
+            # When the network drops before the consumers have opened their channels
+            proxy.cut()
+            await asyncio.wait_for(proxy.connected.wait(), 15)
+            # Then, once reconnected, the worker still consumes
+            await publisher.publish(topic, [Message(topic, b"{}")])
+            await asyncio.wait_for(arrived.wait(), 15)
+            assert worker.ready
+        finally:
+            await worker.stop()
     finally:
         await publisher.close()
         await broker.close()

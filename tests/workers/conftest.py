@@ -36,21 +36,6 @@ def unique(base: str) -> str:
     return f"{base}_{uuid.uuid4().hex[:10]}"
 
 
-@pytest.fixture
-def aws(monkeypatch):
-    """moto's AWS in this process, with fake credentials."""
-    from moto import mock_aws
-
-    for var, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }.items():
-        monkeypatch.setenv(var, value)
-    with mock_aws():
-        yield
-
-
 @asynccontextmanager
 async def opened_store(kind: str, tmp_path, request):
     """A fresh store of `kind`, cleaned up and closed afterwards."""
@@ -101,3 +86,40 @@ async def store(request, tmp_path):
 async def transactional_store(request, tmp_path):
     async with opened_store(request.param, tmp_path, request) as s:
         yield s
+
+
+def _worker_backends() -> list:
+    """The memory broker on real time, and the conformance suite's RabbitMQ (classic)
+    and SQS (moto in process) backends: the brokers the runtime tests run on."""
+    from broker.memory import MemoryBroker
+    from tests.conformance import backend_rabbitmq, backend_sqs
+    from tests.conformance.env import Backend, Env, Features
+
+    @asynccontextmanager
+    async def memory():
+        broker = MemoryBroker()
+        try:
+            yield Env(broker, Features(), _real_time)
+        finally:
+            await broker.close()
+
+    wanted = {"rabbitmq-classic", "sqs-moto"}
+    others = [b for m in (backend_rabbitmq, backend_sqs) for b in m.BACKENDS if b.name in wanted]
+    return [Backend("memory", memory), *others]
+
+
+async def _real_time(seconds: float) -> None:
+    """Time passes on its own: the tests wait on outcomes."""
+
+
+WORKER_BACKENDS = _worker_backends()
+
+
+@pytest.fixture(params=WORKER_BACKENDS, ids=[b.name for b in WORKER_BACKENDS])
+async def env(request):
+    """A broker from `WORKER_BACKENDS` (`env.broker`), with unique names (`env.name`)
+    and the shortest retry delay it honours (`env.features.min_delay`)."""
+    if request.param.name.startswith("rabbitmq"):
+        require("rabbitmq")
+    async with request.param.open() as e:
+        yield e

@@ -7,10 +7,12 @@ import asyncio
 import os
 import signal
 
+import pytest
+
 from broker import Message
 from broker.memory import MemoryBroker
 from tests.conformance.env import eventually
-from workers import App, Context, Worker
+from workers import App, ConsumerFailed, Context, Worker
 from workers.shutdown import serve
 
 
@@ -77,3 +79,60 @@ async def _in_flight(broker, n) -> bool:
 
 async def _stopping(worker) -> bool:
     return worker.stopping
+
+
+class _FailingConsumers(MemoryBroker):
+    """A memory broker whose consumers fail on command, as a consumer the broker gave
+    up on does."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = asyncio.Event()
+
+    def consume(self, queue: str, prefetch: int = 10):
+        broker = self
+
+        class Failing:
+            def __aiter__(self):
+                return self
+
+            async def __anext__(self):
+                await broker.fail.wait()
+                raise ConnectionError("channel closed by the broker")
+
+            def stop(self) -> None:
+                pass
+
+            async def close(self) -> None:
+                pass
+
+        return Failing()
+
+
+async def test_a_worker_whose_consumer_fails_stops_and_exits_1(caplog):
+    # Given a worker being served
+    broker = _FailingConsumers()
+    worker = Worker(_app([], asyncio.Event(), asyncio.Event()), broker)
+    served = asyncio.ensure_future(serve(worker))
+    await eventually(lambda: _true(worker.ready), what="the worker consuming")
+    # When its consumer fails
+    broker.fail.set()
+    # Then it stops, says which queue and why, and exits 1 so that it is restarted
+    assert await asyncio.wait_for(served, 10) == 1
+    assert not worker.ready
+    [line] = [r for r in caplog.records if r.getMessage() == "stopped consuming"]
+    assert (line.queue, line.error) == ("orders.q", "ConnectionError('channel closed by the broker')")
+
+
+async def test_run_raises_when_a_consumer_ends_on_its_own():
+    broker = MemoryBroker()
+    worker = Worker(_app([], asyncio.Event(), asyncio.Event()), broker)
+    running = asyncio.ensure_future(worker.run())
+    await eventually(lambda: _true(worker.ready), what="the worker consuming")
+    await broker.close()  # its consumers end
+    with pytest.raises(ConsumerFailed):
+        await asyncio.wait_for(running, 10)
+
+
+async def _true(value: bool) -> bool:
+    return value

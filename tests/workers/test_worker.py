@@ -25,31 +25,30 @@ async def dead_letters(broker, queue):
     return await broker.browse(f"{queue}.dlq")
 
 
-async def test_invalid_payload_goes_to_the_dlq_with_the_validation_error_and_the_worker_goes_on():
+async def test_invalid_payload_goes_to_the_dlq_with_the_validation_error_and_the_worker_goes_on(env):
     # Given a typed handler
-    broker = MemoryBroker()
+    broker, topic, queue = env.broker, env.name("orders"), env.name("orders.q")
     app = App("shop")
     handled = []
     good = asyncio.Event()
 
-    @app.handler("orders", queue="orders.q", model=Order)
+    @app.handler(topic, queue=queue, model=Order)
     async def handle(o: Order) -> None:
         handled.append(o.order_id)
         good.set()
 
     async with Worker(app, broker):
         # When a message fails validation, one is not JSON, then a good one follows
-        await broker.publish("orders", [order("orders", b'{"order_id": "o-1", "amount": "lots"}')])
-        await broker.publish("orders", [order("orders", b"not json at all")])
-        await broker.publish("orders", [order("orders", b'{"order_id": "o-2", "amount": 3}')])
-        await asyncio.wait_for(good.wait(), 5)
-        await eventually(lambda: _count(broker, "orders.q", 2), what="two dead letters")
+        await broker.publish(topic, [order(topic, b'{"order_id": "o-1", "amount": "lots"}')])
+        await broker.publish(topic, [order(topic, b"not json at all")])
+        await broker.publish(topic, [order(topic, b'{"order_id": "o-2", "amount": 3}')])
+        await asyncio.wait_for(good.wait(), 15)
+        await eventually(lambda: _count(broker, queue, 2), what="two dead letters")
     # Then both bad ones are dead letters at attempt 1 with the reason, and the good one was handled
-    letters = await dead_letters(broker, "orders.q")
-    reasons = [m.headers[h.DEAD_REASON] for m in letters]
+    reasons = sorted(m.headers[h.DEAD_REASON] for m in await dead_letters(broker, queue))
     assert "amount: Input should be a valid integer" in reasons[0]
-    assert reasons[1].startswith("payload failed validation") or "JSON" in reasons[1]
-    assert all(int(m.headers[h.ATTEMPTS]) == 1 for m in letters)
+    assert "JSON" in reasons[1]
+    assert all(int(m.headers[h.ATTEMPTS]) == 1 for m in await dead_letters(broker, queue))
     assert handled == ["o-2"]
 
 

@@ -1,4 +1,5 @@
-"""Correlation: the ids of the message being handled, visible to everything it causes.
+"""Correlation: the ids of the message being handled (and its queue and attempt),
+visible to everything it causes.
 
 `ctx.publish` already stamps follow-up messages (correlation id carried over, this
 message as the cause). This middleware makes the same ids ambient for the duration of
@@ -19,6 +20,8 @@ class Ids(NamedTuple):
     correlation_id: str
     causation_id: str | None
     message_id: str
+    queue: str
+    attempt: int
 
 
 #: the context of the handler running in this task (the ids are read from it on demand)
@@ -30,7 +33,7 @@ def current() -> Ids | None:
     ctx = _current.get()
     if ctx is None:
         return None
-    return Ids(ctx.correlation_id, ctx.message.causation_id, ctx.message_id)
+    return Ids(ctx.correlation_id, ctx.message.causation_id, ctx.message_id, ctx.queue, ctx.attempt)
 
 
 class Correlation:

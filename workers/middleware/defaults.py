@@ -1,6 +1,10 @@
 """The default chain: the built-in middleware, in order, in one list.
 
-1. correlation - outermost, so every log line below carries the message's ids;
+0. tracing     - outermost, so its `process` span covers the whole chain and is current
+   for everything below (left out without OpenTelemetry and a tracer provider);
+   measure     - only for a worker given `Metrics`: next, so the handler's time
+   covers the whole chain;
+1. correlation - outermost otherwise, so every log line below carries the message's ids;
 2. idempotency - a duplicate returns its recorded outcome before anything else runs,
    and a failed run's claim is released whatever failed below;
 3. retry       - turns a failure into a backoff retry or a dead letter;
@@ -19,8 +23,11 @@ from workers.middleware import Middleware
 from workers.middleware.breaker import BreakerPolicy, CircuitBreaker
 from workers.middleware.correlation import Correlation
 from workers.middleware.idempotency import Idempotency
+from workers.middleware.metrics import Measure
 from workers.middleware.retry import Retry
 from workers.middleware.timeout import Timeout
+from workers.middleware.tracing import Tracing
+from workers.metrics import Metrics
 from workers.settings import WorkerSettings
 from workers.stores import IdempotencyStore
 
@@ -31,8 +38,11 @@ def default_chain(
     queue_policies: Mapping[str, RetryPolicy],
     breakers: Mapping[str, BreakerPolicy],
     own: Sequence[Middleware] = (),
+    metrics: Metrics | None = None,
 ) -> list[Middleware]:
     return [
+        Tracing(),
+        *([Measure(metrics)] if metrics is not None else []),
         Correlation(),
         Idempotency(store, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease),
         Retry(queue_policies, jitter=None if settings.retry_jitter else (lambda ceiling: ceiling)),

@@ -39,20 +39,16 @@ class Idempotency:
         self.ttl = ttl
         self.lease = lease
 
-    def key(self, ctx: Context) -> str:
-        handler = ctx.handler
-        how = handler.idempotency
-        own = ctx.delivery.message.id if how is True else how(ctx.payload)
-        return f"{handler.queue}:{handler.topic}:{own}"
-
     def applies_to(self, handler: Any) -> bool:
         return handler.idempotency is not False
 
     async def __call__(self, ctx: Context, call_next: Call) -> Any:
-        key = self.key(ctx)
-        timeout = ctx.handler.timeout
-        if ctx.handler.transactional:
+        handler = ctx.handler
+        how = handler.idempotency
+        key = f"{handler.queue}:{handler.topic}:{ctx.delivery.message.id if how is True else how(ctx.payload)}"
+        if handler.transactional:
             return await self._in_transaction(ctx, call_next, key)
+        timeout = handler.timeout
         claim = await self.store.claim(key, self.lease if timeout is None else max(self.lease, 2 * timeout))
         if claim.status != "claimed":
             return _settled_before(claim, ctx)

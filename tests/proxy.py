@@ -1,5 +1,5 @@
-"""A TCP proxy in front of RabbitMQ that drops every connection on command, to show
-what clients do when the network fails under them."""
+"""A TCP proxy in front of a broker (RabbitMQ, or moto_server for SNS/SQS) that drops
+every connection on command, to show what clients do when the network fails under them."""
 
 from __future__ import annotations
 
@@ -28,18 +28,18 @@ class CuttingProxy:
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
-    async def cut(self) -> None:
+    def cut(self) -> None:
         """Drop every forwarded connection, as a failing network would."""
         self.connected.clear()
         for writer in list(self._writers):
             writer.transport.abort()
-        await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
-        await self.cut()
+        self.cut()
+        await asyncio.gather(*self._pipes, return_exceptions=True)
 
     async def __aenter__(self) -> "CuttingProxy":
         return await self.start()

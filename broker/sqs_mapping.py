@@ -1,0 +1,112 @@
+"""How a `Topology` maps onto SNS and SQS: names, attributes, filter and queue
+policies, as plain data. `broker.sqs_topology` applies it through the AWS APIs and
+`broker.sqs_cloudformation` writes it as a template, so both make the same resources.
+No AWS calls here, and no boto3.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Mapping
+
+from broker.errors import TopologyError
+from broker.topology import Queue, Subscription, Topology
+
+NAME_TAG = "mailbag-name"
+POLICY_SID = "mailbag-sns"
+DLQ_RETENTION_SECONDS = 14 * 24 * 3600
+#: largest message an SQS queue takes; queues are created with this MaximumMessageSize
+SQS_MAX_BYTES = 1_048_576
+QUEUE_NAME_MAX = 80
+TOPIC_NAME_MAX = 256
+_PREFIX = re.compile(r"^[A-Za-z0-9_\-]*$")
+_NUMBER = re.compile(r"^-?\d{1,15}(\.\d{1,5})?$")
+
+
+def aws_name(prefix: str, name: str, fifo: bool, limit: int = QUEUE_NAME_MAX) -> str:
+    """The SNS or SQS name of one of ours: prefix, dots as '_', `.fifo` where FIFO."""
+    full = prefix + name.replace(".", "_") + (".fifo" if fifo else "")
+    if len(full) > limit:
+        raise TopologyError(f"{name!r} becomes {full!r}, longer than the {limit} characters AWS allows")
+    return full
+
+
+def check_prefix(prefix: str) -> None:
+    """A name prefix AWS accepts in every topic and queue name."""
+    if not _PREFIX.match(prefix):
+        raise ValueError(f"prefix {prefix!r} may hold only letters, digits, '-' and '_'")
+
+
+def check_collisions(topology: Topology, prefix: str) -> None:
+    """Two of our names that map to one AWS name (`a.b` and `a_b`) would share a queue."""
+    seen: dict[str, str] = {}
+    names = [q.name for q in topology.queues] + [q.dead_letter_queue for q in topology.queues]
+    for name in dict.fromkeys(names + [f"topic:{t}" for t in topology.topics]):
+        key = name.replace(".", "_")
+        if key in seen:
+            raise TopologyError(f"{seen[key]!r} and {name!r} map to the same AWS name {prefix + key!r}")
+        seen[key] = name
+
+
+def fifo_topics(topology: Topology) -> set[str]:
+    """Topics that feed an ordered queue, and so must be FIFO topics."""
+    return {t for q in topology.queues if q.ordered for t in q.topics}
+
+
+def topic_attributes(fifo: bool) -> dict[str, Any]:
+    """SNS topic attributes, named as `CreateTopic` and CloudFormation name them. The
+    deduplication id is the message id, never a hash of the body."""
+    return {"FifoTopic": True, "ContentBasedDeduplication": False} if fifo else {}
+
+
+def redrive_policy(dead_letter_arn: Any, spec: Queue) -> dict[str, Any]:
+    """SQS moves a message to the DLQ once it has been received `max_attempts` times.
+    `dead_letter_arn` may be a CloudFormation reference."""
+    return {"deadLetterTargetArn": dead_letter_arn, "maxReceiveCount": spec.retry.max_attempts}
+
+
+def queue_attributes(
+    *, fifo: bool, visibility: int, max_message_bytes: int, redrive: dict[str, Any] | None
+) -> dict[str, Any]:
+    """SQS queue attributes, named as `CreateQueue` and CloudFormation name them. A
+    queue without a redrive policy is a dead-letter queue and keeps messages longest."""
+    attributes: dict[str, Any] = {"VisibilityTimeout": visibility, "MaximumMessageSize": max_message_bytes}
+    if fifo:
+        attributes |= {"FifoQueue": True, "ContentBasedDeduplication": False}
+    if redrive is None:
+        attributes["MessageRetentionPeriod"] = DLQ_RETENTION_SECONDS
+    else:
+        attributes["RedrivePolicy"] = redrive
+    return attributes
+
+
+def subscription_attributes(sub: Subscription) -> dict[str, Any]:
+    """Raw delivery (our message attributes travel as SQS attributes) and the filter."""
+    attributes: dict[str, Any] = {"RawMessageDelivery": True}
+    if sub.filter:
+        attributes["FilterPolicy"] = filter_policy(sub.filter)
+    return attributes
+
+
+def admit_topics_statement(queue_arn: Any, topic_arns: list[Any]) -> dict[str, Any]:
+    """The queue policy statement that lets these SNS topics, and no one else, send."""
+    return {
+        "Sid": POLICY_SID,
+        "Effect": "Allow",
+        "Principal": {"Service": "sns.amazonaws.com"},
+        "Action": "sqs:SendMessage",
+        "Resource": queue_arn,
+        "Condition": {"ArnEquals": {"aws:SourceArn": topic_arns}},
+    }
+
+
+def filter_policy(match: Mapping[str, tuple[str, ...]]) -> dict[str, list[Any]]:
+    """An SNS filter policy matching like `Subscription.matches`: a header equals one of
+    the listed strings. Numeric-looking values also match a Number attribute, since a
+    header published as 5 travels as a Number and an SNS string match would miss it."""
+    policy: dict[str, list[Any]] = {}
+    for key, values in match.items():
+        rules: list[Any] = list(values)
+        rules += [{"numeric": ["=", float(v)]} for v in values if _NUMBER.match(v)]
+        policy[key] = rules
+    return policy

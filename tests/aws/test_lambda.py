@@ -1,0 +1,309 @@
+"""The Lambda entry point on moto: events built from messages really published through
+SNS and received from SQS, answered with `batchItemFailures`, and settled afterwards as
+the event source mapping would (reported records stay, the rest are deleted)."""
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from pydantic import BaseModel
+
+from broker import Message, RetryPolicy
+from broker import headers as h
+from tests.aws.events import (
+    LambdaContext,
+    failed_ids,
+    queue_arn,
+    queue_url,
+    receive_event,
+    settle_like_lambda,
+    visible_count,
+)
+from tests.moto_server import REGION
+from workers import App, Context, RetryLater, WorkerSettings
+from workers.aws_lambda import handler_for
+
+TOPIC = "orders.created"
+QUICK = RetryPolicy(max_attempts=3, initial_delay=0.0)
+
+
+class Order(BaseModel):
+    n: int
+
+
+def order(n, **fields) -> Message:
+    return Message(TOPIC, json.dumps({"n": n}).encode(), **fields)
+
+
+async def invoke(handler, event, seconds_left: float = 60.0) -> dict:
+    """Call the (synchronous) handler as the Lambda runtime does, off the test's loop."""
+    return await asyncio.to_thread(handler, event, LambdaContext(seconds_left))
+
+
+def in_flight(sqs, url: str) -> int:
+    attrs = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["ApproximateNumberOfMessagesNotVisible"])
+    return int(attrs["Attributes"]["ApproximateNumberOfMessagesNotVisible"])
+
+
+def orders_app(seen: list, fail: set | None = None, **options) -> App:
+    """An app whose handler records (n, message id, attempt, tenant header) and raises
+    a retryable error for the order numbers in `fail`."""
+    app = App("shop")
+    fail = fail if fail is not None else set()
+
+    @app.handler(TOPIC, queue="shop.orders", model=Order, retry=QUICK, **options)
+    async def on_order(o: Order, ctx: Context) -> None:
+        seen.append((o.n, ctx.message_id, ctx.attempt, ctx.message.headers.get("tenant")))
+        if o.n in fail:
+            raise ConnectionError(f"order {o.n}: upstream down")
+
+    return app
+
+
+@pytest.mark.parametrize("delivery", ["raw", "envelope"])
+async def test_a_batch_that_succeeds_reports_no_failure_whatever_the_sns_delivery(
+    broker, sqs, sns, prefix, lambda_for, delivery
+):
+    # Given the app's queue subscribed with raw delivery, or (as some deployments do)
+    # with the SNS JSON envelope
+    seen: list = []
+    app = orders_app(seen)
+    await broker.declare(app.topology)
+    url = queue_url(sqs, f"{prefix}shop_orders")
+    if delivery == "envelope":
+        topic_arn = next(t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f"{prefix}orders_created"))
+        [sub] = sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
+        sns.unsubscribe(SubscriptionArn=sub["SubscriptionArn"])
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn(sqs, url))
+    # When three orders are published and the batch is handed to the function
+    sent = [order(i, headers={"tenant": "acme"}, correlation_id="flow-1") for i in range(3)]
+    await broker.publish(TOPIC, sent)
+    event = receive_event(sqs, url, 3)
+    body = json.loads(event["Records"][0]["body"])
+    assert (body.get("Type") == "Notification") == (delivery == "envelope")
+    answer = await invoke(lambda_for(app), event)
+    # Then every order ran once, as published, and nothing is reported
+    assert answer == {"batchItemFailures": []}
+    assert sorted(seen) == [(i, m.id, 1, "acme") for i, m in enumerate(sent)]
+    settle_like_lambda(sqs, url, event, answer)
+    assert visible_count(sqs, url) == 0 and in_flight(sqs, url) == 0
+
+
+async def test_only_the_failed_record_is_reported_and_it_comes_back_after_its_backoff(
+    broker, sqs, prefix, lambda_for
+):
+    # Given a handler that fails on order 1 (backoff 0 s, the queue's visibility is 30 s)
+    seen: list = []
+    fail = {1}
+    app = orders_app(seen, fail)
+    await broker.declare(app.topology)
+    sent = [order(i) for i in range(3)]
+    await broker.publish(TOPIC, sent)
+    url = queue_url(sqs, f"{prefix}shop_orders")
+    handler = lambda_for(app)
+    # When the batch runs
+    event = receive_event(sqs, url, 3)
+    answer = await invoke(handler, event)
+    # Then only order 1's record is reported
+    by_message = {json.loads(r["body"])["n"]: r["messageId"] for r in event["Records"]}
+    assert failed_ids(answer) == [by_message[1]]
+    settle_like_lambda(sqs, url, event, answer)
+    # And it is visible again at once (its visibility was set to the 0 s backoff) with
+    # attempt 2, and succeeds then
+    fail.clear()
+    again = receive_event(sqs, url, 1, timeout=5)
+    [rec] = again["Records"]
+    assert rec["messageId"] == by_message[1] and rec["attributes"]["ApproximateReceiveCount"] == "2"
+    answer = await invoke(handler, again)
+    assert answer == {"batchItemFailures": []}
+    assert [s[:3] for s in seen if s[0] == 1] == [(1, sent[1].id, 1), (1, sent[1].id, 2)]
+
+
+async def test_fifo_batch_stops_a_group_at_its_first_failure_and_reports_the_rest_of_it(
+    broker, sqs, prefix, lambda_for
+):
+    # Given an ordered queue and a handler that fails on A2
+    seen: list = []
+    fail = {"A2"}
+    app = App("shop")
+
+    @app.handler(TOPIC, queue="shop.ledger", ordered=True, retry=QUICK)
+    async def book(entry: dict, ctx: Context) -> None:
+        seen.append(entry["name"])
+        if entry["name"] in fail:
+            raise ConnectionError("ledger busy")
+
+    await broker.declare(app.topology)
+    names = ["A1", "B1", "A2", "B2", "A3"]
+    await broker.publish(
+        TOPIC, [Message(TOPIC, json.dumps({"name": n}).encode(), ordering_key=n[0]) for n in names]
+    )
+    url = queue_url(sqs, f"{prefix}shop_ledger.fifo")
+    handler = lambda_for(app)
+    # When the batch runs
+    event = receive_event(sqs, url, 5)
+    assert event["Records"][0]["eventSourceARN"].endswith(".fifo")
+    answer = await invoke(handler, event)
+    # Then group A stops at A2: A2 and A3 are reported, A3 never ran; group B went on
+    ids = {json.loads(r["body"])["name"]: r["messageId"] for r in event["Records"]}
+    assert failed_ids(answer) == [ids["A2"], ids["A3"]]
+    assert [n for n in seen if n[0] == "A"] == ["A1", "A2"]
+    assert [n for n in seen if n[0] == "B"] == ["B1", "B2"]
+    # And the group comes back in order, A2 (attempt 2) before A3
+    settle_like_lambda(sqs, url, event, answer)
+    fail.clear()
+    again = receive_event(sqs, url, 2, timeout=5)
+    assert [json.loads(r["body"])["name"] for r in again["Records"]] == ["A2", "A3"]
+    assert again["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    assert await invoke(handler, again) == {"batchItemFailures": []}
+    assert [n for n in seen if n[0] == "A"] == ["A1", "A2", "A2", "A3"]
+
+
+async def test_invalid_and_undecodable_records_go_to_the_dlq_with_their_reason_and_are_not_reported(
+    broker, sqs, prefix, lambda_for
+):
+    # Given a record whose payload fails the model, and one that is no message of ours
+    # (it says its body is base64, and it is not)
+    seen: list = []
+    app = orders_app(seen)
+    await broker.declare(app.topology)
+    bad = Message(TOPIC, b'{"n": "many"}')
+    await broker.publish(TOPIC, [bad])
+    url = queue_url(sqs, f"{prefix}shop_orders")
+    sqs.send_message(
+        QueueUrl=url,
+        MessageBody="abc",
+        MessageAttributes={"mailbag.body-encoding": {"DataType": "String", "StringValue": "base64"}},
+    )
+    # When the batch runs
+    event = receive_event(sqs, url, 2)
+    answer = await invoke(lambda_for(app), event)
+    # Then neither is reported (Lambda deletes them), the handler never ran, and both
+    # wait in the DLQ with the reason
+    assert answer == {"batchItemFailures": []}
+    assert seen == []
+    dead = await broker.browse("shop.orders.dlq")
+    reasons = {m.id: m.headers[h.DEAD_REASON] for m in dead}
+    assert reasons[bad.id].startswith("payload failed validation: n:")
+    [other] = [r for i, r in reasons.items() if i != bad.id]
+    assert other.startswith("undecodable SQS message:")
+    assert all(m.headers[h.ORIGIN_QUEUE] == "shop.orders" for m in dead)
+    settle_like_lambda(sqs, url, event, answer)
+    assert visible_count(sqs, url) == 0 and in_flight(sqs, url) == 0
+
+
+async def test_a_redelivered_record_runs_its_handler_once_with_the_dynamodb_store(broker, sqs, prefix, lambda_for):
+    # Given the function with its idempotency records in DynamoDB
+    seen: list = []
+    app = orders_app(seen)
+    await broker.declare(app.topology)
+    sent = order(7)
+    await broker.publish(TOPIC, [sent])
+    url = queue_url(sqs, f"{prefix}shop_orders")
+    handler = lambda_for(app, idempotency_url=f"dynamodb://idem-{uuid.uuid4().hex[:8]}?region={REGION}")
+    # When the record is handled, but SQS delivers it again (at least once)
+    first = receive_event(sqs, url, 1)
+    assert await invoke(handler, first) == {"batchItemFailures": []}
+    sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["Records"][0]["receiptHandle"], VisibilityTimeout=0)
+    second = receive_event(sqs, url, 1, timeout=5)
+    assert second["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+    answer = await invoke(handler, second)
+    # Then the handler ran once and the duplicate is settled, not reported
+    assert answer == {"batchItemFailures": []}
+    assert seen == [(7, sent.id, 1, None)]
+
+
+@pytest.mark.parametrize(
+    "failure, reason",
+    [("error", "failed after 3 attempt(s): ConnectionError"), ("retry-later", h.DELIVERY_LIMIT_EXCEEDED)],
+)
+async def test_retries_stop_at_the_queues_max_receive_count_and_the_message_lands_in_the_dlq(
+    broker, sqs, prefix, lambda_for, failure, reason
+):
+    # Given a handler that always fails, on a queue whose redrive maxReceiveCount is 3
+    app = App("shop")
+    runs: list[int] = []
+
+    @app.handler(TOPIC, queue="shop.orders", retry=QUICK)
+    async def on_order(payload: dict, ctx: Context) -> None:
+        runs.append(ctx.attempt)
+        if failure == "error":
+            raise ConnectionError("upstream down")
+        raise RetryLater(0)
+
+    await broker.declare(app.topology)
+    url = queue_url(sqs, f"{prefix}shop_orders")
+    redrive = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
+    assert json.loads(redrive)["maxReceiveCount"] == 3
+    sent = order(1)
+    await broker.publish(TOPIC, [sent])
+    handler = lambda_for(app)
+    # When SQS delivers it again after each reported failure
+    answers = []
+    for attempt in (1, 2, 3):
+        event = receive_event(sqs, url, 1, timeout=5)
+        assert event["Records"][0]["attributes"]["ApproximateReceiveCount"] == str(attempt)
+        answers.append(await invoke(handler, event))
+        settle_like_lambda(sqs, url, event, answers[-1])
+    # Then it is reported twice, and on the third receive it goes to the DLQ with why
+    assert [len(a["batchItemFailures"]) for a in answers] == [1, 1, 0]
+    assert runs == [1, 2, 3]
+    [dead] = await broker.browse("shop.orders.dlq")
+    assert dead.id == sent.id and dead.headers[h.DEAD_REASON].startswith(reason)
+    assert dead.headers[h.ATTEMPTS] == 3
+    assert visible_count(sqs, url) == 0 and in_flight(sqs, url) == 0
+
+
+async def test_records_still_running_near_the_lambda_timeout_are_reported_and_released(
+    broker, sqs, prefix, lambda_for
+):
+    # Given a handler that hangs, and an invocation with 1.5 s left (margin 1 s)
+    app = App("shop")
+
+    @app.handler(TOPIC, queue="shop.orders")
+    async def hang(payload: dict) -> None:
+        await asyncio.Event().wait()
+
+    await broker.declare(app.topology)
+    sent = order(1)
+    await broker.publish(TOPIC, [sent])
+    url = queue_url(sqs, f"{prefix}shop_orders")
+    handler = lambda_for(app, margin=1.0)
+    event = receive_event(sqs, url, 1)
+    # When it runs
+    answer = await invoke(handler, event, seconds_left=1.5)
+    # Then the function answers in time, reporting the record, which is visible again at once
+    assert failed_ids(answer) == [event["Records"][0]["messageId"]]
+    again = receive_event(sqs, url, 1, timeout=5)
+    assert again["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
+
+
+async def test_a_record_from_a_queue_the_app_does_not_have_fails_the_invocation_with_the_reason(lambda_for):
+    app = orders_app([])
+    record = {"messageId": "m1", "body": "{}", "eventSource": "aws:sqs", "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:elsewhere"}
+    with pytest.raises(ValueError, match=r"SQS queue 'elsewhere' carries none of app 'shop'.*prefix"):
+        await asyncio.to_thread(lambda_for(app), {"Records": [record]}, None)
+
+
+def test_the_entry_point_refuses_a_broker_that_is_not_sqs_and_a_missing_shared_store():
+    app = orders_app([])
+    with pytest.raises(ValueError, match="MAILBAG_BROKER_URL must be sqs://"):
+        handler_for(app, settings=WorkerSettings(broker_url="amqp://guest:secret@localhost/", idempotency_url="memory://"))
+    with pytest.raises(ValueError, match="MAILBAG_IDEMPOTENCY_URL"):
+        handler_for(app, settings=WorkerSettings(broker_url=f"sqs://?region={REGION}", idempotency_url=None))
+
+
+def test_the_lambda_runtimes_log_handler_gets_redaction_and_ids(monkeypatch):
+    # Given a root log handler of the host's own, as the Lambda runtime installs
+    import io
+    import logging
+
+    stream = io.StringIO()
+    host = logging.StreamHandler(stream)
+    monkeypatch.setattr(logging.getLogger(), "handlers", [host])
+    # When an entry point is made
+    handler_for(App("shop"), settings=WorkerSettings(broker_url=f"sqs://?region={REGION}"))
+    # Then what reaches that handler is redacted
+    logging.getLogger("mailbag.test").warning("connecting to %s", "amqp://svc:hunter2@rabbit/")
+    assert stream.getvalue() == "connecting to amqp://svc:***@rabbit/\n"

@@ -1,0 +1,278 @@
+"""The AWS Lambda entry point: an SQS-triggered function runs an app's handlers on the
+worker's own path (`Worker.process`: validation, idempotency, retry, circuit breaker,
+timeout, the app's middleware) and answers with `batchItemFailures`, so only the
+records that must come back are redelivered.
+
+    # myservice/aws.py, function handler "myservice.aws.handler"
+    from myservice.handlers import app
+    from workers.aws_lambda import handler_for
+
+    handler = handler_for(app)
+
+The event source mapping needs `ReportBatchItemFailures`. Settings come from the
+`MAILBAG_*` environment like the worker's: `MAILBAG_BROKER_URL` must be `sqs://` (with
+the `prefix` the queues were deployed with) and `MAILBAG_IDEMPOTENCY_URL` must name a
+store every instance shares, e.g. `dynamodb://TABLE`. The topology is not declared
+here: it is deployed, and the function's role need not create anything.
+
+Each record is settled as the worker's SQS consumer settles it:
+
+- handled, or a duplicate already handled -> not reported: Lambda deletes it;
+- `RetryLater` -> reported, and hidden for the backoff delay (ChangeMessageVisibility),
+  so SQS brings it back then with `ApproximateReceiveCount` + 1; at the queue's max
+  attempts (its redrive `maxReceiveCount`) it is dead-lettered instead;
+- an invalid payload, `Reject`, a non-retryable error, the last attempt -> sent to the
+  queue's DLQ with the `x-mailbag-` dead-letter headers, then not reported, so Lambda
+  deletes the original; if that send fails it is reported and comes back;
+- `Postpone` -> a copy goes back to the queue with the delay and no attempt used;
+- the invocation crashing or timing out -> SQS redelivers the whole batch, and its
+  redrive policy moves a message to the DLQ (without a reason) after maxReceiveCount.
+
+FIFO queues (the event source ARN ends in `.fifo`): a message group's records run one
+at a time, in order; at the first failure the rest of that group is not run and is
+reported too (visible again at once, behind the failed record, which keeps the group
+locked in SQS until it returns). Different groups run in parallel, at most
+`concurrency` handlers at once, as in the worker.
+
+One event loop is kept across warm invocations (made on the first): the broker's SQS
+client and queue lookups and the idempotency store's connections belong to it, so a
+warm function reuses them instead of reconnecting on every batch. Records still
+running when less than `margin` seconds of the invocation remain are cancelled and
+reported, so the function answers before Lambda stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from typing import Any, Iterable, Mapping
+
+from broker import Broker, BrokerError, Delivery, Message, Queue, connect
+from broker import headers as h
+from broker.sqs_mapping import aws_name
+from broker.sqs_marshal import from_lambda_record
+from broker.url import mask_url, query_options, scheme_of
+from workers.logs import filter_root_handlers
+from workers.app import App
+from workers.runtime import Worker
+from workers.settings import WorkerSettings
+
+log = logging.getLogger("mailbag.lambda")
+
+#: longest visibility timeout SQS allows, in seconds
+MAX_VISIBILITY = 43_200
+#: records per ChangeMessageVisibilityBatch call
+VISIBILITY_BATCH = 10
+
+
+def handler_for(app: App, *, settings: WorkerSettings | None = None, margin: float = 1.0) -> "LambdaHandler":
+    """The Lambda handler for `app`; settings default to the `MAILBAG_*` environment.
+    A wrong setting raises here, at import of the function's module, not at the first
+    batch."""
+    return LambdaHandler(app, settings or WorkerSettings(), margin)
+
+
+class LambdaHandler:
+    """`handler(event, context)` -> `{"batchItemFailures": [{"itemIdentifier": id}, ...]}`.
+    Connections open on the first invocation; `close()` ends them (tests, shutdown)."""
+
+    def __init__(self, app: App, settings: WorkerSettings, margin: float) -> None:
+        if scheme_of(settings.broker_url) != "sqs":
+            raise ValueError(
+                f"the Lambda entry point consumes SQS: MAILBAG_BROKER_URL must be sqs://..., "
+                f"got {mask_url(settings.broker_url)!r}"
+            )
+        if settings.idempotency_url is None and any(hd.idempotency is not False for hd in app.handlers.values()):
+            raise ValueError(
+                "set MAILBAG_IDEMPOTENCY_URL to a store every function instance shares (e.g. dynamodb://TABLE); "
+                "the default SQLite file is neither writable nor shared on Lambda"
+            )
+        if margin < 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.app = app
+        self.settings = settings
+        self.margin = margin
+        prefix = query_options(settings.broker_url).get("prefix", "")
+        #: SQS queue name -> the app's queue it carries
+        self.queues = {aws_name(prefix, q.name, q.ordered): q for q in app.topology.queues}
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._worker: Worker | None = None
+        self._queue_urls: dict[str, str] = {}
+        logging.getLogger("mailbag").setLevel(settings.log_level)
+        filter_root_handlers()
+
+    def __call__(self, event: Mapping[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+        if self._loop is None:
+            self._loop = asyncio.new_event_loop()
+        return self._loop.run_until_complete(self.handle(event, context))
+
+    def close(self) -> None:
+        """Close the store, the broker and the event loop. Idempotent."""
+        if self._loop is None:
+            return
+        self._loop.run_until_complete(self._close())
+        self._loop.close()
+        self._loop = None
+
+    async def _close(self) -> None:
+        worker, self._worker = self._worker, None
+        if worker is not None:
+            await worker.stop()
+            await worker.broker.close()
+
+    async def _ready(self) -> Worker:
+        if self._worker is None:
+            broker = await connect(self.settings.broker_url)
+            worker = Worker(self.app, broker, settings=self.settings)
+            try:
+                await worker.prepare()
+            except BaseException:
+                await broker.close()
+                raise
+            self._worker = worker
+        return self._worker
+
+    async def handle(self, event: Mapping[str, Any], context: Any = None) -> dict[str, list[dict[str, str]]]:
+        """One batch: run every record, settle what can be settled, report the rest."""
+        records = event.get("Records")
+        if not isinstance(records, list):
+            raise ValueError("not an SQS event: it has no Records list")
+        specs = [self._queue_of(r) for r in records]
+        worker = await self._ready()
+        deliveries = [_LambdaDelivery(r, spec, worker.broker) for r, spec in zip(records, specs)]
+        slots = asyncio.Semaphore(worker.concurrency)
+
+        async def run(lane: list[_LambdaDelivery]) -> None:
+            for delivery in lane:
+                async with slots:
+                    if delivery.undecodable is None:
+                        await worker.process(delivery)
+                    else:
+                        await delivery.park_undecodable()
+                if delivery.failed:
+                    if delivery.settled != "retry":
+                        delivery.visibility = None  # settling failed: back after the queue's visibility timeout
+                    return  # on a FIFO queue the rest of the group waits behind it
+
+        tasks = [asyncio.create_task(run(lane)) for lane in _lanes(deliveries)]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self._time_left(context))
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
+            if late:
+                unfinished = sum(d.settled is None for d in deliveries)
+                log.warning("invocation running out of time: %d unfinished record(s) go back", unfinished)
+        failed = [d for d in deliveries if d.failed]
+        await self._hide(worker.broker, failed)
+        return {"batchItemFailures": [{"itemIdentifier": d.record["messageId"]} for d in failed]}
+
+    def _queue_of(self, record: Mapping[str, Any]) -> Queue:
+        arn = record.get("eventSourceARN", "")
+        if record.get("eventSource") != "aws:sqs" or not arn:
+            raise ValueError(f"not an SQS record: eventSource {record.get('eventSource')!r}")
+        name = arn.rsplit(":", 1)[-1]
+        spec = self.queues.get(name)
+        if spec is None:
+            raise ValueError(
+                f"SQS queue {name!r} carries none of app {self.app.name!r}'s queues "
+                f"({', '.join(sorted(self.queues))}); is the broker URL's prefix the one it was deployed with?"
+            )
+        return spec
+
+    def _time_left(self, context: Any) -> float | None:
+        remaining = getattr(context, "get_remaining_time_in_millis", None)
+        return None if remaining is None else max(0.0, remaining() / 1000 - self.margin)
+
+    async def _hide(self, broker: Broker, failed: list["_LambdaDelivery"]) -> None:
+        """Set each reported record's visibility timeout: the retry delay, or 0 for one
+        that never ran. A failed change only means the record returns after the
+        queue's own visibility timeout."""
+        by_queue: dict[str, list[_LambdaDelivery]] = {}
+        for d in failed:
+            if d.visibility is not None:
+                by_queue.setdefault(d.record["eventSourceARN"], []).append(d)
+        aws = broker.aws  # type: ignore[attr-defined]  # the SNS/SQS adapter's boto3 clients
+        for arn, deliveries in by_queue.items():
+            try:
+                url = await self._queue_url(aws, arn)
+                for start in range(0, len(deliveries), VISIBILITY_BATCH):
+                    chunk = deliveries[start:start + VISIBILITY_BATCH]
+                    entries = [
+                        {"Id": str(i), "ReceiptHandle": d.record["receiptHandle"], "VisibilityTimeout": d.visibility}
+                        for i, d in enumerate(chunk)
+                    ]
+                    result = await aws.call(aws.sqs.change_message_visibility_batch, QueueUrl=url, Entries=entries)
+                    for failure in result.get("Failed", []):
+                        log.warning("changing the visibility of a record failed: %s", failure)
+            except BrokerError as exc:
+                log.warning("changing the visibility of %d record(s) failed: %s", len(deliveries), exc)
+
+    async def _queue_url(self, aws: Any, arn: str) -> str:
+        url = self._queue_urls.get(arn)
+        if url is None:
+            account, name = arn.split(":")[4:6]
+            result = await aws.call(aws.sqs.get_queue_url, QueueName=name, QueueOwnerAWSAccountId=account)
+            url = self._queue_urls[arn] = result["QueueUrl"]
+        return url
+
+
+class _LambdaDelivery(Delivery):
+    """One record of the batch. Settling records the outcome for the batch response:
+    `failed` until acked or dead-lettered; `visibility` is how long a reported record
+    stays hidden (None: leave it to the queue). `undecodable` is why a record could
+    not be read as a message (its message is then the raw body)."""
+
+    __slots__ = ("record", "undecodable", "group", "spec", "broker", "failed", "visibility")
+
+    def __init__(self, record: Mapping[str, Any], spec: Queue, broker: Broker) -> None:
+        attributes = record.get("attributes", {})
+        default_topic = spec.topics[0] if len(spec.topics) == 1 else spec.name
+        self.undecodable: Exception | None = None
+        try:
+            message = from_lambda_record(record, default_topic)
+        except (ValueError, KeyError, TypeError) as exc:
+            self.undecodable = exc
+            message = Message(default_topic, str(record.get("body", "")).encode(), id=str(record.get("messageId")))
+        super().__init__(message, spec.name, int(attributes.get("ApproximateReceiveCount", 1)))
+        self.record = record
+        self.group: str | None = attributes.get("MessageGroupId")
+        self.spec = spec
+        self.broker = broker
+        self.failed = True
+        self.visibility: int | None = 0
+
+    async def park_undecodable(self) -> None:
+        """Dead-letter a record that is no message of ours, as it came, with the reason
+        (as the worker's SQS consumer does)."""
+        try:
+            await self.dead_letter(f"undecodable SQS message: {self.undecodable}", self.undecodable)
+        except Exception as exc:
+            log.error("settling failed", extra={"message_id": self.message.id, "queue": self.queue, "error": repr(exc)})
+
+    async def _ack(self) -> None:
+        self.failed = False
+
+    async def _retry(self, delay: float) -> None:
+        if self.attempt >= self.spec.retry.max_attempts:
+            await self._dead_letter(h.DELIVERY_LIMIT_EXCEEDED, None)
+            return
+        self.visibility = min(MAX_VISIBILITY, math.ceil(delay))
+
+    async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
+        message = self.message
+        stamp = h.dead_letter_stamp(message.topic, self.queue, self.attempt, reason, error)
+        await self.broker.send(self.spec.dead_letter_queue, [message.evolve(headers={**message.headers, **stamp})])
+        self.failed = False
+
+
+def _lanes(deliveries: Iterable[_LambdaDelivery]) -> list[list[_LambdaDelivery]]:
+    """Records that must run one after another: a FIFO message group, in batch order;
+    every other record runs on its own."""
+    lanes: dict[Any, list[_LambdaDelivery]] = {}
+    for i, d in enumerate(deliveries):
+        key = (d.record["eventSourceARN"], d.group) if d.spec.ordered else i
+        lanes.setdefault(key, []).append(d)
+    return list(lanes.values())
+

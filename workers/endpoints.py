@@ -1,0 +1,81 @@
+"""The worker's HTTP endpoints on one port, for Prometheus and for ECS / Kubernetes
+probes: `/metrics` (the worker's registry), `/healthz` (200 while the process
+answers) and `/readyz` (200 while it consumes, else 503).
+
+Served from a thread by the standard library's WSGI server, so a slow scrape never
+holds up the event loop, nor a busy loop a liveness probe."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from socketserver import ThreadingMixIn
+from typing import Any, Callable, Iterable
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+
+log = logging.getLogger("mailbag.worker")
+
+
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes hit every few seconds: no access log line for each."""
+
+
+class Endpoints:
+    """Serves `registry` and the probes on `host`:`port` (port 0: any free one, see
+    `port` once started) until `stop()`. `ready` is asked at each /readyz request."""
+
+    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool], host: str = "0.0.0.0", port: int = 9100):
+        self.host = host
+        self.port = port
+        self._ready = ready
+        self._metrics = make_wsgi_app(registry)
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        """Bind and serve; raises OSError when the port is taken."""
+        self._server = make_server(self.host, self.port, self._app, _Server, _QuietHandler)
+        self.port = self._server.server_port
+        self._thread = threading.Thread(target=self._server.serve_forever, args=(0.1,), name="endpoints", daemon=True)
+        self._thread.start()
+        log.info("serving /metrics, /healthz and /readyz on %s:%d", self.host, self.port)
+
+    def stop(self) -> None:
+        """Stop serving and release the port (returns within the 0.1 s poll)."""
+        if self._server is not None and self._thread is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._thread.join()
+            self._server = self._thread = None
+
+    def __enter__(self) -> "Endpoints":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path == "/metrics":
+            return self._metrics(environ, start_response)
+        if path == "/healthz":
+            return _text(start_response, "200 OK", "alive")
+        if path == "/readyz":
+            return _text(start_response, "200 OK", "ready") if self._ready() else _text(
+                start_response, "503 Service Unavailable", "not ready"
+            )
+        return _text(start_response, "404 Not Found", "not found: try /metrics, /healthz or /readyz")
+
+
+def _text(start_response: Callable[..., Any], status: str, body: str) -> list[bytes]:
+    data = f"{body}\n".encode()
+    start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(data)))])
+    return [data]

@@ -1,0 +1,140 @@
+"""Prometheus metrics of a worker, in a registry of its own (never the global one, so
+two workers in one process, or two tests, do not mix their numbers).
+
+What is counted and where: the runtime counts settlements (handled, retried,
+dead-lettered, postponed) once the broker took them; `workers.middleware.metrics`
+times handlers, counts their failures and how many run; `poll` reads queue depths
+and outbox backlogs every few seconds. Labels are queue, handler, state and outbox
+table: bounded by the app, never a message id. A worker built without `Metrics`
+records nothing and pays nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal, NamedTuple, Protocol, Sequence
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from broker import Broker
+
+log = logging.getLogger("mailbag.metrics")
+
+Settlement = Literal["handled", "retried", "dead_lettered", "postponed"]
+
+#: the `QueueStats` counts exported as `mailbag_queue_messages{state=...}`
+QUEUE_STATES = ("ready", "in_flight", "delayed", "dead_letters")
+
+
+class OutboxWithStats(Protocol):
+    """What `watch_outbox` needs of an outbox (`publishers.outbox.Outbox` has it)."""
+
+    table: str
+
+    async def stats(self) -> Any: ...
+
+
+class HandlerMetrics(NamedTuple):
+    """One handler's series on one queue, looked up once: labelling a metric costs more
+    than recording in it."""
+
+    in_flight: Gauge
+    duration: Histogram
+    failed: Counter
+    settled: dict[Settlement, Counter]
+
+
+class Metrics:
+    """The metric objects, `registry` to serve them from, and `broker_up`: whether the
+    broker answered the last poll (a worker is not ready while it does not)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry = registry or CollectorRegistry()
+        labels = ("queue", "handler")
+
+        def counter(name: str, doc: str) -> Counter:
+            return Counter(f"mailbag_messages_{name}", doc, labels, registry=registry)
+
+        def gauge(name: str, doc: str, *label_names: str) -> Gauge:
+            return Gauge(f"mailbag_{name}", doc, label_names, registry=registry)
+
+        self.settled: dict[Settlement, Counter] = {
+            "handled": counter("handled", "Messages whose handler succeeded, acked"),
+            "retried": counter("retried", "Messages put back for another attempt after a failure"),
+            "dead_lettered": counter("dead_lettered", "Messages moved to the dead-letter queue"),
+            "postponed": counter("postponed", "Messages put back without using an attempt (open circuit, duplicate)"),
+        }
+        self.failed = counter("failed", "Handler runs that failed (raised, timed out or rejected)")
+        self.duration = Histogram(
+            "mailbag_handler_duration_seconds", "Time a message spent in its handler and middleware", labels,
+            registry=registry,
+        )
+        self.in_flight = gauge("messages_in_flight", "Handlers running now", "queue")
+        self.queue_messages = gauge("queue_messages", "Messages in a queue by state, polled", "queue", "state")
+        self.broker_up_gauge = gauge("broker_up", "1 when the broker answered the last poll, else 0")
+        self.outbox_pending = gauge("outbox_pending", "Outbox rows not yet published", "outbox")
+        self.outbox_failing = gauge("outbox_failing", "Pending outbox rows whose publish failed before", "outbox")
+        self.outbox_oldest = gauge("outbox_oldest_pending_seconds", "Age of the oldest pending row (0: none)", "outbox")
+        self.broker_up = True
+        self.broker_up_gauge.set(1)
+        self._outboxes: list[OutboxWithStats] = []
+        self._handlers: dict[tuple[str, str], HandlerMetrics] = {}
+
+    def of(self, queue: str, handler: str) -> HandlerMetrics:
+        """The series of `handler` (its name; "" for none) on `queue`."""
+        found = self._handlers.get((queue, handler))
+        if found is None:
+            found = self._handlers[queue, handler] = HandlerMetrics(
+                self.in_flight.labels(queue),
+                self.duration.labels(queue, handler),
+                self.failed.labels(queue, handler),
+                {outcome: counter.labels(queue, handler) for outcome, counter in self.settled.items()},
+            )
+        return found
+
+    def settle(self, outcome: Settlement, queue: str, handler: str) -> None:
+        self.of(queue, handler).settled[outcome].inc()
+
+    def watch_outbox(self, outbox: OutboxWithStats) -> None:
+        """Export this outbox's backlog at every `poll` (for a process that runs a relay)."""
+        self._outboxes.append(outbox)
+
+    async def poll(self, broker: Broker, queues: Sequence[str], interval: float) -> None:
+        """Until cancelled: `poll_once` every `interval` seconds."""
+        while True:
+            await self.poll_once(broker, queues, timeout=interval)
+            await asyncio.sleep(interval)
+
+    async def poll_once(self, broker: Broker, queues: Sequence[str], timeout: float = 10.0) -> None:
+        """Read the queues' depths and the watched outboxes' backlogs, each read bounded
+        by `timeout` seconds. A broker that fails or does not answer sets `broker_up`
+        to False; an outbox that does keeps its last figures."""
+        try:
+            async with asyncio.timeout(timeout):
+                for queue in queues:
+                    stats = await broker.stats(queue)
+                    for state in QUEUE_STATES:
+                        count = getattr(stats, state)
+                        if count is not None:
+                            self.queue_messages.labels(queue, state).set(count)
+        except Exception as exc:
+            if self.broker_up:
+                log.warning("the broker did not answer a stats poll: %s", exc)
+            self._set_broker_up(False)
+        else:
+            self._set_broker_up(True)
+        for outbox in self._outboxes:
+            try:
+                async with asyncio.timeout(timeout):
+                    stats = await outbox.stats()
+            except Exception as exc:
+                log.warning("reading outbox %s failed: %s", outbox.table, exc)
+                continue
+            self.outbox_pending.labels(outbox.table).set(stats.pending)
+            self.outbox_failing.labels(outbox.table).set(stats.failing)
+            self.outbox_oldest.labels(outbox.table).set(stats.oldest_pending_age or 0)
+
+    def _set_broker_up(self, up: bool) -> None:
+        self.broker_up = up
+        self.broker_up_gauge.set(1 if up else 0)
