@@ -25,7 +25,7 @@ import math
 import re
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential
@@ -257,6 +257,18 @@ class SqsBroker(Broker):
                 break
             got.update((m["MessageId"], m) for m in batch)
         return list(got.values())
+
+    async def hide(self, queue: str, receipts: Mapping[str, int]) -> None:
+        """Keep messages of `queue` that were received elsewhere (a Lambda SQS trigger
+        hands over receipt handles) hidden for the given whole seconds each, 0 to show
+        them at once: how such a host times a retry. Best effort, like every visibility
+        change: a receipt that fails keeps the queue's own timeout."""
+        ref = await self._resources.queue(queue)
+        by_seconds: dict[int, list[str]] = {}
+        for receipt, seconds in receipts.items():
+            by_seconds.setdefault(seconds, []).append(receipt)
+        for seconds, same in by_seconds.items():
+            await self._change_visibility(ref, same, seconds)
 
     async def _change_visibility(self, ref: QueueRef, receipts: list[str], seconds: int) -> None:
         """Best effort: a receipt that fails here just keeps its old timeout."""

@@ -6,8 +6,8 @@ path on SQS event batches (`workers.aws_lambda.handler_for`).
 
 It talks to brokers only through the `broker` contract and never imports aio-pika or
 boto3 (the DynamoDB store, which needs its own client, is the one exception; the Lambda
-entry point also reaches the SNS/SQS adapter's client, to change a reported record's
-visibility). It never decides how a broker stores or routes messages.
+entry point also calls the SNS/SQS adapter's `hide`, to time a reported record's
+retry). It never decides how a broker stores or routes messages.
 """
 
 from workers.app import App, Handler

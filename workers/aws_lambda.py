@@ -62,8 +62,6 @@ log = logging.getLogger("mailbag.lambda")
 
 #: longest visibility timeout SQS allows, in seconds
 MAX_VISIBILITY = 43_200
-#: records per ChangeMessageVisibilityBatch call
-VISIBILITY_BATCH = 10
 
 
 def handler_for(app: App, *, settings: WorkerSettings | None = None, margin: float = 1.0) -> "LambdaHandler":
@@ -98,7 +96,6 @@ class LambdaHandler:
         self.queues = {aws_name(prefix, q.name, q.ordered): q for q in app.topology.queues}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: Worker | None = None
-        self._queue_urls: dict[str, str] = {}
         logging.getLogger("mailbag").setLevel(settings.log_level)
         filter_root_handlers()
 
@@ -189,33 +186,15 @@ class LambdaHandler:
         """Set each reported record's visibility timeout: the retry delay, or 0 for one
         that never ran. A failed change only means the record returns after the
         queue's own visibility timeout."""
-        by_queue: dict[str, list[_LambdaDelivery]] = {}
+        by_queue: dict[str, dict[str, int]] = {}
         for d in failed:
             if d.visibility is not None:
-                by_queue.setdefault(d.record["eventSourceARN"], []).append(d)
-        aws = broker.aws  # type: ignore[attr-defined]  # the SNS/SQS adapter's boto3 clients
-        for arn, deliveries in by_queue.items():
+                by_queue.setdefault(d.spec.name, {})[d.record["receiptHandle"]] = d.visibility
+        for queue, receipts in by_queue.items():
             try:
-                url = await self._queue_url(aws, arn)
-                for start in range(0, len(deliveries), VISIBILITY_BATCH):
-                    chunk = deliveries[start:start + VISIBILITY_BATCH]
-                    entries = [
-                        {"Id": str(i), "ReceiptHandle": d.record["receiptHandle"], "VisibilityTimeout": d.visibility}
-                        for i, d in enumerate(chunk)
-                    ]
-                    result = await aws.call(aws.sqs.change_message_visibility_batch, QueueUrl=url, Entries=entries)
-                    for failure in result.get("Failed", []):
-                        log.warning("changing the visibility of a record failed: %s", failure)
+                await broker.hide(queue, receipts)  # type: ignore[attr-defined]  # the SNS/SQS adapter's
             except BrokerError as exc:
-                log.warning("changing the visibility of %d record(s) failed: %s", len(deliveries), exc)
-
-    async def _queue_url(self, aws: Any, arn: str) -> str:
-        url = self._queue_urls.get(arn)
-        if url is None:
-            account, name = arn.split(":")[4:6]
-            result = await aws.call(aws.sqs.get_queue_url, QueueName=name, QueueOwnerAWSAccountId=account)
-            url = self._queue_urls[arn] = result["QueueUrl"]
-        return url
+                log.warning("changing the visibility of %d record(s) failed: %s", len(receipts), exc)
 
 
 class _LambdaDelivery(Delivery):
