@@ -12,12 +12,39 @@ wait_for() {  # name port seconds
   return 1
 }
 
+# RabbitMQ can accept connections and never answer them (a node wedged under load):
+# it counts as up only once it answers the AMQP protocol header.
+amqp_answers() {
+  python3 - <<'PY' 2>/dev/null
+import socket, sys
+try:
+    with socket.create_connection(("127.0.0.1", 5672), timeout=5) as s:
+        s.sendall(b"AMQP\x00\x00\x09\x01")
+        sys.exit(0 if s.recv(1) == b"\x01" else 1)  # a method frame: connection.start
+except OSError:
+    sys.exit(1)
+PY
+}
+
+wait_for_amqp() {  # seconds
+  local i
+  for ((i = 0; i < $1; i += 2)); do amqp_answers && return 0; sleep 2; done
+  echo "services: RabbitMQ does not answer on 127.0.0.1:5672 after $1s; if its node stays wedged," \
+    "reset it (this drops its queues): rabbitmqctl stop_app; rabbitmqctl reset; rabbitmqctl start_app" >&2
+  return 1
+}
+
 status=0
 if ! up 5672; then
   echo "services: starting RabbitMQ"
   rabbitmq-server -detached >/dev/null 2>&1 || true
-  wait_for RabbitMQ 5672 90 || status=1
-  rabbitmqctl await_startup >/dev/null 2>&1 || true
+  wait_for_amqp 120 || status=1
+elif ! amqp_answers; then
+  echo "services: RabbitMQ accepts connections but does not answer; restarting it"
+  timeout 30 rabbitmqctl stop >/dev/null 2>&1 || pkill -9 -f 'beam.smp.*rabbit' || true
+  for ((i = 0; i < 50; i++)); do up 5672 || break; sleep 0.2; done
+  rabbitmq-server -detached >/dev/null 2>&1 || true
+  wait_for_amqp 180 || status=1
 fi
 if ! up 6379; then
   echo "services: starting Redis"
