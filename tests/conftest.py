@@ -1,5 +1,10 @@
-"""Fixtures shared across the test packages: moto's AWS in this process, and plain
-boto3 clients to look at what the code under test made there."""
+"""Fixtures shared across the test packages: moto's AWS in this process, plain boto3
+clients to look at what the code under test made there, and a RabbitMQ left as the
+run found it."""
+
+import asyncio
+import subprocess
+import sys
 
 import boto3
 import pytest
@@ -24,3 +29,44 @@ def sqs(aws):
 @pytest.fixture
 def sns(aws):
     return boto3.client("sns", region_name=REGION)
+
+
+def _rabbitmq_names() -> tuple[set[str], set[str]] | None:
+    """(queues, exchanges) on the test RabbitMQ's default vhost, or None when it
+    cannot be asked (not running, or no `rabbitmqctl` here)."""
+    names = []
+    for what in ("list_queues", "list_exchanges"):
+        try:
+            listed = subprocess.run(["rabbitmqctl", "-q", what, "name"], capture_output=True, text=True, timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if listed.returncode != 0:
+            return None
+        names.append({n for n in listed.stdout.split() if n != "name"})
+    return names[0], names[1]
+
+
+async def _delete(queues: set[str], exchanges: set[str]) -> None:
+    import aio_pika
+
+    async with await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/", timeout=10) as connection:
+        channel = await connection.channel()
+        for name in sorted(queues):
+            await channel.queue_delete(name)
+        for name in sorted(n for n in exchanges if not n.startswith("amq.")):
+            await channel.exchange_delete(name)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def rabbitmq_left_as_found():
+    """Deletes the RabbitMQ queues and exchanges that appeared during the run. Tests
+    remove what they declare, but one that stops half way leaves its queues behind,
+    and a node that collects hundreds of queues per run slows until it stops answering."""
+    before = _rabbitmq_names()
+    yield
+    after = _rabbitmq_names() if before is not None else None
+    if after is not None:
+        try:
+            asyncio.run(_delete(after[0] - before[0], after[1] - before[1]))
+        except Exception as exc:  # hygiene only: the run's results stand
+            print(f"\nleft RabbitMQ queues behind: {exc!r}", file=sys.stderr)
