@@ -27,6 +27,9 @@ Settlement = Literal["handled", "retried", "dead_lettered", "postponed"]
 QUEUE_STATES = ("ready", "in_flight", "delayed", "dead_letters")
 
 
+#: the shortest time a queue-depth poll is given before the broker counts as down
+POLL_TIMEOUT = 5.0
+
 class OutboxWithStats(Protocol):
     """What `watch_outbox` needs of an outbox (`publishers.outbox.Outbox` has it)."""
 
@@ -101,9 +104,11 @@ class Metrics:
         self._outboxes.append(outbox)
 
     async def poll(self, broker: Broker, queues: Sequence[str], interval: float) -> None:
-        """Until cancelled: `poll_once` every `interval` seconds."""
+        """Until cancelled: `poll_once` every `interval` seconds. A poll may take up to
+        `POLL_TIMEOUT` seconds however short the interval: one cut short mid-request
+        can leave a RabbitMQ channel half open, which closes the whole connection."""
         while True:
-            await self.poll_once(broker, queues, timeout=interval)
+            await self.poll_once(broker, queues, timeout=max(interval, POLL_TIMEOUT))
             await asyncio.sleep(interval)
 
     async def poll_once(self, broker: Broker, queues: Sequence[str], timeout: float = 10.0) -> None:

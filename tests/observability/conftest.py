@@ -84,11 +84,11 @@ class Observed:
 
 @asynccontextmanager
 async def observed(broker: Broker, backend: str, gate: asyncio.Event | None = None) -> AsyncIterator[Observed]:
-    """`obs_app` running on `broker` with metrics polled every 0.1 s, served on a free port."""
+    """`obs_app` running on `broker` with metrics polled every 0.5 s, served on a free port."""
     run = uuid.uuid4().hex[:8]
     app = obs_app.build(run, DELAYS[backend], gate)
     metrics = Metrics()
-    settings = WorkerSettings(idempotency_url="memory://", metrics_interval=0.1, retry_jitter=False, grace_period=5)
+    settings = WorkerSettings(idempotency_url="memory://", metrics_interval=0.5, retry_jitter=False, grace_period=5)
     worker = Worker(app, broker, settings=settings, metrics=metrics)
     endpoints = Endpoints(metrics.registry, lambda: worker.ready, "127.0.0.1", 0)
     with endpoints:
