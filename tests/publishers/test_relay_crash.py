@@ -33,7 +33,7 @@ def wait_for_file(path: Path, child: subprocess.Popen, timeout: float = 30.0) ->
             raise AssertionError(f"relay exited early ({child.returncode}): {child.stderr.read()}")
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {path.name}")
-        time.sleep(0.02)
+        time.sleep(0.02)  # polling a child process's file with a deadline
 
 
 @pytest.mark.parametrize("backend", list(LINKS))
