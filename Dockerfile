@@ -35,4 +35,4 @@ HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
 # exec form: the worker is PID 1 and receives SIGTERM itself (no shell in between)
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["mailbag", "worker"]
-CMD ["--metrics-port", "9102", "examples.orders.app:app"]
+CMD ["--metrics-port", "9102", "mailbag.examples.orders.app:app"]

@@ -17,9 +17,9 @@ import uuid
 
 import aio_pika
 
-from broker import Message, Queue, Topology, connect
-from broker import headers as h
-from dlq import DeadLetters
+from mailbag.broker import Message, Queue, Topology, connect
+from mailbag.broker import headers as h
+from mailbag.dlq import DeadLetters
 
 BATCH = 10
 
@@ -84,7 +84,10 @@ async def main() -> None:
     args = parser.parse_args()
     n = args.messages
     async with await connect(args.url) as broker:
-        raw_queue, our_queue = Queue(f"bench-dlq-raw-{uuid.uuid4().hex[:6]}"), Queue(f"bench-dlq-ours-{uuid.uuid4().hex[:6]}")
+        raw_queue, our_queue = (
+            Queue(f"bench-dlq-raw-{uuid.uuid4().hex[:6]}"),
+            Queue(f"bench-dlq-ours-{uuid.uuid4().hex[:6]}"),
+        )
         await broker.declare(Topology(queues=(raw_queue, our_queue)))
         try:
             await seed(broker, raw_queue, n)

@@ -26,9 +26,9 @@ from pathlib import Path
 import aio_pika
 import asyncpg
 
-from broker import Message, Queue, RetryPolicy, Topology, connect, mask_url
-from publishers import Publisher
-from publishers.outbox import PostgresOutbox, Relay, RelaySettings, SqliteOutbox
+from mailbag.broker import Message, Queue, RetryPolicy, Topology, connect, mask_url
+from mailbag.publishers import Publisher
+from mailbag.publishers.outbox import PostgresOutbox, Relay, RelaySettings, SqliteOutbox
 
 BODY = b'{"order_id": "%d", "padding": "' + b"x" * 160 + b'"}'
 
@@ -45,8 +45,12 @@ async def raw(url: str, broker, topic: str, rows: int, batch: int) -> float:
             await asyncio.gather(
                 *(
                     exchange.publish(
-                        aio_pika.Message(BODY % i, message_id=uuid.uuid4().hex, content_type="application/json",
-                                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                        aio_pika.Message(
+                            BODY % i,
+                            message_id=uuid.uuid4().hex,
+                            content_type="application/json",
+                            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        ),
                         routing_key="",
                     )
                     for i in range(start, min(rows, start + batch))

@@ -9,7 +9,8 @@ same run, on the same broker.
 (b) end to end: `count` messages are published with confirms and consumed by the same
     two consumers; the clock runs from the first publish to the last ack.
 
-Each figure is the median of `--rounds` rounds; every other round runs mailbag first. Prints `drain_ratio=<mailbag/raw>` and,
+Each figure is the median of `--rounds` rounds; every other round runs mailbag first.
+Prints `drain_ratio=<mailbag/raw>` and,
 last, `e2e_ratio=<mailbag/raw>`. The worker runs with no middleware of the app's own and
 the handler opts out of idempotency: the raw loop records nothing either.
 """
@@ -26,10 +27,10 @@ import uuid
 import aio_pika
 from pydantic import BaseModel
 
-from broker import Message, Queue, Topology
-from broker.rabbitmq import open_broker
-from workers import App, Worker
-from workers.stores.memory import MemoryStore
+from mailbag.broker import Message, Queue, Topology
+from mailbag.broker.rabbitmq import open_broker
+from mailbag.workers import App, Worker
+from mailbag.workers.stores.memory import MemoryStore
 
 PREFETCH = 100
 
@@ -48,8 +49,12 @@ async def raw_publish(channel: aio_pika.abc.AbstractChannel, exchange: str, coun
     target = await channel.get_exchange(exchange) if exchange else channel.default_exchange
     await asyncio.gather(
         *(
-            target.publish(aio_pika.Message(body(i), delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                                            content_type="application/json"), routing_key="")
+            target.publish(
+                aio_pika.Message(
+                    body(i), delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json"
+                ),
+                routing_key="",
+            )
             for i in range(count)
         )
     )
@@ -98,7 +103,7 @@ class Bench:
         self.url = url
         self.count = count
 
-    async def __aenter__(self) -> "Bench":
+    async def __aenter__(self) -> Bench:
         self.connection = await aio_pika.connect(self.url)
         self.broker = await open_broker(self.url)
         return self
@@ -108,8 +113,14 @@ class Bench:
         await self.connection.close()
 
     def worker(self, topic: str, queue: str, done: asyncio.Event) -> Worker:
-        return Worker(mailbag_app(topic, queue, self.count, done), self.broker,
-                      concurrency=PREFETCH, prefetch=PREFETCH, middleware=[], store=MemoryStore())
+        return Worker(
+            mailbag_app(topic, queue, self.count, done),
+            self.broker,
+            concurrency=PREFETCH,
+            prefetch=PREFETCH,
+            middleware=[],
+            store=MemoryStore(),
+        )
 
     async def fresh(self) -> tuple[str, str]:
         """A new topic and queue of its own for one measurement."""
@@ -169,9 +180,7 @@ class Bench:
         worker = self.worker(topic, queue, done)
         async with worker:
             started = time.perf_counter()
-            await self.broker.publish(
-                topic, [Message(topic, body(i), type="Order") for i in range(self.count)]
-            )
+            await self.broker.publish(topic, [Message(topic, body(i), type="Order") for i in range(self.count)])
             await done.wait()
             took = time.perf_counter() - started
         await self.drop(topic, queue)

@@ -31,12 +31,12 @@ from pathlib import Path
 
 import boto3
 
-from broker import Message
+from mailbag.broker import Message
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for tests.moto_server
-from broker.sqs import open_broker
+from mailbag.broker.sqs import open_broker
+from mailbag.workers import App, Worker
 from tests.moto_server import MotoServer, dummy_aws_credentials
-from workers import App, Worker
 
 REGION = "eu-west-1"
 TOPIC = "bench.orders"
@@ -86,7 +86,9 @@ def baseline(endpoint: str, n: int) -> tuple[Requests, float]:
     def consume() -> None:
         handled = 0
         while handled < n:
-            for m in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1).get("Messages", []):
+            for m in sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=1, WaitTimeSeconds=1).get(
+                "Messages", []
+            ):
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=m["ReceiptHandle"])
                 handled += 1
                 room.release()

@@ -16,10 +16,10 @@ import asyncio
 import gc
 import time
 
-from broker import Message
-from broker.codec import decode
-from broker.memory import MemoryBroker
-from workers import App, Worker, WorkerSettings
+from mailbag.broker import Message
+from mailbag.broker.codec import decode
+from mailbag.broker.memory import MemoryBroker
+from mailbag.workers import App, Worker, WorkerSettings
 
 TOPIC = "bench.orders"
 QUEUE = "bench.orders.q"
@@ -101,7 +101,7 @@ async def drain_backlog(n: int, concurrency: int) -> tuple[float, float, float]:
         while not done.is_set():
             try:
                 await asyncio.wait_for(done.wait(), 0.05)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             peak = max(peak, rss_mb())
     gc.collect()

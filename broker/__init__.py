@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import importlib
 
-from broker.base import Broker, Consumer, QueueStats
-from broker.errors import (
+from mailbag.broker.base import Broker, Consumer, QueueStats
+from mailbag.broker.errors import (
     AlreadySettled,
     BrokerClosed,
     BrokerError,
@@ -23,16 +23,16 @@ from broker.errors import (
     UnknownQueue,
     UnknownTopic,
 )
-from broker.message import Delivery, Message, new_message_id
-from broker.topology import Queue, RetryPolicy, Subscription, Topology
-from broker.url import mask_url, scheme_of
+from mailbag.broker.message import Delivery, Message, new_message_id
+from mailbag.broker.topology import Queue, RetryPolicy, Subscription, Topology
+from mailbag.broker.url import mask_url, scheme_of
 
 #: URL scheme -> "module:factory"; the factory is `async (url, **options) -> Broker`
 ADAPTERS = {
-    "memory": "broker.memory:open_broker",
-    "amqp": "broker.rabbitmq:open_broker",
-    "amqps": "broker.rabbitmq:open_broker",
-    "sqs": "broker.sqs:open_broker",
+    "memory": "mailbag.broker.memory:open_broker",
+    "amqp": "mailbag.broker.rabbitmq:open_broker",
+    "amqps": "mailbag.broker.rabbitmq:open_broker",
+    "sqs": "mailbag.broker.sqs:open_broker",
 }
 
 

@@ -6,11 +6,11 @@ The docstrings are the contract; `tests/conformance/` checks it on every adapter
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import AsyncIterator, Sequence
 
-from broker.message import Delivery, Message
-from broker.topology import Topology
+from mailbag.broker.message import Delivery, Message
+from mailbag.broker.topology import Topology
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Consumer(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    async def __aenter__(self) -> "Consumer":
+    async def __aenter__(self) -> Consumer:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -109,7 +109,7 @@ class Broker(ABC):
     async def close(self) -> None:
         """Close consumers (returning what they held) and the connection. Idempotent."""
 
-    async def __aenter__(self) -> "Broker":
+    async def __aenter__(self) -> Broker:
         return self
 
     async def __aexit__(self, *exc: object) -> None:

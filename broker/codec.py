@@ -8,11 +8,13 @@ from typing import Any
 
 from pydantic import BaseModel, TypeAdapter
 
+from mailbag.broker.errors import MailbagError
+
 JSON = "application/json"
 BINARY = "application/octet-stream"
 
 
-class PayloadError(ValueError):
+class PayloadError(MailbagError, ValueError):
     """A body could not be decoded or did not match the handler's model."""
 
 

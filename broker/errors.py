@@ -1,11 +1,35 @@
-"""Errors every adapter raises, so callers never catch an SDK's exception types."""
+"""mailbag's error tree, and the errors every adapter raises, so callers never catch an
+SDK's exception types.
+
+Every exception mailbag raises to a user derives from `MailbagError`, in one of four
+families: `BrokerError` (the broker layer), `PublishError` (publishing,
+`mailbag.publishers.errors`), `StoreError` (idempotency, saga and outbox storage) and
+`ConfigurationError` (a setting or URL that cannot work). The root lives here, in the
+lowest layer, so every package can derive from it.
+"""
 
 
-class BrokerError(Exception):
+class MailbagError(Exception):
+    """Base of every error mailbag raises to its users."""
+
+
+class ConfigurationError(MailbagError, ValueError):
+    """A setting, URL or argument that cannot work; raised at start, before any message."""
+
+
+class StoreError(MailbagError):
+    """A store (idempotency, saga state, outbox) could not be reached or refused a call."""
+
+
+class StoreUnavailable(StoreError, ConnectionError):
+    """A store's database or server could not be reached (the URL in the text is masked)."""
+
+
+class BrokerError(MailbagError):
     """Base of every error the broker layer raises."""
 
 
-class BrokerUrlError(BrokerError, ValueError):
+class BrokerUrlError(BrokerError, ConfigurationError):
     """The broker URL is malformed or names an unknown scheme."""
 
 

@@ -6,7 +6,7 @@ reading it (our `dlq` tools or a plain client) can see why it is there.
 
 import socket
 import traceback
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 PREFIX = "x-mailbag-"
 
@@ -19,7 +19,7 @@ ORIGIN_QUEUE = "x-mailbag-origin-queue"
 ORIGIN_TOPIC = "x-mailbag-origin-topic"
 FAILED_AT = "x-mailbag-failed-at"
 WORKER_HOST = "x-mailbag-host"
-#: attempts a message had used before the worker put it back uncounted (see `workers.attempts`)
+#: attempts a message had used before the worker put it back uncounted (see `mailbag.workers.attempts`)
 ATTEMPTS_USED = "x-mailbag-attempts-used"
 
 DEAD_LETTER_HEADERS = (
@@ -49,7 +49,7 @@ def dead_letter_stamp(
         ATTEMPTS: attempts,
         ORIGIN_QUEUE: queue,
         ORIGIN_TOPIC: message_topic,
-        FAILED_AT: datetime.now(timezone.utc).isoformat(),
+        FAILED_AT: datetime.now(UTC).isoformat(),
         WORKER_HOST: socket.gethostname(),
     }
     if error is not None:

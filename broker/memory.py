@@ -10,19 +10,19 @@ import asyncio
 import heapq
 import itertools
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import fields
-from typing import Sequence
 
-from broker import headers as h
-from broker.base import Broker, Consumer, QueueStats
-from broker.clock import Clock, RealClock
-from broker.errors import BrokerClosed, DeliveryReleased, TopologyError, UnknownQueue, UnknownTopic
-from broker.message import Delivery, Message
-from broker.topology import Queue, Topology
+from mailbag.broker import headers as h
+from mailbag.broker.base import Broker, Consumer, QueueStats
+from mailbag.broker.clock import Clock, RealClock
+from mailbag.broker.errors import BrokerClosed, DeliveryReleased, TopologyError, UnknownQueue, UnknownTopic
+from mailbag.broker.message import Delivery, Message
+from mailbag.broker.topology import Queue, Topology
 
 
 class _Entry:
-    __slots__ = ("message", "deliveries")
+    __slots__ = ("deliveries", "message")
 
     def __init__(self, message: Message, deliveries: int = 0) -> None:
         self.message = message
@@ -284,16 +284,14 @@ def _merge(old: Queue, new: Queue) -> Queue:
 class _MemoryDelivery(Delivery):
     __slots__ = ("_consumer", "_entry")
 
-    def __init__(self, consumer: "_MemoryConsumer", entry: _Entry) -> None:
+    def __init__(self, consumer: _MemoryConsumer, entry: _Entry) -> None:
         super().__init__(entry.message, consumer.state.name, entry.deliveries)
         self._consumer = consumer
         self._entry = entry
 
     def _finish(self) -> _QueueState:
         if not self._consumer.unsettled.pop(self, False):
-            raise DeliveryReleased(
-                f"message {self.message.id} went back to {self.queue!r} when its consumer closed"
-            )
+            raise DeliveryReleased(f"message {self.message.id} went back to {self.queue!r} when its consumer closed")
         return self._consumer.state
 
     async def _ack(self) -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from datetime import UTC, datetime
+from typing import Any
 
-from broker.errors import AlreadySettled
+from mailbag.broker.errors import AlreadySettled
 
 HeaderValue = str | int | float | bool
 
@@ -17,7 +18,7 @@ def new_message_id() -> str:
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,7 +46,7 @@ class Message:
         object.__setattr__(self, "body", bytes(self.body))
         object.__setattr__(self, "headers", dict(self.headers))
 
-    def evolve(self, **changes: Any) -> "Message":
+    def evolve(self, **changes: Any) -> Message:
         return replace(self, **changes)
 
 
@@ -57,7 +58,7 @@ class Delivery:
 
     Adapters subclass it and implement `_ack`, `_retry` and `_dead_letter`."""
 
-    __slots__ = ("message", "queue", "attempt", "_settled")
+    __slots__ = ("_settled", "attempt", "message", "queue")
 
     def __init__(self, message: Message, queue: str, attempt: int) -> None:
         self.message = message
@@ -72,9 +73,7 @@ class Delivery:
 
     def _claim(self, how: str) -> None:
         if self._settled is not None:
-            raise AlreadySettled(
-                f"message {self.message.id} on {self.queue!r} was already settled by {self._settled}"
-            )
+            raise AlreadySettled(f"message {self.message.id} on {self.queue!r} was already settled by {self._settled}")
         self._settled = how
 
     async def ack(self) -> None:

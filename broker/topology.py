@@ -8,20 +8,19 @@ from __future__ import annotations
 
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
-from broker.errors import TopologyError, UnknownQueue
+from mailbag.broker.errors import TopologyError, UnknownQueue
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,199}$")
 
 
 def _check_name(kind: str, name: str) -> str:
     if not isinstance(name, str) or not _NAME.match(name):
-        raise TopologyError(
-            f"invalid {kind} name {name!r}: use letters, digits, '.', '_' or '-' (1-200 chars)"
-        )
+        raise TopologyError(f"invalid {kind} name {name!r}: use letters, digits, '.', '_' or '-' (1-200 chars)")
     return name
 
 
@@ -142,11 +141,11 @@ class Topology:
     def subscribers(self, topic: str) -> tuple[Queue, ...]:
         return tuple(q for q in self.queues if topic in q.topics)
 
-    def merge(self, other: "Topology") -> "Topology":
+    def merge(self, other: Topology) -> Topology:
         return Topology(queues=self.queues + other.queues, topics=self.topics + other.topics)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Topology":
+    def from_dict(cls, data: Mapping[str, Any]) -> Topology:
         """Build from the TOML shape: `topics = [...]` and `[queues.NAME]` tables with
         `subscribe`, `ordered`, `kind`, `dead_letter_queue`, `filter` and `[queues.NAME.retry]`."""
         queues = []
@@ -174,7 +173,6 @@ class Topology:
         return cls(queues=tuple(queues), topics=tuple(data.get("topics", ())))
 
     @classmethod
-    def from_toml(cls, path: str | Path) -> "Topology":
+    def from_toml(cls, path: str | Path) -> Topology:
         with open(path, "rb") as fh:
             return cls.from_dict(tomllib.load(fh))
-

@@ -7,7 +7,7 @@ spans, no headers, next to no cost. This is the one module that imports OpenTele
 
 The context travels as headers named by the globally configured propagator (W3C
 `traceparent` / `tracestate` by default), so it rides AMQP headers and SNS/SQS message
-attributes like any other header (`broker.sqs_marshal` keeps to the ten-attribute
+attributes like any other header (`mailbag.broker.sqs.marshal` keeps to the ten-attribute
 budget; trace headers come first, so they are the last to be packed). Adapters never
 call this module: the layers that publish (`publishers`, a handler's `ctx.publish`, the
 saga orchestrator) inject, and the worker extracts; a plain `Broker.publish` sends
@@ -35,11 +35,12 @@ resent on restart) starts a trace of its own.
 from __future__ import annotations
 
 import traceback
-from contextlib import contextmanager, nullcontext
-from typing import Any, ContextManager, Iterator
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from typing import Any
 
-from broker.base import Broker
-from broker.message import Delivery, Message
+from mailbag.broker.base import Broker
+from mailbag.broker.message import Delivery, Message
 
 try:
     from opentelemetry import propagate, trace
@@ -66,10 +67,12 @@ _tracer_of: tuple[Any, Any] = (None, None)
 def active() -> bool:
     """True when spans would be recorded: OpenTelemetry is installed and a tracer
     provider other than the API's default no-op one is set."""
-    return ENABLED and not isinstance(trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider))
+    return ENABLED and not isinstance(
+        trace.get_tracer_provider(), (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
+    )
 
 
-def publishing(broker: Broker, topic: str, messages: list[Message]) -> ContextManager[list[Message]]:
+def publishing(broker: Broker, topic: str, messages: list[Message]) -> AbstractContextManager[list[Message]]:
     """A `publish <topic>` span for the block; yields the messages to send, each with
     a creation context (its own, or the span's)."""
     if not active():
@@ -80,10 +83,14 @@ def publishing(broker: Broker, topic: str, messages: list[Message]) -> ContextMa
 @contextmanager
 def _publishing(broker: Broker, topic: str, messages: list[Message]) -> Iterator[list[Message]]:
     created = [_creation(m) for m in messages]
-    attributes = _message_attributes(messages[0]) if len(messages) == 1 else {"messaging.batch.message_count": len(messages)}
+    attributes = (
+        _message_attributes(messages[0]) if len(messages) == 1 else {"messaging.batch.message_count": len(messages)}
+    )
     attributes.update(_operation(broker, "publish", topic))
     links = [Link(c) for c in created if c is not None]
-    with _tracer().start_as_current_span(f"publish {topic}", kind=SpanKind.PRODUCER, attributes=attributes, links=links):
+    with _tracer().start_as_current_span(
+        f"publish {topic}", kind=SpanKind.PRODUCER, attributes=attributes, links=links
+    ):
         yield [m if c is not None else _inject(m) for m, c in zip(messages, created)]
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 from urllib.parse import parse_qs, urlsplit
 
-from broker.errors import BrokerUrlError
-
+from mailbag.broker.errors import BrokerUrlError
 
 #: a URL's password: scheme://user:PASSWORD@host. It runs to the URL's last '@', as a
 #: password may hold '/', ':' or '@' itself (unencoded, which parsers get wrong).
@@ -20,7 +19,9 @@ def mask_url(url: str) -> str:
 
 def scheme_of(url: str) -> str:
     if "://" not in url:
-        raise BrokerUrlError(f"broker URL {mask_url(url)!r} has no scheme; expected e.g. memory://, amqp://host, sqs://")
+        raise BrokerUrlError(
+            f"broker URL {mask_url(url)!r} has no scheme; expected e.g. memory://, amqp://host, sqs://"
+        )
     return url.split("://", 1)[0].lower()
 
 

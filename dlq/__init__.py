@@ -9,10 +9,10 @@ It works through the `broker` contract only, never through a broker SDK.
     await dead.replay(where='error_type == "TimeoutError"', rate=50)
 """
 
-from dlq.operations import DeadLetters, ExportFileError, NotInQueue, dump, load, replay_file
-from dlq.record import FIELD_NAMES, DeadLetter
-from dlq.sweep import SweepResult
-from dlq.where import Where, WhereError
+from mailbag.dlq.operations import DeadLetters, ExportFileError, NotInQueue, dump, load, replay_file
+from mailbag.dlq.record import FIELD_NAMES, DeadLetter
+from mailbag.dlq.sweep import SweepResult
+from mailbag.dlq.where import Where, WhereError
 
 __all__ = [
     "FIELD_NAMES",

@@ -3,35 +3,37 @@ and replay from an exported file. The `mailbag dlq` command line is a thin shell
 around them.
 
 Listing, showing and exporting browse: the messages stay in the DLQ. Replay and
-purge remove only through a `Sweep`, which never loses a message (see `dlq.sweep`).
+purge remove only through a `Sweep`, which never loses a message (see `mailbag.dlq.sweep`).
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
-from typing import Callable, Collection, Iterable, TextIO
+from typing import TextIO
 
 from pydantic import ValidationError
 
-from broker import Broker, Message
-from dlq.pace import Pace
-from dlq.record import DeadLetter
-from dlq.sweep import Act, Progress, Sweep, SweepResult
-from dlq.where import Where
+from mailbag.broker import Broker, Message
+from mailbag.broker.errors import MailbagError
+from mailbag.dlq.pace import Pace
+from mailbag.dlq.record import DeadLetter
+from mailbag.dlq.sweep import Act, Progress, Sweep, SweepResult
+from mailbag.dlq.where import Where
 
 DLQ_SUFFIX = ".dlq"
 
 
-class NotInQueue(LookupError):
+class NotInQueue(MailbagError, LookupError):
     """A message id that is not (or no longer) ready in the dead-letter queue."""
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else "message not found"
 
 
-class ExportFileError(ValueError):
+class ExportFileError(MailbagError, ValueError):
     """An export file that cannot be read back; the message names the line."""
 
 
@@ -139,7 +141,9 @@ class DeadLetters:
         batch: int,
         on_progress: Progress | None,
     ) -> SweepResult:
-        sweep = Sweep(self.broker, self.dead_letter_queue, self.queue, choose, act, ids=tuple(ids), batch=batch, rate=rate)
+        sweep = Sweep(
+            self.broker, self.dead_letter_queue, self.queue, choose, act, ids=tuple(ids), batch=batch, rate=rate
+        )
         return await sweep.run(on_progress)
 
 

@@ -2,7 +2,7 @@
 travels with it.
 
 Three sources, richest first: the `x-mailbag-*` headers our adapters stamp
-(`broker.headers.dead_letter_stamp`); RabbitMQ's own `x-death` / `x-first-death-*`
+(`mailbag.broker.headers.dead_letter_stamp`); RabbitMQ's own `x-death` / `x-first-death-*`
 headers when the broker dead-lettered the message itself (rejected, expired, quorum
 delivery limit); and, where nothing says why (an SQS redrive), the reason
 "delivery limit exceeded" with the receive count as attempts.
@@ -11,13 +11,14 @@ delivery limit); and, where nothing says why (an SQS redrive), the reason
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict
 
-from broker import Message
-from broker import headers as h
+from mailbag.broker import Message
+from mailbag.broker import headers as h
 
 #: headers RabbitMQ adds when it dead-letters a message (3.13+ adds the x-last-* trio)
 RABBITMQ_DEATH = "x-death"
@@ -73,7 +74,7 @@ class DeadLetter(BaseModel):
         return self.message.id
 
     @classmethod
-    def from_message(cls, dead: Message, dead_letter_queue: str, source_queue: str | None = None) -> "DeadLetter":
+    def from_message(cls, dead: Message, dead_letter_queue: str, source_queue: str | None = None) -> DeadLetter:
         """Read a message taken from `dead_letter_queue`. `source_queue` is the queue the
         DLQ belongs to, used when the message does not say where it came from."""
         headers = dead.headers
@@ -128,14 +129,18 @@ def _from_stamp(headers: Mapping[str, Any], source_queue: str | None) -> dict[st
     }
 
 
-def _from_rabbitmq(headers: Mapping[str, Any], deaths: list[Mapping[str, Any]], source_queue: str | None) -> dict[str, Any]:
+def _from_rabbitmq(
+    headers: Mapping[str, Any], deaths: list[Mapping[str, Any]], source_queue: str | None
+) -> dict[str, Any]:
     """x-death lists one entry per (queue, reason), most recent first; the first entry is
     the death that put the message where it is now."""
     last = deaths[0] if deaths else {}
     raw_reason = last.get("reason") or headers.get("x-last-death-reason") or headers.get("x-first-death-reason")
     queue = last.get("queue") or headers.get("x-last-death-queue") or headers.get("x-first-death-queue")
     times = sorted(t for t in (_time(d.get("time")) for d in deaths) if t is not None)
-    rejections = sum(_int(d.get("count")) or 0 for d in deaths if d.get("queue") == queue and d.get("reason") == "rejected")
+    rejections = sum(
+        _int(d.get("count")) or 0 for d in deaths if d.get("queue") == queue and d.get("reason") == "rejected"
+    )
     return {
         "source_queue": _text(queue) or source_queue,
         "reason": _RABBITMQ_REASONS.get(str(raw_reason), h.DELIVERY_LIMIT_EXCEEDED),
@@ -175,7 +180,7 @@ def _time(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         moment = value
     elif isinstance(value, (int, float)) and not isinstance(value, bool):
-        moment = datetime.fromtimestamp(value, timezone.utc)
+        moment = datetime.fromtimestamp(value, UTC)
     elif isinstance(value, str):
         try:
             moment = datetime.fromisoformat(value)
@@ -183,11 +188,11 @@ def _time(value: Any) -> datetime | None:
             return None
     else:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _iso(value: datetime | None) -> str | None:
-    return value.astimezone(timezone.utc).isoformat() if value is not None else None
+    return value.astimezone(UTC).isoformat() if value is not None else None
 
 
 #: the names a `--where` expression may use

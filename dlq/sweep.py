@@ -15,12 +15,12 @@ always ends.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Collection
 
-from broker import Broker, Delivery
-from dlq.pace import Pace
-from dlq.record import DeadLetter
+from mailbag.broker import Broker, Delivery
+from mailbag.dlq.pace import Pace
+from mailbag.dlq.record import DeadLetter
 
 #: AMQP's prefetch count is 16 bits: the most deliveries one consumer may hold
 MAX_WINDOW = 65535

@@ -1,6 +1,6 @@
 """`--where EXPR`: a small, safe filter over a dead letter's fields.
 
-Python expression syntax over the names in `dlq.record.FIELD_NAMES` and literals:
+Python expression syntax over the names in `mailbag.dlq.record.FIELD_NAMES` and literals:
 comparisons, `in` / `not in` (also over literal lists and tuples), `and` / `or` / `not`,
 `headers["tenant"]`, and string methods such as `reason.startswith("failed")`.
 Evaluated by simpleeval, which walks the parsed tree and allows no imports, no dunder
@@ -17,11 +17,12 @@ import ast
 
 from simpleeval import AttributeDoesNotExist, EvalWithCompoundTypes, InvalidExpression
 
-from broker import Message
-from dlq.record import FIELD_NAMES, DeadLetter
+from mailbag.broker import Message
+from mailbag.broker.errors import ConfigurationError
+from mailbag.dlq.record import FIELD_NAMES, DeadLetter
 
 
-class WhereError(ValueError):
+class WhereError(ConfigurationError):
     """The expression is not valid, or uses something the filter does not allow."""
 
 
@@ -37,7 +38,9 @@ class Where:
             raise WhereError(f"--where {expression!r} is not a valid expression ({exc.msg})") from None
         unknown = sorted({n.id for n in ast.walk(tree) if isinstance(n, ast.Name)} - set(FIELD_NAMES))
         if unknown:
-            raise WhereError(f"--where {expression!r}: unknown name {unknown[0]!r}; use one of {', '.join(FIELD_NAMES)}")
+            raise WhereError(
+                f"--where {expression!r}: unknown name {unknown[0]!r}; use one of {', '.join(FIELD_NAMES)}"
+            )
         self._evaluator = EvalWithCompoundTypes(functions={})
         self._parsed = self._evaluator.parse(self.expression)
         self(DeadLetter.from_message(Message("sample", b"{}"), "sample.dlq"))

@@ -6,12 +6,12 @@ duplicates are counted in every scenario; any loss is a FAIL. `faults.FaultyBrok
 injects drops, duplicates, reordering and delays to prove every detector fires.
 """
 
-from harness.faults import Faults, FaultyBroker
-from harness.result import Finding, Report, ScenarioResult
-from harness.runner import compare
-from harness.scenarios import SCENARIOS
-from harness.settings import Settings
-from harness.target import Target
+from mailbag.harness.faults import Faults, FaultyBroker
+from mailbag.harness.result import Finding, Report, ScenarioResult
+from mailbag.harness.runner import compare
+from mailbag.harness.scenarios import SCENARIOS
+from mailbag.harness.settings import Settings
+from mailbag.harness.target import Target
 
 __all__ = [
     "SCENARIOS",

@@ -1,4 +1,4 @@
-"""The consumer the crash scenario kills: `python -m harness.crash_child QUEUE COUNT`,
+"""The consumer the crash scenario kills: `python -m mailbag.harness.crash_child QUEUE COUNT`,
 with the target URL in $MAILBAG_HARNESS_URL. It takes COUNT deliveries, prints each
 message id on its own line, never settles one, and waits to be killed."""
 
@@ -8,8 +8,8 @@ import asyncio
 import os
 import sys
 
-from harness.scenarios.crash import URL_VARIABLE, topology
-from harness.target import Target
+from mailbag.harness.scenarios.crash import URL_VARIABLE, topology
+from mailbag.harness.target import Target
 
 
 async def hold(queue: str, count: int) -> None:

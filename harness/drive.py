@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Sequence
 
-from broker import Broker, Delivery
-from harness.ledger import Ledger
+from mailbag.broker import Broker, Delivery
+from mailbag.harness.ledger import Ledger
 
 #: how often the watcher looks at the ledgers
 POLL = 0.01
@@ -41,11 +41,7 @@ async def drain(
     `grace` seconds (late duplicates are still counted), or until nothing came for
     `patience` seconds. A ledger is only complete once `publisher`, when given, is
     done. Consumers are then closed: what they held goes back."""
-    tasks = [
-        asyncio.create_task(_consume(broker, lane, index))
-        for lane in lanes
-        for index in range(lane.consumers)
-    ]
+    tasks = [asyncio.create_task(_consume(broker, lane, index)) for lane in lanes for index in range(lane.consumers)]
     try:
         while True:
             await asyncio.sleep(POLL)

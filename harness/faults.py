@@ -18,10 +18,10 @@ from __future__ import annotations
 import asyncio
 import random
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
-from typing import Sequence
 
-from broker import Broker, Consumer, Delivery, Message, QueueStats, Topology
+from mailbag.broker import Broker, Consumer, Delivery, Message, QueueStats, Topology
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ class _FaultyConsumer(Consumer):
 
 
 class _FaultyDelivery(Delivery):
-    __slots__ = ("inner", "_consumer")
+    __slots__ = ("_consumer", "inner")
 
     def __init__(self, consumer: _FaultyConsumer, inner: Delivery) -> None:
         super().__init__(inner.message, inner.queue, inner.attempt)

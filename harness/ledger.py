@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable, Protocol
+from typing import Protocol
 
-from broker import Delivery, Message
+from mailbag.broker import Delivery, Message
 
 
 class Meter(Protocol):

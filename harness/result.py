@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from harness.ledger import Ledger
+from mailbag.harness.ledger import Ledger
 
 Level = Literal["FAIL", "WARN", "INFO"]
 Verdict = Literal["PASS", "WARN", "FAIL", "ERROR"]
@@ -66,7 +66,9 @@ class ScenarioResult:
         self.lost += len(lost)
         self.duplicates += ledger.duplicates
         if lost:
-            named = ", ".join(lost[:NAMED_IDS]) + (f" and {len(lost) - NAMED_IDS} more" if len(lost) > NAMED_IDS else "")
+            named = ", ".join(lost[:NAMED_IDS]) + (
+                f" and {len(lost) - NAMED_IDS} more" if len(lost) > NAMED_IDS else ""
+            )
             self.fail(f"LOST {len(lost)} of {len(ledger.sent)} messages{place}: {named}")
         if ledger.duplicates:
             self.warn(f"{ledger.duplicates} duplicate deliveries{place} (at-least-once: handlers must be idempotent)")
@@ -79,7 +81,7 @@ class ScenarioResult:
         return data
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "ScenarioResult":
+    def from_dict(cls, data: dict[str, Any]) -> ScenarioResult:
         data = {k: v for k, v in data.items() if k != "verdict"}
         data["findings"] = [Finding(**f) for f in data.get("findings", [])]
         return cls(**data)
@@ -107,7 +109,7 @@ class Report:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Report":
+    def from_dict(cls, data: dict[str, Any]) -> Report:
         return cls(
             data["started"], data["settings"], data["brokers"], [ScenarioResult.from_dict(r) for r in data["results"]]
         )

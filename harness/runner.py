@@ -6,15 +6,16 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-from datetime import datetime, timezone
-from typing import Callable, Protocol, Sequence
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Protocol
 
-from broker import Broker
-from harness.ledger import Meter, NoMeter
-from harness.result import Report, ScenarioResult
-from harness.scenarios import SCENARIOS
-from harness.settings import Settings
-from harness.target import Target
+from mailbag.broker import Broker
+from mailbag.harness.ledger import Meter, NoMeter
+from mailbag.harness.result import Report, ScenarioResult
+from mailbag.harness.scenarios import SCENARIOS
+from mailbag.harness.settings import Settings
+from mailbag.harness.target import Target
 
 #: no scenario may take longer than this, whatever the broker does
 SCENARIO_TIMEOUT = 600.0
@@ -49,7 +50,7 @@ async def compare(
         raise ValueError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
     progress = progress or Silent()
     report = Report(
-        started=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        started=datetime.now(UTC).isoformat(timespec="seconds"),
         settings=dataclasses.asdict(settings),
         brokers=[{"label": t.label, "url": t.display} for t in targets],
     )

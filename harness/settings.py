@@ -46,8 +46,17 @@ class Settings:
             value = getattr(self, f.name)
             if f.name != "seed" and value < 0:
                 raise ValueError(f"{f.name} must be >= 0, got {value}")
-        for name in ("messages", "keys", "consumers", "prefetch", "batch", "retry_every", "max_attempts",
-                     "fan_out_queues", "crash_hold"):
+        for name in (
+            "messages",
+            "keys",
+            "consumers",
+            "prefetch",
+            "batch",
+            "retry_every",
+            "max_attempts",
+            "fan_out_queues",
+            "crash_hold",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 

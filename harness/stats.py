@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Sequence
 
 
 def percentile(values: Sequence[float], q: float) -> float | None:
@@ -31,6 +31,7 @@ def key_violations(handled: Iterable[tuple[Hashable, int]]) -> int:
 
 def inversions(sequence: Sequence[int]) -> int:
     """Pairs handled in the opposite order to the one they were published in."""
+
     def sort_count(xs: list[int]) -> tuple[list[int], int]:
         if len(xs) < 2:
             return xs, 0

@@ -2,7 +2,7 @@
 harness reads from its query string.
 
 The options are the harness's own and are removed before the URL reaches
-`broker.connect`, so adapters never see them:
+`mailbag.broker.connect`, so adapters never see them:
 
 - `queue=classic|quorum`: the RabbitMQ queue type (`Queue.kind`);
 - `ordered=1` (or `fifo=1`): order per ordering key (`Queue.ordered`: single active
@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from broker import ADAPTERS, Broker, Queue, connect, mask_url
-from broker.errors import BrokerUrlError
-from broker.url import scheme_of
+from mailbag.broker import ADAPTERS, Broker, Queue, connect, mask_url
+from mailbag.broker.errors import BrokerUrlError
+from mailbag.broker.url import scheme_of
 
 _FAMILY = {"memory": "memory", "amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "sqs"}
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
@@ -36,7 +36,7 @@ class Target:
     ordered: bool = False
 
     @classmethod
-    def parse(cls, url: str) -> "Target":
+    def parse(cls, url: str) -> Target:
         """Read the harness options off `url`; raises `BrokerUrlError` naming a bad one."""
         scheme = scheme_of(url)
         if scheme not in ADAPTERS:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import json
 import uuid
-from typing import Sequence
+from collections.abc import Sequence
 
-from broker import Broker, Message
-from harness.ledger import Ledger
+from mailbag.broker import Broker, Message
+from mailbag.harness.ledger import Ledger
 
 
 def run_name(scenario: str) -> str:

@@ -4,7 +4,7 @@ command line (`mailbag.cli`). It holds no business logic of the layers below.
     from mailbag import App, Context, Publisher, connect
 """
 
-from broker import (
+from mailbag.broker import (
     Broker,
     BrokerError,
     Delivery,
@@ -16,8 +16,8 @@ from broker import (
     connect,
     mask_url,
 )
-from publishers import PublishError, Publisher
-from workers import App, Context, Middleware, Reject, RetryLater, Worker
+from mailbag.publishers import Publisher, PublishError
+from mailbag.workers import App, Context, Middleware, Reject, RetryLater, Worker
 
 __all__ = [
     "App",

@@ -4,13 +4,13 @@ breaking on transient broker faults, and the transactional outbox with its relay
 It publishes through the `broker` contract only; it never consumes.
 """
 
-from publishers.breaker import BreakerSettings, CircuitBreaker
-from publishers.envelope import TopicModels
-from publishers.errors import CircuitOpen, PayloadRejected, PublishError
-from publishers.publisher import Publisher, PublisherSettings
+from mailbag.broker.breaker import BreakerPolicy, CircuitBreaker
+from mailbag.publishers.envelope import TopicModels
+from mailbag.publishers.errors import CircuitOpen, PayloadRejected, PublishError
+from mailbag.publishers.publisher import Publisher, PublisherSettings
 
 __all__ = [
-    "BreakerSettings",
+    "BreakerPolicy",
     "CircuitBreaker",
     "CircuitOpen",
     "PayloadRejected",

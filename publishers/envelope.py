@@ -4,11 +4,12 @@ sent (or written to an outbox) rather than dead-lettered by every consumer."""
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from broker import Message
-from broker.codec import PayloadError, decode, encode
-from publishers.errors import PayloadRejected
+from mailbag.broker import Message
+from mailbag.broker.codec import PayloadError, decode, encode
+from mailbag.publishers.errors import PayloadRejected
 
 
 class TopicModels:
@@ -55,7 +56,9 @@ class TopicModels:
                 decode(body, content_type, model)
                 type_name = type_name or _name(model)
         except PayloadError as exc:
-            raise PayloadRejected(f"payload for topic {topic!r} refused: {exc}", [message_id or "(new message)"]) from None
+            raise PayloadRejected(
+                f"payload for topic {topic!r} refused: {exc}", [message_id or "(new message)"]
+            ) from None
         return Message(
             topic=topic,
             body=body,

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
+
+from mailbag.broker.errors import MailbagError
 
 
-class PublishError(Exception):
+class PublishError(MailbagError):
     """Some messages were not confirmed by the broker. `failed` names them; `sent` names
     those of the same call that were confirmed (safe to forget); the cause is chained."""
 

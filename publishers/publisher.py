@@ -7,16 +7,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_delay, wait_exponential_jitter
 
-from broker import Broker, BrokerClosed, BrokerError, Message, MessageTooLarge, PublishFailed, Topology, tracing
-from broker.errors import TopologyError, UnknownTopic
-from publishers.breaker import BreakerSettings, CircuitBreaker
-from publishers.envelope import TopicModels
-from publishers.errors import CircuitOpen, PublishError
+from mailbag.broker import Broker, BrokerClosed, BrokerError, Message, MessageTooLarge, PublishFailed, Topology, tracing
+from mailbag.broker.breaker import BreakerPolicy, CircuitBreaker
+from mailbag.broker.errors import TopologyError, UnknownTopic
+from mailbag.publishers.envelope import TopicModels
+from mailbag.publishers.errors import CircuitOpen, PublishError
 
 log = logging.getLogger("mailbag.publisher")
 
@@ -36,7 +37,7 @@ class PublisherSettings:
     attempt_timeout: float = 5.0
     initial_backoff: float = 0.05
     max_backoff: float = 2.0
-    breaker: BreakerSettings = field(default_factory=BreakerSettings)
+    breaker: BreakerPolicy = field(default_factory=lambda: BreakerPolicy(reset_after=5.0))
     declare_topics: bool = True
 
     def __post_init__(self) -> None:
@@ -74,7 +75,7 @@ class Publisher:
         self.broker = broker
         self.settings = settings or PublisherSettings()
         self.models = TopicModels(models, app)
-        self.breaker = CircuitBreaker(self.settings.breaker)
+        self.breaker = CircuitBreaker(self.settings.breaker, name="publish")
         self._declared: set[str] = set()
         self._in_flight: dict[str, asyncio.Future[None]] = {}
 
@@ -162,7 +163,9 @@ class Publisher:
             nonlocal pending
             if not self.breaker.allow():
                 wait = self.breaker.retry_after()
-                raise CircuitOpen(f"circuit open after repeated broker faults; next try in {wait:.1f}s", [m.id for m in pending], wait)
+                raise CircuitOpen(
+                    f"circuit open after repeated broker faults; next try in {wait:.1f}s", [m.id for m in pending], wait
+                )
             try:
                 await asyncio.wait_for(self._publish_once(topic, pending), self.settings.attempt_timeout)
             except asyncio.CancelledError:
@@ -195,7 +198,9 @@ class Publisher:
             raise
         except RetryError as exc:
             cause = exc.last_attempt.exception()
-            raise PublishError(f"broker did not confirm within {s.deadline:g}s: {_describe(cause)}", [m.id for m in pending]) from cause
+            raise PublishError(
+                f"broker did not confirm within {s.deadline:g}s: {_describe(cause)}", [m.id for m in pending]
+            ) from cause
         except Exception as exc:
             raise PublishError(f"broker refused the publish: {_describe(exc)}", [m.id for m in pending]) from exc
 
@@ -217,7 +222,9 @@ def _settle(futures: dict[str, asyncio.Future[None]], confirmed: set[str], exc: 
         if isinstance(exc, PublishError):
             fut.set_exception(PublishError(exc.reason, [message_id]))
         else:
-            fut.set_exception(PublishError(f"the publish this call joined was interrupted ({type(exc).__name__})", [message_id]))
+            fut.set_exception(
+                PublishError(f"the publish this call joined was interrupted ({type(exc).__name__})", [message_id])
+            )
         fut.exception()  # retrieved here: whoever joined may be gone
 
 

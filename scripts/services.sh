@@ -46,6 +46,14 @@ elif ! amqp_answers; then
   rabbitmq-server -detached >/dev/null 2>&1 || true
   wait_for_amqp 180 || status=1
 fi
+# The test suite's own vhost (tests/rabbitmq/service.py): created once when missing,
+# never per run, so the suite leaves the default vhost and other users' names alone.
+vhost="${MAILBAG_TEST_VHOST:-mailbag-tests}"
+if [ "$status" = 0 ] && ! timeout 60 rabbitmqctl -q list_vhosts 2>/dev/null | grep -qx "$vhost"; then
+  echo "services: creating RabbitMQ vhost $vhost for the tests"
+  timeout 60 rabbitmqctl -q add_vhost "$vhost" >/dev/null 2>&1 || true
+  timeout 60 rabbitmqctl -q set_permissions -p "$vhost" guest '.*' '.*' '.*' >/dev/null || status=1
+fi
 if ! up 6379; then
   echo "services: starting Redis"
   mkdir -p /var/lib/redis /var/log/redis

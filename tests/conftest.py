@@ -11,6 +11,7 @@ import pytest
 from moto import mock_aws
 
 from tests.moto_server import REGION, dummy_aws_credentials
+from tests.rabbitmq.service import VHOST, amqp_url
 
 
 @pytest.fixture
@@ -32,12 +33,14 @@ def sns(aws):
 
 
 def _rabbitmq_names() -> tuple[set[str], set[str]] | None:
-    """(queues, exchanges) on the test RabbitMQ's default vhost, or None when it
+    """(queues, exchanges) on the test RabbitMQ's vhost, or None when it
     cannot be asked (not running, or no `rabbitmqctl` here)."""
     names = []
     for what in ("list_queues", "list_exchanges"):
         try:
-            listed = subprocess.run(["rabbitmqctl", "-q", what, "name"], capture_output=True, text=True, timeout=60)
+            listed = subprocess.run(
+                ["rabbitmqctl", "-q", what, "-p", VHOST, "name"], capture_output=True, text=True, timeout=60
+            )
         except (OSError, subprocess.TimeoutExpired):
             return None
         if listed.returncode != 0:
@@ -49,7 +52,7 @@ def _rabbitmq_names() -> tuple[set[str], set[str]] | None:
 async def _delete(queues: set[str], exchanges: set[str]) -> None:
     import aio_pika
 
-    async with await aio_pika.connect("amqp://guest:guest@127.0.0.1:5672/", timeout=10) as connection:
+    async with await aio_pika.connect(amqp_url(), timeout=10) as connection:
         channel = await connection.channel()
         for name in sorted(queues):
             await channel.queue_delete(name)

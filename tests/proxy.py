@@ -23,7 +23,7 @@ class CuttingProxy:
         self._pipes: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
 
-    async def start(self, port: int = 0) -> "CuttingProxy":
+    async def start(self, port: int = 0) -> CuttingProxy:
         self._server = await asyncio.start_server(self._accept, "127.0.0.1", port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self
@@ -41,7 +41,7 @@ class CuttingProxy:
         self.cut()
         await asyncio.gather(*self._pipes, return_exceptions=True)
 
-    async def __aenter__(self) -> "CuttingProxy":
+    async def __aenter__(self) -> CuttingProxy:
         return await self.start()
 
     async def __aexit__(self, *exc: object) -> None:

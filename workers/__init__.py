@@ -2,7 +2,7 @@
 prefetch, settlement, the middleware chain (tracing, metrics, correlation,
 idempotency, retry with backoff, circuit breaker, timeout), idempotency stores,
 settings and graceful shutdown, and the AWS Lambda entry point that runs the same
-path on SQS event batches (`workers.aws_lambda.handler_for`).
+path on SQS event batches (`mailbag.workers.aws_lambda.handler_for`).
 
 It talks to brokers only through the `broker` contract and never imports aio-pika or
 boto3 (the DynamoDB store, which needs its own client, is the one exception; the Lambda
@@ -10,13 +10,13 @@ entry point also calls the SNS/SQS adapter's `hide`, to time a reported record's
 retry). It never decides how a broker stores or routes messages.
 """
 
-from workers.app import App, Handler
-from workers.context import Context
-from workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
-from workers.middleware import Middleware
-from workers.middleware.breaker import BreakerPolicy
-from workers.runtime import Worker
-from workers.settings import WorkerSettings
+from mailbag.broker.breaker import BreakerPolicy
+from mailbag.workers.app import App, Handler
+from mailbag.workers.context import Context
+from mailbag.workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
+from mailbag.workers.middleware import Middleware
+from mailbag.workers.runtime import Worker
+from mailbag.workers.settings import WorkerSettings
 
 __all__ = [
     "App",

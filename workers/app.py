@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Awaitable, Callable, Mapping
+from typing import Any
 
-from broker import Queue, RetryPolicy, Subscription, Topology, TopologyError
-from workers.context import Context
+from mailbag.broker import Queue, RetryPolicy, Subscription, Topology, TopologyError
+from mailbag.workers.context import Context
 
 #: idempotency key of a payload; `True` keys by message id, `False` turns idempotency off
 IdempotencyKey = bool | Callable[[Any], str]
@@ -64,7 +65,7 @@ class App:
     Each handler gets a queue (`<app>.<function>` unless named) subscribed to its topic;
     several handlers may share a queue, one per topic. `topics` names topics the app
     publishes to that no queue of its own subscribes to. `middleware` runs inside the
-    built-in chain, right around each handler (see `workers.middleware`). `breakers`
+    built-in chain, right around each handler (see `mailbag.workers.middleware`). `breakers`
     sets the thresholds of named circuit breakers (default: the worker settings).
     """
 

@@ -12,8 +12,8 @@ copy. A crash between the send and the ack leaves two copies; idempotency absorb
 
 from __future__ import annotations
 
-from broker import Delivery, Message
-from broker.headers import ATTEMPTS_USED
+from mailbag.broker import Delivery, Message
+from mailbag.broker.headers import ATTEMPTS_USED
 
 
 def attempt_of(delivery: Delivery) -> int:

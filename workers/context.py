@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from broker import Broker, Delivery, Message, tracing
-from broker.codec import encode
-from workers.attempts import attempt_of
+from mailbag.broker import Broker, Delivery, Message, tracing
+from mailbag.broker.codec import encode
+from mailbag.workers.attempts import attempt_of
 
 
 class Context:
@@ -14,7 +15,7 @@ class Context:
     records this message as the cause and (with tracing on) continues its trace, so a
     flow can be followed across services."""
 
-    __slots__ = ("delivery", "payload", "handler", "_broker", "extras")
+    __slots__ = ("_broker", "delivery", "extras", "handler", "payload")
 
     def __init__(self, delivery: Delivery, broker: Broker, handler: Any, payload: Any = None) -> None:
         self.delivery = delivery

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import Any, Callable, Iterable
+from typing import Any
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -55,7 +56,7 @@ class Endpoints:
             self._thread.join()
             self._server = self._thread = None
 
-    def __enter__(self) -> "Endpoints":
+    def __enter__(self) -> Endpoints:
         self.start()
         return self
 
@@ -69,8 +70,10 @@ class Endpoints:
         if path == "/healthz":
             return _text(start_response, "200 OK", "alive")
         if path == "/readyz":
-            return _text(start_response, "200 OK", "ready") if self._ready() else _text(
-                start_response, "503 Service Unavailable", "not ready"
+            return (
+                _text(start_response, "200 OK", "ready")
+                if self._ready()
+                else _text(start_response, "503 Service Unavailable", "not ready")
             )
         return _text(start_response, "404 Not Found", "not found: try /metrics, /healthz or /readyz")
 

@@ -1,6 +1,8 @@
 """Exceptions a handler (or a middleware) raises to choose its message's fate
 explicitly, and the one a worker raises when it can no longer do its work."""
 
+from mailbag.broker.errors import MailbagError
+
 
 class Reject(Exception):
     """Dead-letter this message now, with this reason; retrying cannot help. Raised
@@ -24,6 +26,6 @@ class Postpone(Exception):
         self.delay = delay
 
 
-class ConsumerFailed(Exception):
+class ConsumerFailed(MailbagError):
     """A queue's consumer ended on its own (the broker gave up on it); the worker
     stopped rather than go on without that queue."""

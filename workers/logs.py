@@ -18,8 +18,8 @@ from typing import IO, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
-from broker.url import mask_url
-from workers.middleware.correlation import Ids, current
+from mailbag.broker.url import mask_url
+from mailbag.workers.middleware.correlation import Ids, current
 
 #: record attributes printed as key=value when present, in this order
 FIELDS = ("message_id", "queue", "attempt", "action", "delay", "error", "correlation_id", "causation_id")
@@ -32,9 +32,7 @@ MASK = "***"
 #: names whose value is a secret, as `name: value`, `name=value`, `'name': b'value'`
 #: (dict reprs, HTTP headers, query strings, environment dumps)
 _SECRET_NAMES = r"[\w-]*secret[\w-]*|[\w-]*token|signature|authorization|password|passwd"
-_SECRET_VALUE = re.compile(
-    rf"""(?i)(\b(?:{_SECRET_NAMES})['"]?\s*[:=]\s*b?)(?:'[^']*'|"[^"]*"|[^\s,&;}}'"]+)"""
-)
+_SECRET_VALUE = re.compile(rf"""(?i)(\b(?:{_SECRET_NAMES})['"]?\s*[:=]\s*b?)(?:'[^']*'|"[^"]*"|[^\s,&;}}'"]+)""")
 
 #: library DEBUG lines that carry message bodies or signing material, by logger: only
 #: their lead-in is kept, e.g. "Making request for OperationModel(name=SendMessage)
@@ -110,7 +108,9 @@ class KeyValueFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         line = super().format(record).splitlines()[0]
-        pairs = [f"{name}={_quote(getattr(record, name))}" for name in FIELDS if getattr(record, name, None) is not None]
+        pairs = [
+            f"{name}={_quote(getattr(record, name))}" for name in FIELDS if getattr(record, name, None) is not None
+        ]
         return " ".join([line, *pairs])
 
 

@@ -2,7 +2,7 @@
 two workers in one process, or two tests, do not mix their numbers).
 
 What is counted and where: the runtime counts settlements (handled, retried,
-dead-lettered, postponed) once the broker took them; `workers.middleware.metrics`
+dead-lettered, postponed) once the broker took them; `mailbag.workers.middleware.metrics`
 times handlers, counts their failures and how many run; `poll` reads queue depths
 and outbox backlogs every few seconds. Labels are queue, handler, state and outbox
 table: bounded by the app, never a message id. A worker built without `Metrics`
@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Literal, NamedTuple, Protocol, Sequence
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from broker import Broker
+from mailbag.broker import Broker
 
 log = logging.getLogger("mailbag.metrics")
 
@@ -30,8 +31,9 @@ QUEUE_STATES = ("ready", "in_flight", "delayed", "dead_letters")
 #: the shortest time a queue-depth poll is given before the broker counts as down
 POLL_TIMEOUT = 5.0
 
+
 class OutboxWithStats(Protocol):
-    """What `watch_outbox` needs of an outbox (`publishers.outbox.Outbox` has it)."""
+    """What `watch_outbox` needs of an outbox (`mailbag.publishers.outbox.Outbox` has it)."""
 
     table: str
 
@@ -70,7 +72,9 @@ class Metrics:
         }
         self.failed = counter("failed", "Handler runs that failed (raised, timed out or rejected)")
         self.duration = Histogram(
-            "mailbag_handler_duration_seconds", "Time a message spent in its handler and middleware", labels,
+            "mailbag_handler_duration_seconds",
+            "Time a message spent in its handler and middleware",
+            labels,
             registry=registry,
         )
         self.in_flight = gauge("messages_in_flight", "Handlers running now", "queue")

@@ -5,7 +5,7 @@ Outcome -> settlement: a result -> ack; `Reject` (raised by the handler, or by t
 retry middleware for a non-retryable error or the last attempt) or an undecodable /
 invalid payload -> dead-letter at once with the reason; `RetryLater` -> back after its
 delay, one attempt used; `Postpone` -> back after its delay without using one (see
-`workers.attempts`). Nothing a handler does stops the worker.
+`mailbag.workers.attempts`). Nothing a handler does stops the worker.
 
 Concurrency: at most `concurrency` handlers run at once; each queue's consumer holds at
 most `prefetch` unsettled deliveries, so memory stays flat whatever the backlog. On an
@@ -18,20 +18,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from broker import Broker, Delivery, tracing
-from broker.base import Consumer
-from broker.codec import PayloadError, decode
-from workers.app import App, Handler
-from workers.attempts import attempt_of, postponed_copy
-from workers.context import Context
-from workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
-from workers.metrics import Metrics, Settlement
-from workers.middleware import Call, Middleware, chain
-from workers.middleware.defaults import default_chain
-from workers.settings import WorkerSettings
-from workers.stores import IdempotencyStore, TransactionalStore, open_store
+from mailbag.broker import Broker, Delivery, tracing
+from mailbag.broker.base import Consumer
+from mailbag.broker.codec import PayloadError, decode
+from mailbag.workers.app import App, Handler
+from mailbag.workers.attempts import attempt_of, postponed_copy
+from mailbag.workers.context import Context
+from mailbag.workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
+from mailbag.workers.metrics import Metrics, Settlement
+from mailbag.workers.middleware import Call, Middleware, chain
+from mailbag.workers.middleware.defaults import default_chain
+from mailbag.workers.settings import WorkerSettings
+from mailbag.workers.stores import IdempotencyStore, TransactionalStore, open_store
 
 log = logging.getLogger("mailbag.worker")
 
@@ -42,7 +43,7 @@ class Worker:
     replaces the app's own middleware (it still runs inside the built-in chain).
     `store` is the idempotency store (default: opened from the settings, and closed
     with the worker). With `metrics`, the worker records what it does there and
-    polls its queues' depths (see `workers.metrics`); without, it records nothing."""
+    polls its queues' depths (see `mailbag.workers.metrics`); without, it records nothing."""
 
     def __init__(
         self,
@@ -194,7 +195,7 @@ class Worker:
         """Cut the grace period short: a stop in progress cancels in-flight handlers now."""
         self._forced.set()
 
-    async def __aenter__(self) -> "Worker":
+    async def __aenter__(self) -> Worker:
         await self.start()
         return self
 
@@ -267,7 +268,9 @@ class Worker:
         handler, call = self._calls.get((message.topic, delivery.queue), (None, None))
         try:
             if handler is None:
-                await self._refuse(delivery, None, f"no handler for topic {message.topic!r} on queue {delivery.queue!r}")
+                await self._refuse(
+                    delivery, None, f"no handler for topic {message.topic!r} on queue {delivery.queue!r}"
+                )
                 return
             try:
                 payload = decode(message.body, message.content_type, handler.model)
@@ -284,7 +287,9 @@ class Worker:
                 await delivery.ack()
                 self._settled("postponed", delivery, handler)
             except RetryLater as exc:
-                log.warning("handler failed", extra=_where(delivery, action="retry", delay=round(exc.delay, 3), error=str(exc)))
+                log.warning(
+                    "handler failed", extra=_where(delivery, action="retry", delay=round(exc.delay, 3), error=str(exc))
+                )
                 await delivery.retry(max(0.0, exc.delay))
                 self._settled("retried", delivery, handler)
             except Exception as exc:  # a middleware outside the retry middleware failed

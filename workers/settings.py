@@ -69,7 +69,7 @@ class WorkerSettings(BaseSettings):
         return level
 
     @model_validator(mode="after")
-    def _lease_outlasts_timeout(self) -> "WorkerSettings":
+    def _lease_outlasts_timeout(self) -> WorkerSettings:
         if self.handler_timeout is not None and self.idempotency_lease <= self.handler_timeout:
             raise ValueError("idempotency_lease must be longer than handler_timeout, or a slow run loses its key")
         return self

@@ -8,8 +8,8 @@ import asyncio
 import logging
 import signal
 
-from broker import mask_url
-from workers.runtime import Worker, wait_first
+from mailbag.broker import mask_url
+from mailbag.workers.runtime import Worker, wait_first
 
 log = logging.getLogger("mailbag.worker")
 
@@ -38,7 +38,9 @@ async def serve(worker: Worker) -> int:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
         await worker.start()
-        log.info("worker for %s consuming %s on %s", worker.app.name, ", ".join(worker.queues), mask_url(worker.broker.url))
+        log.info(
+            "worker for %s consuming %s on %s", worker.app.name, ", ".join(worker.queues), mask_url(worker.broker.url)
+        )
         await wait_first(stopping, worker.failed)
         if worker.failed.is_set() and not received:
             log.error("a consumer failed: stopping, in-flight handlers get %gs", worker.grace_period)

@@ -13,9 +13,9 @@ ends in its dead-letter queue, and the order stays what it is.
 
 from __future__ import annotations
 
-from broker import Broker, Message
-from broker.codec import encode
-from examples.orders.events import (
+from mailbag.broker import Broker, Message
+from mailbag.broker.codec import encode
+from mailbag.examples.orders.events import (
     InventoryReleased,
     InventoryReservationFailed,
     InventoryReserved,
@@ -26,8 +26,8 @@ from examples.orders.events import (
     PaymentFailed,
     Topics,
 )
-from examples.orders.services import Refused, Shop
-from workers import App, Context
+from mailbag.examples.orders.services import Refused, Shop
+from mailbag.workers import App, Context
 
 
 def build_app(shop: Shop, topics: Topics = Topics()) -> App:
@@ -73,7 +73,9 @@ def build_app(shop: Shop, topics: Topics = Topics()) -> App:
         shop.orders.confirm(paid.order_id)
         record("orders", paid.order_id, "order confirmed")
         customer = shop.orders.orders[paid.order_id].customer
-        await ctx.publish(t.order_confirmed, OrderConfirmed(order_id=paid.order_id, customer=customer), key=paid.order_id)
+        await ctx.publish(
+            t.order_confirmed, OrderConfirmed(order_id=paid.order_id, customer=customer), key=paid.order_id
+        )
 
     async def cancel(order_id: str, reason: str, ctx: Context) -> None:
         shop.orders.cancel(order_id)
@@ -104,10 +106,16 @@ def build_app(shop: Shop, topics: Topics = Topics()) -> App:
 async def place_order(broker: Broker, shop: Shop, order: OrderCreated, topics: Topics = Topics()) -> None:
     """The orders service takes an order and announces it."""
     shop.orders.create(order)
-    shop.timeline.record("orders", order.order_id, f"created, {len(order.items)} line(s), {order.amount_cents / 100:.2f}")
+    shop.timeline.record(
+        "orders", order.order_id, f"created, {len(order.items)} line(s), {order.amount_cents / 100:.2f}"
+    )
     body, content_type, type_name = encode(order)
     created = Message(
-        topics.order_created, body, content_type=content_type, type=type_name,
-        correlation_id=order.order_id, ordering_key=order.order_id,
+        topics.order_created,
+        body,
+        content_type=content_type,
+        type=type_name,
+        correlation_id=order.order_id,
+        ordering_key=order.order_id,
     )
     await broker.publish(topics.order_created, [created])

@@ -1,6 +1,6 @@
 """The order saga's orchestrator as a process of its own:
 
-    python -m examples.orders.orchestrator --broker amqp://guest:guest@127.0.0.1/ \\
+    python -m mailbag.examples.orders.orchestrator --broker amqp://guest:guest@127.0.0.1/ \\
         --store sqlite:///sagas.db --orders 20
 
 It resumes every saga its store holds as active, begins orders 1..N (an order already
@@ -17,18 +17,20 @@ import logging
 import os
 import signal
 
-from broker import connect, mask_url
-from examples.orders.events import Topics
-from examples.orders.saga import order_saga
-from examples.orders.services import sample_orders
-from workers.saga import Orchestrator
-from workers.saga_store import open_store
+from mailbag.broker import connect, mask_url
+from mailbag.examples.orders.events import Topics
+from mailbag.examples.orders.saga import order_saga
+from mailbag.examples.orders.services import sample_orders
+from mailbag.workers.saga import Orchestrator
+from mailbag.workers.saga.store import open_store
 
-log = logging.getLogger("examples.orders.orchestrator")
+log = logging.getLogger("mailbag.examples.orders.orchestrator")
 
 
 def parse(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m examples.orders.orchestrator", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(
+        prog="python -m mailbag.examples.orders.orchestrator", description=__doc__.splitlines()[0]
+    )
     p.add_argument("--broker", default=os.environ.get("MAILBAG_BROKER_URL", "memory://"), metavar="URL")
     p.add_argument("--store", default="sqlite:///sagas.db", metavar="URL", help="sqlite:///file.db or postgresql://...")
     p.add_argument("--prefix", default="", help="prefix of every topic and queue name")

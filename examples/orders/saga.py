@@ -13,7 +13,7 @@ to the saga's finished event and is no step of it: it can fail without undoing a
 
 from __future__ import annotations
 
-from examples.orders.events import (
+from mailbag.examples.orders.events import (
     InventoryReleased,
     InventoryReleaseFailed,
     InventoryReservationFailed,
@@ -27,9 +27,9 @@ from examples.orders.events import (
     PaymentRefunded,
     Topics,
 )
-from examples.orders.services import Refused, Shop, Unavailable
-from workers import App, Context
-from workers.saga import Saga, SagaFinished, Step, reply
+from mailbag.examples.orders.services import Refused, Shop, Unavailable
+from mailbag.workers import App, Context
+from mailbag.workers.saga import Saga, SagaFinished, Step, reply
 
 
 def order_saga(topics: Topics = Topics(), *, timeout: float = 30.0) -> Saga:
@@ -51,7 +51,11 @@ def build_participants(shop: Shop, saga: Saga, topics: Topics = Topics()) -> App
     t = topics
     app = App(t.queue("shop-saga"), topics=(saga.reply_topic,))
     record = shop.timeline.record
-    orders_q, inventory_q, payment_q = t.queue("orders.commands"), t.queue("inventory.commands"), t.queue("payment.commands")
+    orders_q, inventory_q, payment_q = (
+        t.queue("orders.commands"),
+        t.queue("inventory.commands"),
+        t.queue("payment.commands"),
+    )
 
     @app.handler(t.register_order, queue=orders_q, model=OrderCreated)
     async def register(order: OrderCreated, ctx: Context) -> None:
@@ -80,7 +84,9 @@ def build_participants(shop: Shop, saga: Saga, topics: Topics = Topics()) -> App
             await reply(ctx, InventoryReservationFailed(order_id=order.order_id, reason=str(exc)))
             return
         record("inventory", order.order_id, f"reserved {sum(i.quantity for i in order.items)} item(s)")
-        await reply(ctx, InventoryReserved(**order.model_dump(include={"order_id", "customer", "items", "amount_cents"})))
+        await reply(
+            ctx, InventoryReserved(**order.model_dump(include={"order_id", "customer", "items", "amount_cents"}))
+        )
 
     @app.handler(t.release_inventory, queue=inventory_q, model=OrderCreated)
     async def release(order: OrderCreated, ctx: Context) -> None:
@@ -104,7 +110,9 @@ def build_participants(shop: Shop, saga: Saga, topics: Topics = Topics()) -> App
             await reply(ctx, PaymentFailed(order_id=order.order_id, items=order.items, reason=str(exc)))
             return
         record("payment", order.order_id, f"charged {amount}")
-        await reply(ctx, PaymentCompleted(order_id=order.order_id, payment_id=payment_id, amount_cents=order.amount_cents))
+        await reply(
+            ctx, PaymentCompleted(order_id=order.order_id, payment_id=payment_id, amount_cents=order.amount_cents)
+        )
 
     @app.handler(t.refund_payment, queue=payment_q, model=OrderCreated)
     async def refund(order: OrderCreated, ctx: Context) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 
-from examples.orders.events import Item, OrderCreated
-from examples.orders.timeline import Timeline
+from mailbag.examples.orders.events import Item, OrderCreated
+from mailbag.examples.orders.timeline import Timeline
 
 
 class Refused(Exception):

@@ -27,4 +27,6 @@ class Timeline:
             self.all_told.set()
 
     def lines(self) -> list[str]:
-        return [f"{at * 1000:8.1f} ms  {service:<12} {order_id:<10} {what}" for at, service, order_id, what in self.entries]
+        return [
+            f"{at * 1000:8.1f} ms  {service:<12} {order_id:<10} {what}" for at, service, order_id, what in self.entries
+        ]

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.report import charts, data, markdown
-from harness.report.table import render
-from harness.result import Report
+from mailbag.harness.report import charts, data, markdown
+from mailbag.harness.report.table import render
+from mailbag.harness.result import Report
 
 
 def write(report: Report, out: Path) -> list[Path]:

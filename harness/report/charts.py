@@ -4,18 +4,18 @@ throughput, one broker per colour. A chart whose scenario did not run is skipped
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402  (the backend must be chosen first)
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-from harness.result import Report, ScenarioResult  # noqa: E402
+from mailbag.harness.result import Report, ScenarioResult
 
 WIDTH = 9.0
 HEIGHT = 4.8
@@ -114,8 +114,14 @@ def crash(results: list[ScenarioResult]) -> Figure:
     ax.boxplot(waits, orientation="horizontal", tick_labels=brokers)
     for i, r in enumerate(results, start=1):
         m = r.metrics
-        ax.annotate(f"{m['came_back']}/{m['held']} back", (max(waits[i - 1]), i), xytext=(6, 0),
-                    textcoords="offset points", va="center", color="red" if m["came_back"] < m["held"] else "black")
+        ax.annotate(
+            f"{m['came_back']}/{m['held']} back",
+            (max(waits[i - 1]), i),
+            xytext=(6, 0),
+            textcoords="offset points",
+            va="center",
+            color="red" if m["came_back"] < m["held"] else "black",
+        )
     ax.set_xlabel("seconds from the consumer's death until its messages were delivered again")
     ax.set_title("Crash: unacked messages of a killed consumer")
     ax.grid(True, axis="x", alpha=0.3)
@@ -127,10 +133,20 @@ def crash(results: list[ScenarioResult]) -> Figure:
 def throughput(results: list[ScenarioResult]) -> Figure:
     fig, ax = plt.subplots(figsize=(WIDTH, HEIGHT), layout="constrained")
     x = range(len(results))
-    e2e = ax.bar([i - 0.2 for i in x], [r.metrics["throughput"] for r in results], width=0.4,
-                 label="end to end (publish -> handle)", color=COLOURS[2])
-    pub = ax.bar([i + 0.2 for i in x], [r.metrics["publish_rate"] for r in results], width=0.4,
-                 label="publish (confirmed)", color=COLOURS[3])
+    e2e = ax.bar(
+        [i - 0.2 for i in x],
+        [r.metrics["throughput"] for r in results],
+        width=0.4,
+        label="end to end (publish -> handle)",
+        color=COLOURS[2],
+    )
+    pub = ax.bar(
+        [i + 0.2 for i in x],
+        [r.metrics["publish_rate"] for r in results],
+        width=0.4,
+        label="publish (confirmed)",
+        color=COLOURS[3],
+    )
     ax.bar_label(e2e, fmt="%.0f")
     ax.bar_label(pub, fmt="%.0f")
     ax.set_yscale("log")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.result import Report
+from mailbag.harness.result import Report
 
 FILE = "results.json"
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from harness.result import Report
-from harness.scenarios import SCENARIOS
+from mailbag.harness.result import Report
+from mailbag.harness.scenarios import SCENARIOS
 
 FILE = "index.md"
 
@@ -29,7 +29,8 @@ def render(report: Report, images: list[str]) -> str:
         "",
         f"Run started {report.started}. {report.settings['messages']} messages per scenario over "
         f"{report.settings['keys']} ordering keys, {report.settings['consumers']} competing consumers where a "
-        f"scenario uses several, retry delay {report.settings['retry_delay']:g}s. Raw numbers: [results.json](results.json).",
+        f"scenario uses several, retry delay {report.settings['retry_delay']:g}s. "
+        "Raw numbers: [results.json](results.json).",
         "",
         "| broker | URL |",
         "|---|---|",
@@ -47,7 +48,13 @@ def render(report: Report, images: list[str]) -> str:
         lines.append(f"| {s} | " + " | ".join(cells) + " |")
     for s in scenarios:
         title = SCENARIOS[s].TITLE if s in SCENARIOS else s
-        lines += ["", f"## {s}: {title}", "", "| broker | verdict | lost | duplicates | measured |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## {s}: {title}",
+            "",
+            "| broker | verdict | lost | duplicates | measured |",
+            "|---|---|---|---|---|",
+        ]
         for b in brokers:
             r = by.get((s, b))
             if r is not None:

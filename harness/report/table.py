@@ -8,7 +8,7 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from harness.result import Report
+from mailbag.harness.result import Report
 
 STYLE = {"PASS": "bold green", "WARN": "bold yellow", "FAIL": "bold white on red", "ERROR": "bold white on red"}
 
@@ -45,4 +45,3 @@ def render(report: Report) -> Group:
     if warnings:
         parts.append(Panel("\n".join(warnings), title="warnings", style="yellow"))
     return Group(*parts)
-

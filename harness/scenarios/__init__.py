@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from harness.scenarios import crash, dead_letter, fan_out, latency, ordering, redelivery
+from mailbag.harness.scenarios import crash, dead_letter, fan_out, latency, ordering, redelivery
 
 SCENARIOS: dict[str, ModuleType] = {
     module.NAME: module for module in (ordering, redelivery, crash, dead_letter, fan_out, latency)

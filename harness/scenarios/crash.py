@@ -1,7 +1,7 @@
 """Crash: a consumer dies holding unsettled messages; how many come back to the
 survivor, how long that takes, and with which attempt number.
 
-On a broker in another process the consumer is a child process (`harness.crash_child`)
+On a broker in another process the consumer is a child process (`mailbag.harness.crash_child`)
 killed with SIGKILL. The in-memory broker lives inside this process, so there the crash
 is simulated by closing the consumer without settling what it holds."""
 
@@ -14,14 +14,14 @@ import sys
 import time
 from collections import Counter
 
-from broker import Broker, Delivery, Topology
-from harness import stats
-from harness.drive import Lane, drain
-from harness.ledger import Ledger, Meter
-from harness.result import ScenarioResult
-from harness.settings import Settings
-from harness.target import Target
-from harness.traffic import messages, publish, run_name
+from mailbag.broker import Broker, Delivery, Topology
+from mailbag.harness import stats
+from mailbag.harness.drive import Lane, drain
+from mailbag.harness.ledger import Ledger, Meter
+from mailbag.harness.result import ScenarioResult
+from mailbag.harness.settings import Settings
+from mailbag.harness.target import Target
+from mailbag.harness.traffic import messages, publish, run_name
 
 NAME = "crash"
 TITLE = "consumer killed holding unacked messages"
@@ -64,7 +64,9 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
         await delivery.ack()
 
     lane = Lane(name, handle, 1, settings.prefetch)
-    await drain(broker, [ledger], [lane], grace=settings.grace, patience=max(settings.idle_timeout, settings.crash_timeout))
+    await drain(
+        broker, [ledger], [lane], grace=settings.grace, patience=max(settings.idle_timeout, settings.crash_timeout)
+    )
 
     result.count(ledger)
     waits = list(back.values())
@@ -93,7 +95,7 @@ async def _close_holding(broker: Broker, queue: str, hold: int, patience: float)
         while len(held) < hold:
             delivery = await asyncio.wait_for(anext(consumer), NEXT_WAIT if held else patience)
             held.add(delivery.message.id)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     killed_at = time.monotonic()
     await consumer.close()
@@ -102,7 +104,11 @@ async def _close_holding(broker: Broker, queue: str, hold: int, patience: float)
 
 async def _kill_holding(target: Target, queue: str, hold: int, patience: float) -> tuple[set[str], float]:
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "harness.crash_child", queue, str(hold),
+        sys.executable,
+        "-m",
+        "mailbag.harness.crash_child",
+        queue,
+        str(hold),
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, URL_VARIABLE: target.url},
@@ -117,7 +123,7 @@ async def _kill_holding(target: Target, queue: str, hold: int, patience: float) 
                 error = (await child.stderr.read()).decode().strip().splitlines()
                 raise RuntimeError(f"the crash consumer exited early: {error[-1] if error else 'no output'}")
             held.add(line.decode().strip())
-    except asyncio.TimeoutError:
+    except TimeoutError:
         pass
     finally:
         killed_at = time.monotonic()

@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from collections import Counter
 
-from broker import Broker, Delivery, RetryPolicy, Topology
-from broker import headers as h
-from harness.drive import Lane, drain
-from harness.ledger import Ledger, Meter
-from harness.result import ScenarioResult
-from harness.settings import Settings
-from harness.target import Target
-from harness.traffic import messages, publish, run_name
+from mailbag.broker import Broker, Delivery, RetryPolicy, Topology
+from mailbag.broker import headers as h
+from mailbag.harness.drive import Lane, drain
+from mailbag.harness.ledger import Ledger, Meter
+from mailbag.harness.result import ScenarioResult
+from mailbag.harness.settings import Settings
+from mailbag.harness.target import Target
+from mailbag.harness.traffic import messages, publish, run_name
 
 NAME = "dead-letter"
 TITLE = "attempts before the DLQ vs the policy"

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from broker import Broker, Delivery, Topology
-from harness.drive import Lane, drain
-from harness.ledger import Ledger, Meter
-from harness.result import ScenarioResult
-from harness.settings import Settings
-from harness.target import Target
-from harness.traffic import messages, publish, run_name
+from mailbag.broker import Broker, Delivery, Topology
+from mailbag.harness.drive import Lane, drain
+from mailbag.harness.ledger import Ledger, Meter
+from mailbag.harness.result import ScenarioResult
+from mailbag.harness.settings import Settings
+from mailbag.harness.target import Target
+from mailbag.harness.traffic import messages, publish, run_name
 
 NAME = "fan-out"
 TITLE = "every subscribed queue gets every message"
@@ -29,7 +29,9 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
 
         return handle
 
-    await publish(broker, topic, messages(topic, settings.messages, settings.keys), list(ledgers.values()), settings.batch)
+    await publish(
+        broker, topic, messages(topic, settings.messages, settings.keys), list(ledgers.values()), settings.batch
+    )
     lanes = [Lane(name, handler(ledger), 1, settings.prefetch) for name, ledger in ledgers.items()]
     await drain(broker, list(ledgers.values()), lanes, grace=settings.grace, patience=settings.idle_timeout)
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 
-from broker import Broker, Delivery, Topology
-from harness import stats
-from harness.drive import Lane, drain
-from harness.ledger import Ledger, Meter
-from harness.result import ScenarioResult
-from harness.settings import Settings
-from harness.target import Target
-from harness.traffic import messages, publish, run_name
+from mailbag.broker import Broker, Delivery, Topology
+from mailbag.harness import stats
+from mailbag.harness.drive import Lane, drain
+from mailbag.harness.ledger import Ledger, Meter
+from mailbag.harness.result import ScenarioResult
+from mailbag.harness.settings import Settings
+from mailbag.harness.target import Target
+from mailbag.harness.traffic import messages, publish, run_name
 
 NAME = "latency"
 TITLE = "publish-to-handle latency and messages/s"
@@ -40,7 +40,9 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
     started = time.monotonic()
     publishing = asyncio.create_task(publisher())
     try:
-        await drain(broker, [ledger], [lane], grace=settings.grace, patience=settings.idle_timeout, publisher=publishing)
+        await drain(
+            broker, [ledger], [lane], grace=settings.grace, patience=settings.idle_timeout, publisher=publishing
+        )
     finally:
         if not publishing.done():
             publishing.cancel()

@@ -10,14 +10,14 @@ from __future__ import annotations
 import asyncio
 import random
 
-from broker import Broker, Delivery, Topology
-from harness import stats
-from harness.drive import Lane, drain
-from harness.ledger import Ledger, Meter
-from harness.result import ScenarioResult
-from harness.settings import Settings
-from harness.target import Target
-from harness.traffic import messages, publish, run_name
+from mailbag.broker import Broker, Delivery, Topology
+from mailbag.harness import stats
+from mailbag.harness.drive import Lane, drain
+from mailbag.harness.ledger import Ledger, Meter
+from mailbag.harness.result import ScenarioResult
+from mailbag.harness.settings import Settings
+from mailbag.harness.target import Target
+from mailbag.harness.traffic import messages, publish, run_name
 
 NAME = "ordering"
 TITLE = "order per key and global, 1 and C consumers"
@@ -66,4 +66,3 @@ async def _one_pass(
     await publish(broker, name, messages(name, settings.messages, settings.keys), [ledger], settings.batch)
     lane = Lane(name, handle, consumers, settings.prefetch)
     await drain(broker, [ledger], [lane], grace=settings.grace, patience=settings.idle_timeout)
-

@@ -8,14 +8,14 @@ from __future__ import annotations
 import time
 from collections import Counter
 
-from broker import Broker, Delivery, RetryPolicy, Topology
-from harness import stats
-from harness.drive import Lane, drain
-from harness.ledger import Ledger, Meter
-from harness.result import ScenarioResult
-from harness.settings import Settings
-from harness.target import Target
-from harness.traffic import messages, publish, run_name
+from mailbag.broker import Broker, Delivery, RetryPolicy, Topology
+from mailbag.harness import stats
+from mailbag.harness.drive import Lane, drain
+from mailbag.harness.ledger import Ledger, Meter
+from mailbag.harness.result import ScenarioResult
+from mailbag.harness.settings import Settings
+from mailbag.harness.target import Target
+from mailbag.harness.traffic import messages, publish, run_name
 
 NAME = "redelivery"
 TITLE = "retried message: position, attempt, delay vs asked"
@@ -90,4 +90,3 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
             f"attempts {dict(sorted(attempts.items()))}"
         )
     return result
-

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
+from mailbag.broker import BrokerError
 from mailbag.cli import compare, demo, dlq, health, outbox, publish, queues, topology, worker
 from mailbag.cli.common import CliError, Parser, report
-from broker import BrokerError
 
 COMMANDS = [demo, worker, health, publish, queues, topology, dlq, outbox, compare]
 

@@ -9,12 +9,13 @@ import os
 import sys
 from typing import Any, NoReturn
 
-from workers import App
+from mailbag.broker.errors import MailbagError
+from mailbag.workers import App
 
 DEFAULT_BROKER = "memory://"
 
 
-class CliError(Exception):
+class CliError(MailbagError):
     """A user mistake: printed as one line, exit status 2."""
 
 
@@ -59,4 +60,3 @@ def load_app(spec: str) -> App:
     if not isinstance(app, App):
         raise CliError(f"{spec} is a {type(app).__name__}, not a mailbag App")
     return app
-

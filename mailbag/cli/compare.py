@@ -9,10 +9,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 
-from broker import BrokerUrlError
-from harness import SCENARIOS, Settings, Target, compare
-from harness.result import ScenarioResult
+from mailbag.broker import BrokerUrlError
 from mailbag.cli.common import CliError
+from mailbag.harness import SCENARIOS, Settings, Target, compare
+from mailbag.harness.result import ScenarioResult
 
 DEFAULT_BROKERS = ["memory://"]
 DEFAULT_OUT = "mailbag-compare"
@@ -35,14 +35,27 @@ def register(subs: argparse._SubParsersAction) -> None:
         "sqs://?endpoint=http://127.0.0.1:5000&fifo=1 (default: memory://)",
     )
     p.add_argument(
-        "--scenario", action="append", choices=list(SCENARIOS), metavar="NAME",
+        "--scenario",
+        action="append",
+        choices=list(SCENARIOS),
+        metavar="NAME",
         help=f"a scenario to run (repeat; default all): {', '.join(SCENARIOS)}",
     )
-    p.add_argument("--messages", type=int, default=Settings.messages, metavar="N",
-                   help=f"messages per scenario (default {Settings.messages})")
-    p.add_argument("--patience", type=float, default=Settings.idle_timeout, metavar="S",
-                   help="count what has not arrived after S seconds without any delivery as lost "
-                   f"(default {Settings.idle_timeout:g}; raise it for slow brokers)")
+    p.add_argument(
+        "--messages",
+        type=int,
+        default=Settings.messages,
+        metavar="N",
+        help=f"messages per scenario (default {Settings.messages})",
+    )
+    p.add_argument(
+        "--patience",
+        type=float,
+        default=Settings.idle_timeout,
+        metavar="S",
+        help="count what has not arrived after S seconds without any delivery as lost "
+        f"(default {Settings.idle_timeout:g}; raise it for slow brokers)",
+    )
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report directory (default ./{DEFAULT_OUT})")
     p.set_defaults(run=run)
 
@@ -61,16 +74,19 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError("two brokers have the same label; tell them apart with ?label=NAME")
     scenarios = list(dict.fromkeys(args.scenario or SCENARIOS))
     out = Path(args.out)
-    if out.exists() and not out.is_dir():
+    if out.exists() and not out.is_dir():  # noqa: ASYNC240 - one stat before any work
         raise CliError(f"--out {out} exists and is not a directory")
     try:  # here, not at the top: other mailbag commands never load matplotlib
-        from harness.report import render, write
+        from mailbag.harness.report import render, write
     except ImportError as exc:
         raise CliError(f"mailbag compare draws charts with matplotlib ({exc}); pip install 'mailbag[charts]'") from None
 
     stderr = Console(stderr=True)
     with Progress(
-        TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        TextColumn("{task.description:<32}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
         console=stderr,
     ) as bars:
         report = await compare(targets, scenarios, settings, progress=_Bars(bars, len(targets) * len(scenarios)))
@@ -91,7 +107,7 @@ class _Bars:
         self.overall = bars.add_task("all scenarios", total=total)
         self.current: TaskID | None = None
 
-    def begin(self, broker: str, scenario: str) -> "_Bars":
+    def begin(self, broker: str, scenario: str) -> _Bars:
         self.current = self.bars.add_task(f"{broker} / {scenario}", total=None)
         return self
 

@@ -8,16 +8,16 @@ import asyncio
 import tempfile
 from pathlib import Path
 
-from broker import Broker, connect, mask_url
-from examples.orders.choreography import build_app, place_order
-from examples.orders.events import Topics
-from examples.orders.saga import build_participants, order_saga
-from examples.orders.services import Payments, Shop, sample_orders
-from examples.orders.timeline import Timeline
+from mailbag.broker import Broker, connect, mask_url
 from mailbag.cli.common import CliError, add_broker_option
-from workers import Worker
-from workers.saga import Orchestrator
-from workers.saga_store import open_store
+from mailbag.examples.orders.choreography import build_app, place_order
+from mailbag.examples.orders.events import Topics
+from mailbag.examples.orders.saga import build_participants, order_saga
+from mailbag.examples.orders.services import Payments, Shop, sample_orders
+from mailbag.examples.orders.timeline import Timeline
+from mailbag.workers import Worker
+from mailbag.workers.saga import Orchestrator
+from mailbag.workers.saga.store import open_store
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -27,16 +27,23 @@ def register(subs: argparse._SubParsersAction) -> None:
     add_broker_option(p)
     p.add_argument("--orders", type=int, default=3, metavar="N", help="how many orders to place (default 3)")
     p.add_argument(
-        "--fail-payment-every", type=int, default=3, metavar="K",
+        "--fail-payment-every",
+        type=int,
+        default=3,
+        metavar="K",
         help="decline the payment of every K-th order (default 3; 0 never)",
     )
     p.add_argument(
-        "--mode", choices=("choreography", "saga"), default="choreography",
+        "--mode",
+        choices=("choreography", "saga"),
+        default="choreography",
         help="services reacting to each other's events, or a saga orchestrator sending commands",
     )
     p.add_argument(
-        "--store", metavar="URL",
-        help="saga state store: sqlite:///file.db or postgresql://... (default: a SQLite file in a temporary directory)",
+        "--store",
+        metavar="URL",
+        help="saga state store: sqlite:///file.db or postgresql://... "
+        "(default: a SQLite file in a temporary directory)",
     )
     p.add_argument("--prefix", default="", help="prefix for every topic and queue name, to keep runs apart")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="give up after S seconds")
@@ -92,5 +99,5 @@ async def _saga(broker: Broker, shop: Shop, topics: Topics, args: argparse.Names
 async def _until_everyone_told(shop: Shop, timeout: float) -> None:
     try:
         await asyncio.wait_for(shop.timeline.all_told.wait(), timeout)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         raise CliError(f"the flow did not finish within {timeout:g}s") from None

@@ -6,16 +6,16 @@ import argparse
 import functools
 import json
 import sys
-from typing import Awaitable, Callable
+from collections.abc import Awaitable, Callable
 
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from broker import Broker, connect
-from dlq import FIELD_NAMES, DeadLetters, ExportFileError, NotInQueue, WhereError, replay_file
+from mailbag.broker import Broker, connect
 from mailbag.cli.common import CliError, Parser, add_broker_option
+from mailbag.dlq import FIELD_NAMES, DeadLetters, ExportFileError, NotInQueue, WhereError, replay_file
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -33,7 +33,9 @@ def register(subs: argparse._SubParsersAction) -> None:
     show.add_argument("--json", action="store_true", help="print the JSON record")
     show.set_defaults(run=_show)
 
-    replay = _verb(verbs, "replay", "send dead letters back to their queue, then remove them from the DLQ", queue_nargs="?")
+    replay = _verb(
+        verbs, "replay", "send dead letters back to their queue, then remove them from the DLQ", queue_nargs="?"
+    )
     _add_selection(replay)
     replay.add_argument("--to", metavar="QUEUE", help="send to this queue instead of the one each died in")
     replay.add_argument("--rate", type=_positive_float, metavar="N", help="at most N messages per second")
@@ -131,11 +133,22 @@ async def _show(args: argparse.Namespace) -> int:
     table = Table(show_header=False, box=None)
     m = record.message
     for name, value in (
-        ("id", m.id), ("topic", m.topic), ("from queue", record.source_queue), ("dead-letter queue", record.dead_letter_queue),
-        ("reason", record.reason), ("error", record.error_type), ("error message", record.error_message),
-        ("attempts", record.attempts), ("first failed", record.first_failed_at), ("last failed", record.last_failed_at),
-        ("worker host", record.worker_host), ("content type", m.content_type), ("type", m.type),
-        ("correlation id", m.correlation_id), ("causation id", m.causation_id), ("ordering key", m.ordering_key),
+        ("id", m.id),
+        ("topic", m.topic),
+        ("from queue", record.source_queue),
+        ("dead-letter queue", record.dead_letter_queue),
+        ("reason", record.reason),
+        ("error", record.error_type),
+        ("error message", record.error_message),
+        ("attempts", record.attempts),
+        ("first failed", record.first_failed_at),
+        ("last failed", record.last_failed_at),
+        ("worker host", record.worker_host),
+        ("content type", m.content_type),
+        ("type", m.type),
+        ("correlation id", m.correlation_id),
+        ("causation id", m.causation_id),
+        ("ordering key", m.ordering_key),
         ("created", m.created_at),
     ):
         if value is not None:
@@ -171,7 +184,9 @@ async def _replay(args: argparse.Namespace) -> int:
             result = await dead.replay(
                 ids=args.ids, all=args.all, where=args.where, to=args.to, rate=args.rate, on_progress=on_progress
             )
-    print(f"replayed {result.removed} message(s) from {dead.dead_letter_queue} to {args.to or 'the queues they died in'}")
+    print(
+        f"replayed {result.removed} message(s) from {dead.dead_letter_queue} to {args.to or 'the queues they died in'}"
+    )
     return _report_missing(result.missing, dead)
 
 
@@ -202,7 +217,9 @@ def _check_selection(args: argparse.Namespace, require_explicit: bool = False) -
     if args.ids and args.all:
         raise CliError("use --id or --all, not both")
     if not args.ids and not args.all and (require_explicit or args.where is None):
-        raise CliError("say which messages: --id ID (repeat), --all" + ("" if require_explicit else ", or --where EXPR"))
+        raise CliError(
+            "say which messages: --id ID (repeat), --all" + ("" if require_explicit else ", or --where EXPR")
+        )
 
 
 def _report_missing(missing: list[str], dead: DeadLetters) -> int:

@@ -8,10 +8,10 @@ import asyncio
 import logging
 import signal
 
-from broker import connect, mask_url
+from mailbag.broker import connect, mask_url
 from mailbag.cli.common import CliError, add_broker_option, load_app
-from publishers import Publisher
-from publishers.outbox import DEFAULT_TABLE, Outbox, Relay, RelaySettings, open_outbox
+from mailbag.publishers import Publisher
+from mailbag.publishers.outbox import DEFAULT_TABLE, Outbox, Relay, RelaySettings, open_outbox
 
 log = logging.getLogger("mailbag.outbox")
 

@@ -6,15 +6,19 @@ import argparse
 import json
 import sys
 
-from broker import Message, Topology, connect
-from broker.codec import JSON
+from mailbag.broker import Message, Topology, connect
+from mailbag.broker.codec import JSON
 from mailbag.cli.common import CliError, add_broker_option
 
 
 def register(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("publish", help="publish messages to a topic and print their ids")
     p.add_argument("topic", metavar="TOPIC")
-    p.add_argument("body", metavar="BODY", help="the message body (JSON is sent as application/json); - reads JSON lines from stdin")
+    p.add_argument(
+        "body",
+        metavar="BODY",
+        help="the message body (JSON is sent as application/json); - reads JSON lines from stdin",
+    )
     add_broker_option(p)
     p.add_argument("--key", metavar="K", help="ordering key")
     p.add_argument("--header", action="append", default=[], metavar="k=v", help="a header (repeat)")

@@ -9,7 +9,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from broker import connect
+from mailbag.broker import connect
 from mailbag.cli.common import CliError, add_broker_option, load_app
 
 
@@ -37,6 +37,8 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     table = Table("queue", "ready", "in flight", "delayed", "dead letters")
     for s in stats:
-        table.add_row(s.queue, *("?" if v is None else str(v) for v in (s.ready, s.in_flight, s.delayed, s.dead_letters)))
+        table.add_row(
+            s.queue, *("?" if v is None else str(v) for v in (s.ready, s.in_flight, s.delayed, s.dead_letters))
+        )
     Console().print(table)
     return 0

@@ -10,9 +10,9 @@ import os
 import sys
 import tempfile
 
-from broker import connect, mask_url
-from broker.sqs_cloudformation import DEFAULT_VISIBILITY, template
+from mailbag.broker import connect, mask_url
 from mailbag.cli.common import CliError, add_broker_option, load_app
+from mailbag.deploy.cloudformation import DEFAULT_VISIBILITY, template
 
 FORMATS = ("cloudformation",)
 

@@ -1,24 +1,23 @@
 """`mailbag worker MODULE:APP`: run an app's handlers until SIGINT or SIGTERM.
 
-Settings come from `MAILBAG_*` environment variables (see `workers.WorkerSettings`);
+Settings come from `MAILBAG_*` environment variables (see `mailbag.workers.WorkerSettings`);
 flags given on the command line win over them. With `--metrics-port` the worker
-records metrics and serves /metrics, /healthz and /readyz (see `workers.endpoints`)."""
+records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.endpoints`)."""
 
 from __future__ import annotations
 
 import argparse
+from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
-from typing import Iterator
 
 from pydantic import ValidationError
 
-from broker import connect
+from mailbag.broker import connect
 from mailbag.cli.common import CliError, add_broker_option, load_app
-from workers import Worker, WorkerSettings
-from workers import logs
-from workers.endpoints import Endpoints
-from workers.metrics import Metrics
-from workers.shutdown import serve
+from mailbag.workers import Worker, WorkerSettings, logs
+from mailbag.workers.endpoints import Endpoints
+from mailbag.workers.metrics import Metrics
+from mailbag.workers.shutdown import serve
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -26,17 +25,27 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.handlers:app")
     add_broker_option(p)
     p.add_argument("--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 10)")
-    p.add_argument("--prefetch", type=int, metavar="N", help="unsettled deliveries per queue ($MAILBAG_PREFETCH, 2 x concurrency)")
-    p.add_argument("--queue", action="append", metavar="Q", help="consume only this queue; repeat for more ($MAILBAG_QUEUES)")
     p.add_argument(
-        "--grace-period", type=float, metavar="S", help="seconds in-flight handlers get on shutdown ($MAILBAG_GRACE_PERIOD, 30)"
+        "--prefetch", type=int, metavar="N", help="unsettled deliveries per queue ($MAILBAG_PREFETCH, 2 x concurrency)"
     )
     p.add_argument(
-        "--metrics-port", type=int, metavar="N",
+        "--queue", action="append", metavar="Q", help="consume only this queue; repeat for more ($MAILBAG_QUEUES)"
+    )
+    p.add_argument(
+        "--grace-period",
+        type=float,
+        metavar="S",
+        help="seconds in-flight handlers get on shutdown ($MAILBAG_GRACE_PERIOD, 30)",
+    )
+    p.add_argument(
+        "--metrics-port",
+        type=int,
+        metavar="N",
         help="serve /metrics, /healthz and /readyz on this port ($MAILBAG_METRICS_PORT; default: no metrics)",
     )
     p.add_argument(
-        "--metrics-host", metavar="ADDR",
+        "--metrics-host",
+        metavar="ADDR",
         help="address to serve them on ($MAILBAG_METRICS_HOST; default 0.0.0.0, all interfaces)",
     )
     p.add_argument(

@@ -10,12 +10,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from publishers.outbox.base import DEFAULT_TABLE, Outbox, OutboxStats, PendingRow
-from publishers.outbox.relay import Relay, RelaySettings
-from publishers.outbox.sqlite import SqliteOutbox
+from mailbag.publishers.outbox.base import DEFAULT_TABLE, Outbox, OutboxStats, PendingRow
+from mailbag.publishers.outbox.relay import Relay, RelaySettings
+from mailbag.publishers.outbox.sqlite import SqliteOutbox
 
 if TYPE_CHECKING:
-    from publishers.outbox.postgres import PostgresOutbox
+    from mailbag.publishers.outbox.postgres import PostgresOutbox
 
 
 def open_outbox(url: str, *, table: str = DEFAULT_TABLE, **options: Any) -> Outbox:
@@ -28,7 +28,7 @@ def open_outbox(url: str, *, table: str = DEFAULT_TABLE, **options: Any) -> Outb
             raise ValueError("sqlite outbox URL needs a path: sqlite:///abs/path.db or sqlite:relative.db")
         return SqliteOutbox(path, table=table, **options)
     if scheme in ("postgres", "postgresql"):
-        from publishers.outbox.postgres import PostgresOutbox
+        from mailbag.publishers.outbox.postgres import PostgresOutbox
 
         return PostgresOutbox(url, table=table, **options)
     raise ValueError(f"unknown outbox database URL scheme {scheme!r}; expected sqlite: or postgresql://")
@@ -36,7 +36,7 @@ def open_outbox(url: str, *, table: str = DEFAULT_TABLE, **options: Any) -> Outb
 
 def __getattr__(name: str) -> Any:
     if name == "PostgresOutbox":
-        from publishers.outbox.postgres import PostgresOutbox
+        from mailbag.publishers.outbox.postgres import PostgresOutbox
 
         return PostgresOutbox
     raise AttributeError(name)

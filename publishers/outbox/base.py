@@ -11,12 +11,14 @@ import json
 import re
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any, AsyncContextManager, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from typing import Any
 
-from broker import Message, tracing
-from publishers.envelope import TopicModels
+from mailbag.broker import Message, tracing
+from mailbag.publishers.envelope import TopicModels
 
 DEFAULT_TABLE = "mailbag_outbox"
 
@@ -95,7 +97,7 @@ def due_rows_sql(table: str, now: str, limit: str) -> str:
     A row whose key has an earlier row still waiting out its backoff is not due: it
     would overtake it, and it must not fill the batch while others could go."""
     return f"""
-        SELECT o.seq, o.attempts, {', '.join('o.' + c for c in COLUMNS)} FROM {table} o
+        SELECT o.seq, o.attempts, {", ".join("o." + c for c in COLUMNS)} FROM {table} o
         WHERE o.sent_at IS NULL AND o.next_attempt_at <= {now}
           AND NOT EXISTS (
             SELECT 1 FROM {table} p WHERE p.sent_at IS NULL AND p.ordering_key = o.ordering_key
@@ -132,7 +134,7 @@ def pending_row(row: Mapping[str, Any]) -> PendingRow:
         correlation_id=row["correlation_id"],
         causation_id=row["causation_id"],
         ordering_key=row["ordering_key"],
-        created_at=datetime.fromtimestamp(row["created_at"], timezone.utc),
+        created_at=datetime.fromtimestamp(row["created_at"], UTC),
     )
     return PendingRow(row["seq"], message, row["attempts"])
 
@@ -189,7 +191,7 @@ class Outbox(ABC):
         """Create the table and its indexes if missing. Idempotent."""
 
     @abstractmethod
-    def claim(self, limit: int) -> AsyncContextManager[Claim]:
+    def claim(self, limit: int) -> AbstractAsyncContextManager[Claim]:
         """Up to `limit` due rows for this relay alone (see `Claim`)."""
 
     @abstractmethod
@@ -206,7 +208,7 @@ class Outbox(ABC):
     @abstractmethod
     async def close(self) -> None: ...
 
-    async def __aenter__(self) -> "Outbox":
+    async def __aenter__(self) -> Outbox:
         await self.setup()
         return self
 

@@ -10,14 +10,15 @@ row twice, and a relay that dies releases its rows, unmarked, to the next one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any
 
 import asyncpg
 
-from broker import mask_url
-from publishers.envelope import TopicModels
-from publishers.outbox.base import (
+from mailbag.broker import mask_url
+from mailbag.publishers.envelope import TopicModels
+from mailbag.publishers.outbox.base import (
     COLUMNS,
     DEFAULT_TABLE,
     Claim,
@@ -37,9 +38,9 @@ from publishers.outbox.base import (
 class PostgresOutbox(Outbox):
     """The outbox table `table` (optionally `schema.table`) in the database at `dsn`.
 
-        async with conn.transaction():
-            await conn.execute("INSERT INTO orders ...")
-            await outbox.add(conn, "orders.placed", order, key=order.id)
+    async with conn.transaction():
+        await conn.execute("INSERT INTO orders ...")
+        await outbox.add(conn, "orders.placed", order, key=order.id)
     """
 
     def __init__(
@@ -81,8 +82,13 @@ class PostgresOutbox(Outbox):
         if not tx.is_in_transaction():
             raise ValueError("outbox.add needs a transaction: call it inside `async with conn.transaction()`")
         message = self.message(
-            topic, payload, key=key, headers=headers, correlation_id=correlation_id,
-            causation_id=causation_id, message_id=message_id,
+            topic,
+            payload,
+            key=key,
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=message_id,
         )
         await tx.execute(self._insert, *row_values(message))
         return message.id
@@ -140,7 +146,7 @@ class PostgresOutbox(Outbox):
             await self._listener.add_listener(self.channel, lambda *_: self._wake.set())
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         self._wake.clear()
 

@@ -12,9 +12,9 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from publishers.errors import CircuitOpen, PublishError
-from publishers.outbox.base import Claim, Outbox
-from publishers.publisher import Publisher
+from mailbag.publishers.errors import CircuitOpen, PublishError
+from mailbag.publishers.outbox.base import Claim, Outbox
+from mailbag.publishers.publisher import Publisher
 
 log = logging.getLogger("mailbag.outbox")
 
@@ -135,7 +135,7 @@ class Relay:
     async def _pause(self, seconds: float) -> None:
         try:
             await asyncio.wait_for(self._stopping.wait(), seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
 
     def stop(self) -> None:
@@ -148,7 +148,7 @@ class Relay:
         self._task = asyncio.create_task(self.run(), name="outbox-relay")
         return self._task
 
-    async def __aenter__(self) -> "Relay":
+    async def __aenter__(self) -> Relay:
         self.start()
         return self
 
@@ -156,4 +156,3 @@ class Relay:
         self.stop()
         if self._task is not None:
             await self._task
-

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator, Mapping, Sequence
+from typing import Any
 
-from publishers.envelope import TopicModels
-from publishers.outbox.base import (
+from mailbag.publishers.envelope import TopicModels
+from mailbag.publishers.outbox.base import (
     COLUMNS,
     DEFAULT_TABLE,
     Claim,
@@ -37,9 +38,9 @@ _CHUNK = 500
 class SqliteOutbox(Outbox):
     """The outbox table `table` in the SQLite database at `path`.
 
-        with sqlite3.connect(path) as conn:           # one transaction
-            conn.execute("INSERT INTO orders ...")
-            outbox.add(conn, "orders.placed", order, key=order.id)
+    with sqlite3.connect(path) as conn:           # one transaction
+        conn.execute("INSERT INTO orders ...")
+        outbox.add(conn, "orders.placed", order, key=order.id)
     """
 
     def __init__(
@@ -79,8 +80,13 @@ class SqliteOutbox(Outbox):
         if conn.isolation_level is None and not conn.in_transaction:
             raise ValueError("outbox.add needs a transaction: this connection is in autocommit mode and none is open")
         message = self.message(
-            topic, payload, key=key, headers=headers, correlation_id=correlation_id,
-            causation_id=causation_id, message_id=message_id,
+            topic,
+            payload,
+            key=key,
+            headers=headers,
+            correlation_id=correlation_id,
+            causation_id=causation_id,
+            message_id=message_id,
         )
         tx.execute(self._insert, row_values(message))
         return message.id
@@ -88,7 +94,9 @@ class SqliteOutbox(Outbox):
     def create_table(self, conn: sqlite3.Connection) -> None:
         """Create the table and its indexes if missing (for the application's migrations;
         the relay calls it too)."""
-        conn.executescript(schema_sql(self.table, self.table, seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL"))
+        conn.executescript(
+            schema_sql(self.table, self.table, seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL")
+        )
 
     # -- relay side ---------------------------------------------------------------
 

@@ -7,10 +7,10 @@ import uuid
 
 import pytest
 
-from broker.sqs import open_broker
+from mailbag.broker.sqs import open_broker
+from mailbag.workers import App, WorkerSettings
+from mailbag.workers.aws_lambda import LambdaHandler, handler_for
 from tests.moto_server import REGION
-from workers import App, WorkerSettings
-from workers.aws_lambda import LambdaHandler, handler_for
 
 
 @pytest.fixture

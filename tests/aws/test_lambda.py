@@ -9,8 +9,10 @@ import uuid
 import pytest
 from pydantic import BaseModel
 
-from broker import Message, RetryPolicy
-from broker import headers as h
+from mailbag.broker import Message, RetryPolicy
+from mailbag.broker import headers as h
+from mailbag.workers import App, Context, RetryLater, WorkerSettings
+from mailbag.workers.aws_lambda import handler_for
 from tests.aws.events import (
     LambdaContext,
     failed_ids,
@@ -21,8 +23,6 @@ from tests.aws.events import (
     visible_count,
 )
 from tests.moto_server import REGION
-from workers import App, Context, RetryLater, WorkerSettings
-from workers.aws_lambda import handler_for
 
 TOPIC = "orders.created"
 QUICK = RetryPolicy(max_attempts=3, initial_delay=0.0)
@@ -72,7 +72,9 @@ async def test_a_batch_that_succeeds_reports_no_failure_whatever_the_sns_deliver
     await broker.declare(app.topology)
     url = queue_url(sqs, f"{prefix}shop_orders")
     if delivery == "envelope":
-        topic_arn = next(t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f"{prefix}orders_created"))
+        topic_arn = next(
+            t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith(f"{prefix}orders_created")
+        )
         [sub] = sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]
         sns.unsubscribe(SubscriptionArn=sub["SubscriptionArn"])
         sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=queue_arn(sqs, url))
@@ -90,9 +92,7 @@ async def test_a_batch_that_succeeds_reports_no_failure_whatever_the_sns_deliver
     assert visible_count(sqs, url) == 0 and in_flight(sqs, url) == 0
 
 
-async def test_only_the_failed_record_is_reported_and_it_comes_back_after_its_backoff(
-    broker, sqs, prefix, lambda_for
-):
+async def test_only_the_failed_record_is_reported_and_it_comes_back_after_its_backoff(broker, sqs, prefix, lambda_for):
     # Given a handler that fails on order 1 (backoff 0 s, the queue's visibility is 30 s)
     seen: list = []
     fail = {1}
@@ -136,9 +136,7 @@ async def test_fifo_batch_stops_a_group_at_its_first_failure_and_reports_the_res
 
     await broker.declare(app.topology)
     names = ["A1", "B1", "A2", "B2", "A3"]
-    await broker.publish(
-        TOPIC, [Message(TOPIC, json.dumps({"name": n}).encode(), ordering_key=n[0]) for n in names]
-    )
+    await broker.publish(TOPIC, [Message(TOPIC, json.dumps({"name": n}).encode(), ordering_key=n[0]) for n in names])
     url = queue_url(sqs, f"{prefix}shop_ledger.fifo")
     handler = lambda_for(app)
     # When the batch runs
@@ -255,9 +253,7 @@ async def test_retries_stop_at_the_queues_max_receive_count_and_the_message_land
     assert visible_count(sqs, url) == 0 and in_flight(sqs, url) == 0
 
 
-async def test_records_still_running_near_the_lambda_timeout_are_reported_and_released(
-    broker, sqs, prefix, lambda_for
-):
+async def test_records_still_running_near_the_lambda_timeout_are_reported_and_released(broker, sqs, prefix, lambda_for):
     # Given a handler that hangs, and an invocation with 1.5 s left (margin 1 s)
     app = App("shop")
 
@@ -281,7 +277,12 @@ async def test_records_still_running_near_the_lambda_timeout_are_reported_and_re
 
 async def test_a_record_from_a_queue_the_app_does_not_have_fails_the_invocation_with_the_reason(lambda_for):
     app = orders_app([])
-    record = {"messageId": "m1", "body": "{}", "eventSource": "aws:sqs", "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:elsewhere"}
+    record = {
+        "messageId": "m1",
+        "body": "{}",
+        "eventSource": "aws:sqs",
+        "eventSourceARN": f"arn:aws:sqs:{REGION}:123456789012:elsewhere",
+    }
     with pytest.raises(ValueError, match=r"SQS queue 'elsewhere' carries none of app 'shop'.*prefix"):
         await asyncio.to_thread(lambda_for(app), {"Records": [record]}, None)
 
@@ -289,7 +290,9 @@ async def test_a_record_from_a_queue_the_app_does_not_have_fails_the_invocation_
 def test_the_entry_point_refuses_a_broker_that_is_not_sqs_and_a_missing_shared_store():
     app = orders_app([])
     with pytest.raises(ValueError, match="MAILBAG_BROKER_URL must be sqs://"):
-        handler_for(app, settings=WorkerSettings(broker_url="amqp://guest:secret@localhost/", idempotency_url="memory://"))
+        handler_for(
+            app, settings=WorkerSettings(broker_url="amqp://guest:secret@localhost/", idempotency_url="memory://")
+        )
     with pytest.raises(ValueError, match="MAILBAG_IDEMPOTENCY_URL"):
         handler_for(app, settings=WorkerSettings(broker_url=f"sqs://?region={REGION}", idempotency_url=None))
 

@@ -3,17 +3,17 @@ was made from, whether SNS delivered it raw or wrapped in its JSON envelope."""
 
 import json
 
-from broker import Message, Queue, Topology
-from broker.sqs_marshal import from_lambda_record, from_wire
+from mailbag.broker import Message, Queue, Topology
+from mailbag.broker.sqs.marshal import from_lambda_record, from_wire
 from tests.aws.events import queue_arn, queue_url, record
 
 HEADERS = {"tenant": "acme", "count": 5, "ratio": 0.25, "urgent": True, "empty": "", "big": 10**40}
 
 
 def receive(sqs, url: str) -> dict:
-    [raw] = sqs.receive_message(
-        QueueUrl=url, AttributeNames=["All"], MessageAttributeNames=["All"], WaitTimeSeconds=1
-    )["Messages"]
+    [raw] = sqs.receive_message(QueueUrl=url, AttributeNames=["All"], MessageAttributeNames=["All"], WaitTimeSeconds=1)[
+        "Messages"
+    ]
     return raw
 
 
@@ -21,8 +21,14 @@ async def test_a_raw_record_decodes_like_the_received_message(broker, sqs, prefi
     # Given a message with every envelope field, typed headers and a binary body
     await broker.declare(Topology(queues=(Queue("audit", ("files",)),)))
     sent = Message(
-        "files", bytes(range(256)), content_type="application/octet-stream", type="Blob",
-        headers=HEADERS, correlation_id="c", causation_id="k", ordering_key="o",
+        "files",
+        bytes(range(256)),
+        content_type="application/octet-stream",
+        type="Blob",
+        headers=HEADERS,
+        correlation_id="c",
+        causation_id="k",
+        ordering_key="o",
     )
     await broker.publish("files", [sent])
     url = queue_url(sqs, f"{prefix}audit")

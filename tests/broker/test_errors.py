@@ -1,6 +1,6 @@
 """Broker errors say what went wrong in a line a person can read."""
 
-from broker.errors import PublishFailed
+from mailbag.broker.errors import PublishFailed
 
 
 def test_a_failed_publish_names_a_few_ids_and_keeps_them_all():

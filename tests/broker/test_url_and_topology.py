@@ -1,6 +1,6 @@
 import pytest
 
-from broker import BrokerUrlError, Queue, RetryPolicy, Topology, TopologyError, connect, mask_url
+from mailbag.broker import BrokerUrlError, Queue, RetryPolicy, Topology, TopologyError, connect, mask_url
 
 
 def test_mask_url_hides_the_password_only():
@@ -37,7 +37,10 @@ max_attempts = 7
     t = Topology.from_toml(path)
     q = t.queue("inventory")
     assert (q.topics, q.ordered, q.retry.max_attempts, q.dead_letter_queue) == (
-        ("orders.placed",), True, 7, "inventory.dlq"
+        ("orders.placed",),
+        True,
+        7,
+        "inventory.dlq",
     )
     assert t.topics == ("audit", "orders.placed")
 

@@ -56,7 +56,7 @@ def test_publish_prints_one_id_per_message_and_reads_json_lines_from_stdin():
 
 
 def test_queues_json_and_topology_apply_on_memory():
-    result = mailbag("topology", "apply", "examples.orders.app:app")
+    result = mailbag("topology", "apply", "mailbag.examples.orders.app:app")
     assert result.returncode == 0, result.stderr
     assert "queue(s)" in result.stdout
     # a memory:// broker lives in one process: a new one holds no queues

@@ -48,7 +48,7 @@ class SnsSubscription(CloudFormationModel):  # moto finds models among its direc
     @classmethod
     def create_from_cloudformation_json(  # type: ignore[override]
         cls, resource_name: str, cloudformation_json: dict[str, Any], account_id: str, region_name: str, **kwargs: Any
-    ) -> "SnsSubscription":
+    ) -> SnsSubscription:
         props = cloudformation_json["Properties"]
         sns = sns_backends[account_id][region_name]
         subscription = sns.subscribe(props["TopicArn"], props["Endpoint"], props["Protocol"])
@@ -89,7 +89,7 @@ class SqsQueuePolicy(CloudFormationModel):
     @classmethod
     def create_from_cloudformation_json(  # type: ignore[override]
         cls, resource_name: str, cloudformation_json: dict[str, Any], account_id: str, region_name: str, **kwargs: Any
-    ) -> "SqsQueuePolicy":
+    ) -> SqsQueuePolicy:
         props = cloudformation_json["Properties"]
         sqs = sqs_backends[account_id][region_name]
         for url in props["Queues"]:
@@ -133,7 +133,11 @@ def deploy(cfn: Any, name: str, template: dict[str, Any], **parameters: str) -> 
         "Capabilities": ["CAPABILITY_IAM"],
         "Parameters": [{"ParameterKey": k, "ParameterValue": v} for k, v in parameters.items()],
     }
-    existing = [s for s in cfn.list_stacks()["StackSummaries"] if s["StackName"] == name and s["StackStatus"] != "DELETE_COMPLETE"]
+    existing = [
+        s
+        for s in cfn.list_stacks()["StackSummaries"]
+        if s["StackName"] == name and s["StackStatus"] != "DELETE_COMPLETE"
+    ]
     (cfn.update_stack if existing else cfn.create_stack)(**request)
     deadline = time.monotonic() + _DEPLOY_TIMEOUT
     while True:

@@ -8,7 +8,7 @@ import sys
 
 from cfnlint.api import lint
 
-from broker.sqs_cloudformation import template
+from mailbag.deploy.cloudformation import template
 from tests.cloudformation.topologies import everything
 
 REGIONS = ["us-east-1", "eu-west-1"]
@@ -21,9 +21,23 @@ def _problems(text: str) -> list[str]:
 def test_the_order_app_template_the_command_line_writes_is_clean(tmp_path):
     out = tmp_path / "orders.json"
     result = subprocess.run(
-        [sys.executable, "-m", "mailbag.cli", "topology", "export", "examples.orders.app:app",
-         "--format", "cloudformation", "--prefix", "shop-", "--output", str(out)],
-        capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            "-m",
+            "mailbag.cli",
+            "topology",
+            "export",
+            "mailbag.examples.orders.app:app",
+            "--format",
+            "cloudformation",
+            "--prefix",
+            "shop-",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     text = out.read_text()

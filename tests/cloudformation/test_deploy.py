@@ -10,11 +10,11 @@ import pytest
 from moto import mock_aws
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
-from broker import Message
-from broker.sqs import open_broker
-from broker.sqs_cloudformation import template
-from dlq import DeadLetters
-from examples.orders.app import app as orders_app
+from mailbag.broker import Message
+from mailbag.broker.sqs import open_broker
+from mailbag.deploy.cloudformation import template
+from mailbag.dlq import DeadLetters
+from mailbag.examples.orders.app import app as orders_app
 from tests.cloudformation.stack import deploy
 from tests.cloudformation.topologies import everything
 from tests.conformance.env import drain, eventually, next_delivery
@@ -100,7 +100,10 @@ async def test_the_stack_makes_exactly_what_the_adapter_declares(aws):
             if key not in volatile:
                 mine = cfn.get(key)
                 assert comparable(api.get(key, ""), "api-") == comparable(mine or "", "cfn-"), (api_name, key)
-        tags = [sqs.list_queue_tags(QueueUrl=sqs.get_queue_url(QueueName=n)["QueueUrl"])["Tags"] for n in (api_name, cfn_name)]
+        tags = [
+            sqs.list_queue_tags(QueueUrl=sqs.get_queue_url(QueueName=n)["QueueUrl"])["Tags"]
+            for n in (api_name, cfn_name)
+        ]
         assert tags[0] == tags[1]
     # And topics the same FIFO settings, subscriptions the same attributes
     for topic in ("payments.fifo", "orders_created", "announcements"):
@@ -109,7 +112,8 @@ async def test_the_stack_makes_exactly_what_the_adapter_declares(aws):
             for p in ("api-", "cfn-")
         )
         assert (api.get("FifoTopic"), api.get("ContentBasedDeduplication")) == (
-            cfn.get("FifoTopic"), cfn.get("ContentBasedDeduplication")
+            cfn.get("FifoTopic"),
+            cfn.get("ContentBasedDeduplication"),
         )
     volatile_sub = {"SubscriptionArn", "TopicArn", "Endpoint"}
     api_subs, cfn_subs = _subscriptions(sns, "api-"), _subscriptions(sns, "cfn-")
@@ -189,9 +193,16 @@ async def test_the_roles_allow_what_a_worker_and_a_replay_call_and_nothing_beyon
     worker.made.add(opening)
     assert "sqs:CreateQueue" not in {a for a, _ in worker.made}
     assert {a for a, _ in worker.made} >= {
-        "sns:ListTopics", "sns:Publish", "sns:ListSubscriptionsByTopic", "sns:GetSubscriptionAttributes",
-        "sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:SendMessage",
-        "sqs:GetQueueUrl", "sqs:GetQueueAttributes",
+        "sns:ListTopics",
+        "sns:Publish",
+        "sns:ListSubscriptionsByTopic",
+        "sns:GetSubscriptionAttributes",
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+        "sqs:SendMessage",
+        "sqs:GetQueueUrl",
+        "sqs:GetQueueAttributes",
     }
     assert _denied(worker_policy, worker.made) == []
 
@@ -208,10 +219,17 @@ async def test_the_roles_allow_what_a_worker_and_a_replay_call_and_nothing_beyon
 
     # And neither reaches beyond its queues: the worker no other queue, replay no live consuming
     elsewhere = f"arn:aws:sqs:{REGION}:{ACCOUNT}:someone-elses"
-    beyond = {("sqs:ReceiveMessage", elsewhere), ("sqs:SendMessage", elsewhere), ("sqs:GetQueueUrl", elsewhere),
-              ("sns:Publish", f"arn:aws:sns:{REGION}:{ACCOUNT}:someone-elses"), ("sqs:PurgeQueue", elsewhere)}
+    beyond = {
+        ("sqs:ReceiveMessage", elsewhere),
+        ("sqs:SendMessage", elsewhere),
+        ("sqs:GetQueueUrl", elsewhere),
+        ("sns:Publish", f"arn:aws:sns:{REGION}:{ACCOUNT}:someone-elses"),
+        ("sqs:PurgeQueue", elsewhere),
+    }
     assert _denied(worker_policy, beyond) == sorted(beyond)
     live = f"arn:aws:sqs:{REGION}:{ACCOUNT}:p-audit"
     assert _denied(replay_policy, {("sqs:ReceiveMessage", live), ("sns:Publish", "*"), ("sqs:DeleteQueue", live)}) == [
-        ("sns:Publish", "*"), ("sqs:DeleteQueue", live), ("sqs:ReceiveMessage", live)
+        ("sns:Publish", "*"),
+        ("sqs:DeleteQueue", live),
+        ("sqs:ReceiveMessage", live),
     ]

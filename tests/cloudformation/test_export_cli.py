@@ -10,12 +10,16 @@ import pytest
 def export(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mailbag.cli", "topology", "export", *args],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
 def test_the_template_goes_to_standard_output_with_the_given_prefix_and_visibility():
-    result = export("examples.orders.app:app", "--format", "cloudformation", "--prefix", "prod-", "--visibility", "120")
+    result = export(
+        "mailbag.examples.orders.app:app", "--format", "cloudformation", "--prefix", "prod-", "--visibility", "120"
+    )
     assert result.returncode == 0, result.stderr
     t = json.loads(result.stdout)
     queues = [r["Properties"] for r in t["Resources"].values() if r["Type"] == "AWS::SQS::Queue"]
@@ -25,7 +29,7 @@ def test_the_template_goes_to_standard_output_with_the_given_prefix_and_visibili
 
 def test_writing_a_file_says_what_it_wrote(tmp_path):
     out = tmp_path / "stack.json"
-    result = export("examples.orders.app:app", "--format", "cloudformation", "-o", str(out))
+    result = export("mailbag.examples.orders.app:app", "--format", "cloudformation", "-o", str(out))
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["AWSTemplateFormatVersion"] == "2010-09-09"
     assert result.stdout == ""
@@ -35,12 +39,17 @@ def test_writing_a_file_says_what_it_wrote(tmp_path):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (("examples.orders.app:app", "--format", "terraform"), "invalid choice: 'terraform'"),
-        (("examples.orders.app:app",), "--format"),
-        (("examples.orders.app:app", "--format", "cloudformation", "--prefix", "a.b"), "prefix 'a.b' may hold only"),
-        (("examples.orders.app:app", "--format", "cloudformation", "--visibility", "-1"), "visibility must be"),
-        (("examples.orders.app:app", "--format", "cloudformation", "-o", "/no/such/dir/t.json"),
-         "cannot write /no/such/dir/t.json"),
+        (("mailbag.examples.orders.app:app", "--format", "terraform"), "invalid choice: 'terraform'"),
+        (("mailbag.examples.orders.app:app",), "--format"),
+        (
+            ("mailbag.examples.orders.app:app", "--format", "cloudformation", "--prefix", "a.b"),
+            "prefix 'a.b' may hold only",
+        ),
+        (("mailbag.examples.orders.app:app", "--format", "cloudformation", "--visibility", "-1"), "visibility must be"),
+        (
+            ("mailbag.examples.orders.app:app", "--format", "cloudformation", "-o", "/no/such/dir/t.json"),
+            "cannot write /no/such/dir/t.json",
+        ),
         (("no_such_module:app", "--format", "cloudformation"), "cannot import module 'no_such_module'"),
     ],
 )

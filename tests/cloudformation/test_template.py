@@ -2,8 +2,8 @@
 
 import pytest
 
-from broker import Queue, Topology, TopologyError
-from broker.sqs_cloudformation import template
+from mailbag.broker import Queue, Topology, TopologyError
+from mailbag.deploy.cloudformation import template
 from tests.cloudformation.topologies import everything
 
 
@@ -20,16 +20,24 @@ def test_fifo_topics_and_queues_redrive_and_names_follow_the_adapter():
     topics = _by_name(t, "AWS::SNS::Topic", "TopicName")
     assert set(topics) == {"dev-payments.fifo", "dev-orders_created", "dev-announcements"}
     assert topics["dev-payments.fifo"]["Properties"] | {} == {
-        "TopicName": "dev-payments.fifo", "FifoTopic": True, "ContentBasedDeduplication": False,
+        "TopicName": "dev-payments.fifo",
+        "FifoTopic": True,
+        "ContentBasedDeduplication": False,
     }
     queues = _by_name(t, "AWS::SQS::Queue", "QueueName")
     assert set(queues) == {
-        "dev-ledger_v1.fifo", "dev-ledger_v1_dlq.fifo", "dev-audit", "dev-audit_dlq", "dev-eu_orders", "dev-eu-parked",
+        "dev-ledger_v1.fifo",
+        "dev-ledger_v1_dlq.fifo",
+        "dev-audit",
+        "dev-audit_dlq",
+        "dev-eu_orders",
+        "dev-eu-parked",
     }
     ledger = queues["dev-ledger_v1.fifo"]["Properties"]
     assert ledger["FifoQueue"] is True and ledger["ContentBasedDeduplication"] is False
     assert ledger["RedrivePolicy"] == {
-        "deadLetterTargetArn": {"Fn::GetAtt": ["QueueLedgerV1Dlq", "Arn"]}, "maxReceiveCount": 3,
+        "deadLetterTargetArn": {"Fn::GetAtt": ["QueueLedgerV1Dlq", "Arn"]},
+        "maxReceiveCount": 3,
     }
     assert ledger["Tags"] == [{"Key": "mailbag-name", "Value": "ledger.v1"}]
     assert queues["dev-audit"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 7
@@ -90,8 +98,10 @@ def _arns(*logical: str) -> set[str]:
 
 
 # the adapter looks a queue up by its standard name first: for FIFO queues that name too
-PROBED = {str({"Fn::Sub": f"arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{name}"})
-          for name in ("ledger_v1", "ledger_v1_dlq")}
+PROBED = {
+    str({"Fn::Sub": f"arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{name}"})
+    for name in ("ledger_v1", "ledger_v1_dlq")
+}
 
 
 def test_the_worker_role_reaches_only_its_own_queues_and_topics():
@@ -111,11 +121,13 @@ def test_the_worker_role_reaches_only_its_own_queues_and_topics():
         "sns:Publish": topics,
         "sns:ListSubscriptionsByTopic": topics,
         "sns:GetSubscriptionAttributes": {
-            str({"Fn::Sub": "${%s}:*" % name}) for name in ("TopicPayments", "TopicOrdersCreated", "TopicAnnouncements")
+            str({"Fn::Sub": f"${{{name}}}:*"}) for name in ("TopicPayments", "TopicOrdersCreated", "TopicAnnouncements")
         },
     }
     trust = t["Resources"]["WorkerRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
-    assert trust == [{"Effect": "Allow", "Principal": {"Service": {"Ref": "WorkerServices"}}, "Action": "sts:AssumeRole"}]
+    assert trust == [
+        {"Effect": "Allow", "Principal": {"Service": {"Ref": "WorkerServices"}}, "Action": "sts:AssumeRole"}
+    ]
     assert t["Parameters"]["WorkerServices"]["Default"] == "ecs-tasks.amazonaws.com,lambda.amazonaws.com"
 
 
@@ -137,8 +149,10 @@ def test_the_replay_role_drains_dead_letters_and_sends_only_to_their_queues():
 def test_outputs_name_every_topic_arn_queue_url_and_role():
     outputs = template(everything())["Outputs"]
     assert outputs["TopicPaymentsArn"] == {"Description": "ARN of topic payments", "Value": {"Ref": "TopicPayments"}}
-    assert outputs["QueueEuParkedUrl"] == {"Description": "URL of dead-letter queue eu-parked",
-                                           "Value": {"Ref": "QueueEuParked"}}
+    assert outputs["QueueEuParkedUrl"] == {
+        "Description": "URL of dead-letter queue eu-parked",
+        "Value": {"Ref": "QueueEuParked"},
+    }
     assert len([k for k in outputs if k.endswith("Url")]) == 6
     assert outputs["WorkerRoleArn"]["Value"] == {"Fn::GetAtt": ["WorkerRole", "Arn"]}
     assert outputs["DeadLetterReplayRoleArn"]["Value"] == {"Fn::GetAtt": ["DeadLetterReplayRole", "Arn"]}

@@ -1,6 +1,6 @@
 """Topologies the CloudFormation tests export: one with every feature the mapping has."""
 
-from broker import Queue, RetryPolicy, Subscription, Topology
+from mailbag.broker import Queue, RetryPolicy, Subscription, Topology
 
 
 def everything() -> Topology:

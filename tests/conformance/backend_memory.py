@@ -1,7 +1,7 @@
 from contextlib import asynccontextmanager
 
-from broker.clock import ManualClock
-from broker.memory import MemoryBroker
+from mailbag.broker.clock import ManualClock
+from mailbag.broker.memory import MemoryBroker
 from tests.conformance.env import Backend, Env, Features
 
 

@@ -5,7 +5,7 @@ Names are unique per test (`Env.name`); what a test declared is deleted after it
 
 from contextlib import asynccontextmanager
 
-from broker.rabbitmq import open_broker
+from mailbag.broker.rabbitmq import open_broker
 from tests.conformance.env import Backend, Env, Features
 from tests.rabbitmq.service import amqp_url, remove_declared
 

@@ -8,7 +8,7 @@ from contextlib import asynccontextmanager
 
 from moto import mock_aws
 
-from broker.sqs import open_broker
+from mailbag.broker.sqs import open_broker
 from tests.conformance.env import Backend, Env, Features
 from tests.moto_server import REGION, delete_prefixed, dummy_aws_credentials, shared_moto_server
 

@@ -6,16 +6,16 @@ tests/cloudformation covers a worker on FIFO queues a stack made."""
 
 import asyncio
 import uuid
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from typing import Sequence
 
 import boto3
 from moto import mock_aws
 
-from broker import Broker, Message, Topology
-from broker.base import Consumer, QueueStats
-from broker.sqs import open_broker
-from broker.sqs_cloudformation import template
+from mailbag.broker import Broker, Message, Topology
+from mailbag.broker.base import Consumer, QueueStats
+from mailbag.broker.sqs import open_broker
+from mailbag.deploy.cloudformation import template
 from tests.cloudformation.stack import deploy
 from tests.conformance.env import Backend, Env, Features
 from tests.moto_server import REGION

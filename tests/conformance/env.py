@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Any, AsyncContextManager, Awaitable, Callable
+from typing import Any
 
-from broker import Broker, Delivery, Queue, RetryPolicy, Subscription, Topology
-from broker.base import Consumer
+from mailbag.broker import Broker, Delivery, Queue, RetryPolicy, Subscription, Topology
+from mailbag.broker.base import Consumer
 
 
 @dataclass(frozen=True)
@@ -53,7 +55,7 @@ class Env:
 @dataclass(frozen=True)
 class Backend:
     name: str
-    open: Callable[[], AsyncContextManager[Env]]
+    open: Callable[[], AbstractAsyncContextManager[Env]]
 
 
 async def next_delivery(consumer: Consumer, timeout: float = 15.0) -> Delivery:
@@ -64,7 +66,7 @@ async def nothing_within(consumer: Consumer, seconds: float) -> bool:
     """True if the consumer yields nothing for `seconds` (cancelling the wait loses nothing)."""
     try:
         d = await asyncio.wait_for(anext(consumer), seconds)
-    except (asyncio.TimeoutError, StopAsyncIteration):
+    except (TimeoutError, StopAsyncIteration):
         return True
     await d.retry(0)
     return False

@@ -5,12 +5,12 @@ delivery is at least once.
 """
 
 import asyncio
-from datetime import timezone
+from datetime import UTC
 
 import pytest
 
-from broker import AlreadySettled, BrokerClosed, Message, Subscription, UnknownTopic
-from broker import headers as h
+from mailbag.broker import AlreadySettled, BrokerClosed, Message, Subscription, UnknownTopic
+from mailbag.broker import headers as h
 from tests.conformance.env import drain, eventually, next_delivery, nothing_within
 
 
@@ -37,12 +37,16 @@ async def test_roundtrip_keeps_every_field(env):
         d = await next_delivery(consumer)
         got = d.message
         assert (got.id, got.topic, got.body, got.content_type, got.type) == (
-            sent.id, topic, sent.body, "application/json", "OrderCreated"
+            sent.id,
+            topic,
+            sent.body,
+            "application/json",
+            "OrderCreated",
         )
         assert got.headers["tenant"] == "acme" and int(got.headers["priority"]) == 5
         assert (got.correlation_id, got.causation_id, got.ordering_key) == ("corr-1", "cause-1", "order-1")
         assert got.created_at.tzinfo is not None
-        assert abs((got.created_at - sent.created_at.astimezone(timezone.utc)).total_seconds()) < 1.0
+        assert abs((got.created_at - sent.created_at.astimezone(UTC)).total_seconds()) < 1.0
         assert d.queue == q.name and d.attempt == 1
         await d.ack()
 
@@ -77,8 +81,11 @@ async def test_subscription_filter_selects_by_header(env):
     await env.declare(eu, everything)
     await env.broker.publish(
         topic,
-        [Message(topic, b"1", headers={"region": "eu"}), Message(topic, b"2", headers={"region": "us"}),
-         Message(topic, b"3")],
+        [
+            Message(topic, b"1", headers={"region": "eu"}),
+            Message(topic, b"2", headers={"region": "us"}),
+            Message(topic, b"3"),
+        ],
     )
     async with env.broker.consume(eu.name) as consumer:
         [d] = await drain(consumer, 1)
@@ -300,7 +307,7 @@ async def test_prefetch_bounds_unsettled_deliveries(env):
         assert await nothing_within(consumer, 0.3), "a fourth delivery while three were unsettled"
         await held[0].ack()
         fourth = await next_delivery(consumer)
-        for d in held[1:] + [fourth]:
+        for d in [*held[1:], fourth]:
             await d.ack()
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from broker import Broker, Message
+from mailbag.broker import Broker, Message
 from tests.conformance.conftest import BACKENDS as CONFORMANCE_BACKENDS
 from tests.conformance.env import next_delivery
 

@@ -10,8 +10,8 @@ from collections import Counter
 
 import pytest
 
-from broker import Message, Queue, Topology
-from broker.rabbitmq import open_broker
+from mailbag.broker import Message, Queue, Topology
+from mailbag.broker.rabbitmq import open_broker
 from tests.conformance.env import drain, eventually
 from tests.dlq.conftest import dead_letter_all
 from tests.rabbitmq.service import amqp_url
@@ -19,7 +19,10 @@ from tests.rabbitmq.service import amqp_url
 
 def mailbag(*args: str, broker: str = "memory://") -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mailbag.cli", *args], capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "mailbag.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**os.environ, "MAILBAG_BROKER_URL": broker, "COLUMNS": "200"},
     )
 
@@ -64,7 +67,9 @@ async def rabbit():
 async def test_ls_show_export_purge_and_replay_from_file_on_rabbitmq(rabbit, tmp_path):
     # Given three dead letters
     url, broker, queue = rabbit
-    sent = await dead_letter_all(broker, queue.name, [Message("orders", b'{"n": %d}' % i, headers={"n": i}) for i in range(3)])
+    sent = await dead_letter_all(
+        broker, queue.name, [Message("orders", b'{"n": %d}' % i, headers={"n": i}) for i in range(3)]
+    )
     export = tmp_path / "dead.jsonl"
 
     # When the operator lists and inspects them
@@ -76,7 +81,9 @@ async def test_ls_show_export_purge_and_replay_from_file_on_rabbitmq(rabbit, tmp
     assert listed.returncode == 0, listed.stderr
     records = json.loads(listed.stdout)
     assert [r["message"]["id"] for r in records] == [m.id for m in sent]
-    assert all(r["reason"] == "poisoned in a test" and r["error_type"] == "ValueError" and r["attempts"] == 1 for r in records)
+    assert all(
+        r["reason"] == "poisoned in a test" and r["error_type"] == "ValueError" and r["attempts"] == 1 for r in records
+    )
     assert "poisoned in a test" in table.stdout and "3 of 3" in table.stdout
     assert shown.returncode == 0 and f"bad payload {sent[1].id}" in shown.stdout and "traceback" in shown.stdout
     assert (await broker.stats(queue.name)).dead_letters == 3
@@ -103,7 +110,8 @@ async def test_replay_killed_half_way_loses_nothing_on_rabbitmq(rabbit):
     everything = {m.id for m in sent}
     replay = subprocess.Popen(
         [sys.executable, "-m", "mailbag.cli", "dlq", "replay", queue.name, "--all", "--rate", "20", "--broker", url],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
     # When it is killed with SIGKILL once some messages are back in the queue

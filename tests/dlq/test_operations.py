@@ -6,11 +6,11 @@ from collections import Counter
 
 import pytest
 
-from broker import Message
-from dlq import DeadLetters, NotInQueue, replay_file
+from mailbag.broker import Message
+from mailbag.dlq import DeadLetters, NotInQueue, replay_file
+from mailbag.workers import App, Worker
 from tests.conformance.env import drain, eventually, nothing_within
 from tests.dlq.conftest import dead_letter_all
-from workers import App, Worker
 
 
 def _messages(topic: str, n: int) -> list[Message]:
@@ -103,7 +103,11 @@ async def test_replay_to_another_queue_resets_attempts_and_strips_the_death_head
     async with env.broker.consume(repair.name) as consumer:
         [delivery] = await drain(consumer, 1)
     assert delivery.attempt == 1
-    assert (delivery.message.id, delivery.message.body, delivery.message.headers) == (first.id, first.body, first.headers)
+    assert (delivery.message.id, delivery.message.body, delivery.message.headers) == (
+        first.id,
+        first.body,
+        first.headers,
+    )
     assert await _dead_letter_count(env, q.name) == 0
 
 
@@ -180,7 +184,9 @@ async def test_export_purge_and_replay_from_file_handles_each_once_byte_identica
     q = env.queue("export")
     await env.declare(q)
     originals = [
-        Message("orders", '{"note": "café ☕"}'.encode(), headers={"tenant": "acme", "priority": 5}, correlation_id="c1"),
+        Message(
+            "orders", '{"note": "café ☕"}'.encode(), headers={"tenant": "acme", "priority": 5}, correlation_id="c1"
+        ),
         Message("orders", bytes(range(200)), content_type="application/octet-stream", type="Blob", ordering_key="k"),
         Message("orders", b" ", headers={"flag": True, "ratio": 0.25}, causation_id="cause"),  # SQS takes no empty body
     ]
@@ -204,7 +210,11 @@ async def test_export_purge_and_replay_from_file_handles_each_once_byte_identica
         after = got[before.id]
         assert after.body == before.body and after.headers == before.headers
         assert (after.content_type, after.type, after.correlation_id, after.causation_id, after.ordering_key) == (
-            before.content_type, before.type, before.correlation_id, before.causation_id, before.ordering_key
+            before.content_type,
+            before.type,
+            before.correlation_id,
+            before.causation_id,
+            before.ordering_key,
         )
 
 

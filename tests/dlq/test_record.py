@@ -1,11 +1,11 @@
 """Reading why a message died from what travels with it: our stamp, RabbitMQ's own
 dead-lettering headers, or nothing at all (an SQS redrive)."""
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
-from broker import Message
-from broker import headers as h
-from dlq import DeadLetter, dump, load
+from mailbag.broker import Message
+from mailbag.broker import headers as h
+from mailbag.dlq import DeadLetter, dump, load
 
 
 def _dead(headers: dict) -> Message:
@@ -31,7 +31,12 @@ def test_our_stamp_gives_reason_error_attempts_origin_and_host():
 def test_original_message_keeps_everything_but_the_death_headers():
     stamp = h.dead_letter_stamp("orders.placed", "q", 2, "rejected", None)
     dead = _dead(
-        {**stamp, "x-death": [{"queue": "q", "reason": "rejected", "count": 1}], "x-delivery-count": 2, h.ATTEMPTS_USED: 1}
+        {
+            **stamp,
+            "x-death": [{"queue": "q", "reason": "rejected", "count": 1}],
+            "x-delivery-count": 2,
+            h.ATTEMPTS_USED: 1,
+        }
     )
 
     original = DeadLetter.from_message(dead, "q.dlq").message
@@ -41,7 +46,7 @@ def test_original_message_keeps_everything_but_the_death_headers():
 
 
 def test_rabbitmq_quorum_delivery_limit_reads_as_delivery_limit_exceeded():
-    died = datetime(2024, 5, 1, 12, 0, tzinfo=timezone.utc)
+    died = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
     dead = _dead(
         {
             "x-death": [{"queue": "inventory.reserve", "reason": "delivery_limit", "count": 1, "time": died}],
@@ -81,8 +86,14 @@ def test_sqs_redrive_without_a_stamp_is_delivery_limit_exceeded_with_the_receive
 
 def test_export_lines_read_back_byte_identical(tmp_path):
     body = bytes(range(256))  # not UTF-8, not JSON: must survive as it is
-    dead = Message("t", body, content_type="application/octet-stream", type="Blob",
-                   headers={"s": "x", "i": 5, "f": 1.5, "b": True, "n": "5"}, ordering_key="k")
+    dead = Message(
+        "t",
+        body,
+        content_type="application/octet-stream",
+        type="Blob",
+        headers={"s": "x", "i": 5, "f": 1.5, "b": True, "n": "5"},
+        ordering_key="k",
+    )
     record = DeadLetter.from_message(dead, "q.dlq", "q")
     path = tmp_path / "dead.jsonl"
 

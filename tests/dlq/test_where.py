@@ -2,15 +2,18 @@
 
 import pytest
 
-from broker import Message
-from broker import headers as h
-from dlq import DeadLetter, Where, WhereError
+from mailbag.broker import Message
+from mailbag.broker import headers as h
+from mailbag.dlq import DeadLetter, Where, WhereError
 
 RECORD = DeadLetter.from_message(
     Message(
         "orders.placed",
         b'{"order": 7}',
-        headers={"tenant": "acme", **h.dead_letter_stamp("orders.placed", "q", 3, "failed after 3", TimeoutError("slow"))},
+        headers={
+            "tenant": "acme",
+            **h.dead_letter_stamp("orders.placed", "q", 3, "failed after 3", TimeoutError("slow")),
+        },
     ),
     "q.dlq",
 )

@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import AsyncIterator, Awaitable, Callable
 
 import pytest
 
-from broker import Broker, connect
+from mailbag.broker import Broker, connect
 from tests.moto_server import REGION, delete_prefixed, dummy_aws_credentials, shared_moto_server
 from tests.rabbitmq.service import amqp_url
 

@@ -8,13 +8,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-from examples.orders.events import Topics
-from examples.orders.saga import build_participants, order_saga
-from examples.orders.services import Payments, Shop
+from mailbag.examples.orders.events import Topics
+from mailbag.examples.orders.saga import build_participants, order_saga
+from mailbag.examples.orders.services import Payments, Shop
+from mailbag.workers import Worker
+from mailbag.workers.saga.store import open_store
 from tests.conformance.env import eventually
 from tests.examples.conftest import target
-from workers import Worker
-from workers.saga_store import open_store
 
 ORDERS = 12
 ROOT = Path(__file__).resolve().parents[2]
@@ -22,9 +22,23 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def orchestrator(url: str, store_url: str, prefix: str, cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "examples.orders.orchestrator", "--broker", url, "--store", store_url,
-         "--prefix", prefix, "--orders", str(ORDERS)],
-        cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "mailbag.examples.orders.orchestrator",
+            "--broker",
+            url,
+            "--store",
+            store_url,
+            "--prefix",
+            prefix,
+            "--orders",
+            str(ORDERS),
+        ],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
 
 

@@ -6,17 +6,17 @@ import asyncio
 
 import pytest
 
-from broker.clock import ManualClock
-from broker.memory import MemoryBroker
-from examples.orders.choreography import build_app, place_order
-from examples.orders.events import Topics
-from examples.orders.saga import build_participants, order_saga
-from examples.orders.services import Notifier, Payments, Shop, sample_orders
-from examples.orders.timeline import Timeline
+from mailbag.broker.clock import ManualClock
+from mailbag.broker.memory import MemoryBroker
+from mailbag.examples.orders.choreography import build_app, place_order
+from mailbag.examples.orders.events import Topics
+from mailbag.examples.orders.saga import build_participants, order_saga
+from mailbag.examples.orders.services import Notifier, Payments, Shop, sample_orders
+from mailbag.examples.orders.timeline import Timeline
+from mailbag.workers import Worker
+from mailbag.workers.saga import Orchestrator
+from mailbag.workers.saga.store import open_store
 from tests.conformance.env import eventually
-from workers import Worker
-from workers.saga import Orchestrator
-from workers.saga_store import open_store
 
 ORDERS = 3
 FLOW_TIMEOUT = 60.0

@@ -1,4 +1,4 @@
-from harness import Settings
+from mailbag.harness import Settings
 
 #: small and impatient: a scenario on memory takes well under a second
 FAST = Settings(

@@ -13,8 +13,23 @@ def mailbag(*args: str) -> subprocess.CompletedProcess:
 
 def test_compare_on_memory_writes_the_whole_report(tmp_path):
     out = tmp_path / "report"
-    result = mailbag("compare", "--messages", "30", "--broker", "memory://", "--broker", "memory://?fifo=1",
-                     "--scenario", "ordering", "--scenario", "crash", "--scenario", "latency", "--out", str(out))
+    result = mailbag(
+        "compare",
+        "--messages",
+        "30",
+        "--broker",
+        "memory://",
+        "--broker",
+        "memory://?fifo=1",
+        "--scenario",
+        "ordering",
+        "--scenario",
+        "crash",
+        "--scenario",
+        "latency",
+        "--out",
+        str(out),
+    )
     assert result.returncode == 0, result.stderr
     assert "memory-ordered" in result.stdout and "PASS" in result.stdout
     assert f"report: {out / 'index.md'}" in result.stdout

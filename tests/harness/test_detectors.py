@@ -6,9 +6,9 @@ from dataclasses import replace
 
 import pytest
 
-from broker.memory import MemoryBroker
-from harness import SCENARIOS, Faults, FaultyBroker, Target
-from harness.ledger import NoMeter
+from mailbag.broker.memory import MemoryBroker
+from mailbag.harness import SCENARIOS, Faults, FaultyBroker, Target
+from mailbag.harness.ledger import NoMeter
 from tests.harness.conftest import FAST
 
 PLAIN = Target.parse("memory://")

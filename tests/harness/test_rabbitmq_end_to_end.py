@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from harness import SCENARIOS, Target, compare
+from mailbag.harness import SCENARIOS, Target, compare
 from tests.harness.conftest import FAST
 from tests.rabbitmq.service import amqp_url
 

@@ -5,9 +5,8 @@ import json
 
 from rich.console import Console
 
-from broker.memory import MemoryBroker
-from harness import SCENARIOS, Faults, FaultyBroker, Target, compare
-from harness.report import data, render, write
+from mailbag.harness import SCENARIOS, Faults, FaultyBroker, Target, compare
+from mailbag.harness.report import data, render, write
 from tests.harness.conftest import FAST
 
 
@@ -26,8 +25,15 @@ async def test_every_file_is_written_and_index_embeds_every_chart(tmp_path):
     written = write(report, tmp_path)
     # Then the JSON round-trips, every chart is a PNG and index.md embeds them all
     names = {p.name for p in written}
-    assert {"results.json", "index.md", "latency.png", "ordering.png", "redelivery.png", "crash.png",
-            "throughput.png"} <= names
+    assert {
+        "results.json",
+        "index.md",
+        "latency.png",
+        "ordering.png",
+        "redelivery.png",
+        "crash.png",
+        "throughput.png",
+    } <= names
     again = data.load(tmp_path / "results.json")
     assert again.to_dict() == json.loads(json.dumps(report.to_dict()))
     for png in tmp_path.glob("*.png"):

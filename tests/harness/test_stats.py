@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from harness.stats import inversions, key_violations, percentile, summary
+from mailbag.harness.stats import inversions, key_violations, percentile, summary
 
 
 def test_percentile_interpolates_and_handles_no_values():

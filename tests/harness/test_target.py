@@ -1,7 +1,7 @@
 import pytest
 
-from broker import BrokerUrlError
-from harness import Target
+from mailbag.broker import BrokerUrlError
+from mailbag.harness import Target
 
 
 @pytest.mark.parametrize(
@@ -9,9 +9,21 @@ from harness import Target
     [
         ("memory://", "memory", "memory://", "classic", False),
         ("memory://?ordered=1", "memory-ordered", "memory://", "classic", True),
-        ("amqp://guest:guest@127.0.0.1:5672/", "rabbitmq-classic", "amqp://guest:guest@127.0.0.1:5672/", "classic", False),
+        (
+            "amqp://guest:guest@127.0.0.1:5672/",
+            "rabbitmq-classic",
+            "amqp://guest:guest@127.0.0.1:5672/",
+            "classic",
+            False,
+        ),
         ("amqp://h/?queue=quorum&heartbeat=5", "rabbitmq-quorum", "amqp://h/?heartbeat=5", "quorum", False),
-        ("sqs://?endpoint=http://127.0.0.1:5000&fifo=1", "sqs-fifo", "sqs://?endpoint=http%3A%2F%2F127.0.0.1%3A5000", "classic", True),
+        (
+            "sqs://?endpoint=http://127.0.0.1:5000&fifo=1",
+            "sqs-fifo",
+            "sqs://?endpoint=http%3A%2F%2F127.0.0.1%3A5000",
+            "classic",
+            True,
+        ),
         ("sqs://?region=eu-west-1", "sqs-standard", "sqs://?region=eu-west-1", "classic", False),
         ("memory://?label=mine&fifo=yes", "mine", "memory://", "classic", True),
     ],
@@ -26,7 +38,9 @@ def test_queues_get_the_variant_settings():
     assert (queue.kind, queue.ordered, queue.topics) == ("quorum", True, ("topic",))
 
 
-@pytest.mark.parametrize("url, says", [("amqp://u:hunter2@h/?queue=lazy", "queue='lazy'"), ("memory://?fifo=maybe", "fifo")])
+@pytest.mark.parametrize(
+    "url, says", [("amqp://u:hunter2@h/?queue=lazy", "queue='lazy'"), ("memory://?fifo=maybe", "fifo")]
+)
 def test_a_bad_option_is_named_and_the_password_masked(url, says):
     with pytest.raises(BrokerUrlError) as caught:
         Target.parse(url)

@@ -5,22 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 from urllib.error import HTTPError
 from urllib.request import urlopen
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from broker import Broker, Message
-from broker.memory import MemoryBroker
-from broker.rabbitmq import open_broker
+from mailbag.broker import Broker, Message
+from mailbag.broker.memory import MemoryBroker
+from mailbag.broker.rabbitmq import open_broker
+from mailbag.workers import Worker, WorkerSettings
+from mailbag.workers.endpoints import Endpoints
+from mailbag.workers.metrics import Metrics
 from tests.moto_server import moto_server  # noqa: F401  (fixture for the SNS/SQS tests)
 from tests.observability import obs_app
 from tests.rabbitmq.service import amqp_url, remove_declared
-from workers import Worker, WorkerSettings
-from workers.endpoints import Endpoints
-from workers.metrics import Metrics
 
 #: retry delay per backend: RabbitMQ's TTL retry queues are real time, SQS visibility
 #: timeouts whole seconds

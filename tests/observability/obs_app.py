@@ -11,10 +11,11 @@ import asyncio
 import logging
 import os
 
-from broker import RetryPolicy
-from workers import App, Context
+from mailbag.broker import RetryPolicy
+from mailbag.workers import App, Context
 
 log = logging.getLogger("tests.observability")
+
 
 def build(run: str, delay: float = 0.05, gate: asyncio.Event | None = None) -> App:
     application = App(f"obs{run}")

@@ -13,8 +13,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from broker import Message
-from broker.rabbitmq import open_broker
+from mailbag.broker import Message
+from mailbag.broker.rabbitmq import open_broker
 from mailbag.cli import main
 from tests.conformance.env import eventually
 from tests.observability import obs_app
@@ -32,8 +32,12 @@ def free_port() -> int:
 
 def mailbag(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mailbag.cli", *args], capture_output=True, text=True, timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), **env}, cwd=ROOT,
+        [sys.executable, "-m", "mailbag.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": str(ROOT), **env},
+        cwd=ROOT,
     )
 
 
@@ -46,13 +50,35 @@ async def test_worker_serves_metrics_and_probes_and_health_follows_readiness(tmp
         await broker.declare(obs_app.build(run).topology)
         # Given a worker process with metrics on a port, logging JSON
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mailbag.cli", "worker", "tests.observability.obs_app:app", "--broker", amqp_url(),
-             "--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--log-format", "json"],
-            env={**os.environ, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": run, "MAILBAG_IDEMPOTENCY_URL": "memory://",
-                 "MAILBAG_METRICS_INTERVAL": "0.2", "MAILBAG_RETRY_JITTER": "false"},
-            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log_file,
+            [
+                sys.executable,
+                "-m",
+                "mailbag.cli",
+                "worker",
+                "tests.observability.obs_app:app",
+                "--broker",
+                amqp_url(),
+                "--metrics-port",
+                str(port),
+                "--metrics-host",
+                "127.0.0.1",
+                "--log-format",
+                "json",
+            ],
+            env={
+                **os.environ,
+                "PYTHONPATH": str(ROOT),
+                "MAILBAG_TEST_RUN": run,
+                "MAILBAG_IDEMPOTENCY_URL": "memory://",
+                "MAILBAG_METRICS_INTERVAL": "0.2",
+                "MAILBAG_RETRY_JITTER": "false",
+            },
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=log_file,
         )
         try:
+
             async def health_says(status: int) -> bool:
                 return await asyncio.to_thread(main, ["health", "--port", str(port)]) == status
 
@@ -98,7 +124,12 @@ def test_a_taken_metrics_port_is_one_line_and_exit_2():
         taken.listen()
         port = taken.getsockname()[1]
         result = mailbag(
-            "worker", "tests.observability.obs_app:app", "--metrics-port", str(port), "--metrics-host", "127.0.0.1",
+            "worker",
+            "tests.observability.obs_app:app",
+            "--metrics-port",
+            str(port),
+            "--metrics-host",
+            "127.0.0.1",
             MAILBAG_TEST_RUN="taken",
         )
     assert result.returncode == 2, result.stderr

@@ -9,9 +9,9 @@ import logging
 
 import pytest
 
+from mailbag.workers import logs
 from tests.conformance.env import eventually
 from tests.observability.conftest import observed, opened
-from workers import logs
 
 
 @pytest.fixture
@@ -41,7 +41,10 @@ async def test_json_lines_carry_message_correlation_queue_and_attempt(json_lines
     [failure] = [r for r in records if r["logger"] == "mailbag.worker" and r.get("action") == "retry"]
     assert failure["level"] == "WARNING" and failure["error"] == "RuntimeError: flaky dependency"
     assert (failure["message_id"], failure["correlation_id"], failure["queue"], failure["attempt"]) == (
-        message.id, message.id, obs.topic, 1,
+        message.id,
+        message.id,
+        obs.topic,
+        1,
     )
     # and the handler's own lines carry the message's ids, queue and attempt
     runs = [r for r in records if r["message"] == "handling job"]

@@ -8,14 +8,14 @@ import sqlite3
 
 import pytest
 
+from mailbag.broker.rabbitmq import open_broker
 from mailbag.cli import main
-from publishers.outbox import open_outbox
+from mailbag.publishers.outbox import open_outbox
+from mailbag.workers.metrics import Metrics
 from tests.conformance.env import eventually
 from tests.observability.conftest import get, observed, opened, sample, scrape
 from tests.proxy import CuttingProxy
-from broker.rabbitmq import open_broker
 from tests.rabbitmq.service import HOST, PORT, amqp_url, remove_declared
-from workers.metrics import Metrics
 
 
 @pytest.mark.parametrize("backend", ["memory", "rabbitmq"])
@@ -89,7 +89,7 @@ async def _status(port: int, path: str, status: int) -> bool:
 async def test_readyz_is_503_while_rabbitmq_is_unreachable_and_200_once_it_is_back():
     amqp_url()  # fails the test, saying how to start RabbitMQ, when it is down
     async with CuttingProxy(HOST, PORT) as proxy:
-        broker = await open_broker(f"amqp://guest:guest@127.0.0.1:{proxy.port}/", reconnect_interval=0.2)
+        broker = await open_broker(amqp_url(port=proxy.port), reconnect_interval=0.2)
         try:
             async with observed(broker, "rabbitmq") as obs:
                 await eventually(lambda: _status(obs.port, "/readyz", 200), what="ready")

@@ -1,5 +1,5 @@
 """Secrets never reach the logs: everything every library logs at DEBUG, across
-publish, consume, a handler failure and a failed login, passes `workers.logs.Redact`.
+publish, consume, a handler failure and a failed login, passes `mailbag.workers.logs.Redact`.
 Checked on the memory broker, the real RabbitMQ and SNS/SQS on moto over HTTP, with a
 known password, AWS secret key, session token and message body marker."""
 
@@ -13,13 +13,13 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from broker import BrokerUnavailable, connect
-from broker.sqs import open_broker as open_sqs
+from mailbag.broker import BrokerUnavailable, connect
+from mailbag.broker.sqs import open_broker as open_sqs
+from mailbag.workers import logs
 from tests.conformance.env import eventually
 from tests.moto_server import REGION, delete_prefixed
 from tests.observability.conftest import observed, opened
 from tests.rabbitmq.service import amqp_url
-from workers import logs
 
 PASSWORD = f"pw-{uuid.uuid4().hex}"
 SECRET_KEY = f"key-{uuid.uuid4().hex}"
@@ -128,8 +128,13 @@ def test_redact_masks_urls_and_credentials(line, kept):
 def test_botocore_payload_lines_keep_only_their_lead_in():
     # Given botocore's request line with a message body, as it logs it at DEBUG
     record = logging.LogRecord(
-        "botocore.endpoint", logging.DEBUG, __file__, 1, "Making request for %s with params: %s",
-        ("OperationModel(name=SendMessage)", {"body": {"MessageBody": BODY_MARKER}}), None,
+        "botocore.endpoint",
+        logging.DEBUG,
+        __file__,
+        1,
+        "Making request for %s with params: %s",
+        ("OperationModel(name=SendMessage)", {"body": {"MessageBody": BODY_MARKER}}),
+        None,
     )
     # When it passes the filter, then the body is gone and the operation is still named
     assert logs.Redact().filter(record)

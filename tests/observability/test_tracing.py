@@ -13,8 +13,8 @@ import importlib
 import sqlite3
 import sys
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Iterator
 
 import pytest
 from opentelemetry import trace
@@ -25,26 +25,30 @@ from opentelemetry.trace import SpanKind, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from pydantic import BaseModel
 
-from broker import Broker, Message, RetryPolicy, connect, tracing
-from broker import sqs_marshal as wire
-from broker.memory import MemoryBroker
-from examples.orders.choreography import build_app, place_order
-from examples.orders.saga import build_participants, order_saga
-from examples.orders.services import Payments, Shop, sample_orders
-from examples.orders.timeline import Timeline
-from publishers import Publisher
-from publishers.outbox import Relay, SqliteOutbox
+from mailbag.broker import Broker, Message, RetryPolicy, connect, tracing
+from mailbag.broker.memory import MemoryBroker
+from mailbag.broker.sqs import marshal as wire
+from mailbag.examples.orders.choreography import build_app, place_order
+from mailbag.examples.orders.saga import build_participants, order_saga
+from mailbag.examples.orders.services import Payments, Shop, sample_orders
+from mailbag.examples.orders.timeline import Timeline
+from mailbag.publishers import Publisher
+from mailbag.publishers.outbox import Relay, SqliteOutbox
+from mailbag.workers import App, Context, Postpone, Worker, WorkerSettings
+from mailbag.workers.middleware import chain
+from mailbag.workers.middleware.tracing import Tracing
+from mailbag.workers.saga import Orchestrator
+from mailbag.workers.saga.store import open_store
 from tests.conformance.env import eventually
 from tests.moto_server import REGION, delete_prefixed, dummy_aws_credentials, shared_moto_server
 from tests.rabbitmq.service import amqp_url, remove_declared
-from workers import App, Context, Postpone, Worker, WorkerSettings
-from workers.middleware import chain
-from workers.middleware.tracing import Tracing
-from workers.saga import Orchestrator
-from workers.saga_store import open_store
 
 BACKENDS = ["memory", "rabbitmq", "sqs"]
-SYSTEMS = {"memory": ("mailbag.memory", "mailbag.memory"), "rabbitmq": ("rabbitmq", "rabbitmq"), "sqs": ("aws.sns", "aws_sqs")}
+SYSTEMS = {
+    "memory": ("mailbag.memory", "mailbag.memory"),
+    "rabbitmq": ("rabbitmq", "rabbitmq"),
+    "sqs": ("aws.sns", "aws_sqs"),
+}
 #: the shortest retry delay each broker honours (RabbitMQ TTL queues, SQS visibility in whole seconds)
 RETRY_DELAYS = {"memory": 0.0, "rabbitmq": 0.2, "sqs": 1.0}
 SETTINGS = WorkerSettings(idempotency_url="memory://", retry_jitter=False, grace_period=5)
@@ -72,7 +76,7 @@ def spans(monkeypatch) -> Iterator[InMemorySpanExporter]:
 
 @pytest.fixture
 def without_opentelemetry() -> Iterator[None]:
-    """`broker.tracing` as loaded where OpenTelemetry is not installed."""
+    """`mailbag.broker.tracing` as loaded where OpenTelemetry is not installed."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(sys.modules, "opentelemetry", None)
         importlib.reload(tracing)
@@ -165,7 +169,10 @@ async def test_the_consumer_continues_the_publishers_trace(backend, spans):
     assert follow_up.parent.span_id == billing.context.span_id
     # and the headers carried the context next to the user's own
     assert seen[0].headers["tenant"] == "acme" and seen[0].headers["tracestate"] == "shop=checkout"
-    assert seen[0].headers["traceparent"].split("-")[1:3] == [f"{UPSTREAM_TRACE_ID:032x}", f"{publish.context.span_id:016x}"]
+    assert seen[0].headers["traceparent"].split("-")[1:3] == [
+        f"{UPSTREAM_TRACE_ID:032x}",
+        f"{publish.context.span_id:016x}",
+    ]
     # and the spans speak the messaging conventions
     publish_system, process_system = SYSTEMS[backend]
     assert publish.kind is SpanKind.PRODUCER and billing.kind is SpanKind.CONSUMER
@@ -359,8 +366,10 @@ async def test_without_opentelemetry_nothing_breaks_and_no_headers_are_added(spa
     # Then everything was handled, with only the user's headers and no span but the test's own
     assert [m.headers for m in seen] == [{"tenant": "acme"}, {"tenant": "acme"}]
     assert [s.name for s in spans.get_finished_spans()] == ["checkout"]
+
     # and the tracing middleware is left out of the chain
     async def handler(ctx: Context) -> None: ...
+
     assert chain([Tracing()], handler, app.handler_for("billing", "orders.placed")) is handler
 
 
@@ -383,7 +392,9 @@ async def test_with_no_sdk_configured_no_context_is_carried():
 
     # Then the message carries the user's headers only, and no span was started for it
     assert seen[0].headers == {"tenant": "acme"}
+
     async def handler(ctx: Context) -> None: ...
+
     assert chain([Tracing()], handler, app.handler_for("billing", "orders.placed")) is handler
 
 
@@ -393,8 +404,13 @@ def test_a_traced_message_with_every_field_and_many_headers_fits_sqs(body, spans
     # one more) and more headers than attributes are left
     headers = {f"h{i}": f"v{i}" for i in range(12)}
     message = Message(
-        "orders.placed", body, type="OrderPlaced", correlation_id="order-7", causation_id="cart-3",
-        ordering_key="order-7", headers=headers,
+        "orders.placed",
+        body,
+        type="OrderPlaced",
+        correlation_id="order-7",
+        causation_id="cart-3",
+        ordering_key="order-7",
+        headers=headers,
     )
     # When it gets a creation context inside a caller's trace (traceparent and tracestate)
     upstream = TraceContextTextMapPropagator().extract(UPSTREAM)

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import uuid
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import pytest
 
@@ -18,9 +18,9 @@ from tests.publishers.links import Link, amqp_link, memory_link, sqs_link
 START_SERVICES = "start it with `bash scripts/services.sh`"
 
 LINKS = {"memory": memory_link}
-if importlib.util.find_spec("broker.rabbitmq") is not None:
+if importlib.util.find_spec("mailbag.broker.rabbitmq") is not None:
     LINKS["amqp"] = amqp_link
-if importlib.util.find_spec("broker.sqs") is not None:
+if importlib.util.find_spec("mailbag.broker.sqs") is not None:
     LINKS["sqs"] = sqs_link
 
 

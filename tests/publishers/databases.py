@@ -4,11 +4,12 @@ order is a business row and its event, written in one transaction."""
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
-from publishers.outbox import Outbox, PostgresOutbox, SqliteOutbox
+from mailbag.publishers.outbox import Outbox, PostgresOutbox, SqliteOutbox
 
 PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -26,7 +27,9 @@ class SqliteOrders:
         """Another outbox object on the same table, as another relay process has."""
         return SqliteOutbox(self.outbox.path, table=self.table, **options)
 
-    async def place(self, order_id: str, topic: str, payload: Any, key: str | None = None, *, fail: bool = False) -> str:
+    async def place(
+        self, order_id: str, topic: str, payload: Any, key: str | None = None, *, fail: bool = False
+    ) -> str:
         try:
             with self.conn:
                 self.conn.execute("INSERT INTO orders (id) VALUES (?)", (order_id,))
@@ -53,7 +56,7 @@ class PostgresOrders:
         self.outbox = PostgresOutbox(PG_DSN, table=self.table)
         self.conn: Any = None
 
-    async def start(self) -> "PostgresOrders":
+    async def start(self) -> PostgresOrders:
         import asyncpg
 
         self.conn = await asyncpg.connect(PG_DSN)
@@ -64,7 +67,9 @@ class PostgresOrders:
     def open_outbox(self, **options: Any) -> Outbox:
         return PostgresOutbox(PG_DSN, table=self.table, **options)
 
-    async def place(self, order_id: str, topic: str, payload: Any, key: str | None = None, *, fail: bool = False) -> str:
+    async def place(
+        self, order_id: str, topic: str, payload: Any, key: str | None = None, *, fail: bool = False
+    ) -> str:
         try:
             async with self.conn.transaction():
                 await self.conn.execute(f"INSERT INTO {self.schema}.orders (id) VALUES ($1)", order_id)

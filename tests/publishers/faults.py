@@ -5,10 +5,10 @@ broker confirmed, in order."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
-from broker import Broker, BrokerUnavailable, Message, Topology
-from broker.base import Consumer, QueueStats
+from mailbag.broker import Broker, BrokerUnavailable, Message, Topology
+from mailbag.broker.base import Consumer, QueueStats
 
 
 class Delegating(Broker):

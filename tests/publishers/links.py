@@ -6,14 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import AsyncIterator, Callable
 
-from broker import Broker, Queue, Topology
-from broker.memory import MemoryBroker
-from tests.publishers.faults import Cuttable
+from mailbag.broker import Broker, Queue, Topology
+from mailbag.broker.memory import MemoryBroker
 from tests.proxy import CuttingProxy
+from tests.publishers.faults import Cuttable
 
 
 @dataclass
@@ -77,7 +77,7 @@ async def _through_proxy(open_broker, host: str, port: int, url_via) -> AsyncIte
 
 @asynccontextmanager
 async def amqp_link() -> AsyncIterator[Link]:
-    from broker.rabbitmq import open_broker
+    from mailbag.broker.rabbitmq import open_broker
     from tests.rabbitmq.service import HOST, PORT, amqp_url
 
     def fast_open(url: str):
@@ -91,7 +91,7 @@ async def amqp_link() -> AsyncIterator[Link]:
 async def sqs_link() -> AsyncIterator[Link]:
     """SNS/SQS on moto_server over HTTP, names prefixed per test and deleted after.
     Dummy AWS credentials stay in the environment for the test (child processes too)."""
-    from broker.sqs import open_broker
+    from mailbag.broker.sqs import open_broker
     from tests.moto_server import REGION, delete_prefixed, dummy_aws_credentials, shared_moto_server
 
     endpoint = shared_moto_server()

@@ -12,12 +12,12 @@ import argparse
 import asyncio
 import os
 import signal
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from broker import Message, connect
-from publishers import Publisher, PublisherSettings
-from publishers.outbox import Relay, RelaySettings, open_outbox
+from mailbag.broker import Message, connect
+from mailbag.publishers import Publisher, PublisherSettings
+from mailbag.publishers.outbox import Relay, RelaySettings, open_outbox
 from tests.publishers.faults import Delegating
 
 
@@ -50,7 +50,9 @@ async def main() -> None:
     p.add_argument("--batch", type=int, default=100)
     args = p.parse_args()
     async with await connect(args.broker) as broker, open_outbox(args.db, table=args.table) as outbox:
-        publisher = Publisher(Logged(broker, args.log, args.hang_after), settings=PublisherSettings(attempt_timeout=3600))
+        publisher = Publisher(
+            Logged(broker, args.log, args.hang_after), settings=PublisherSettings(attempt_timeout=3600)
+        )
         relay = Relay(outbox, publisher, RelaySettings(batch_size=args.batch, poll_interval=0.1))
         asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, relay.stop)
         await relay.run()

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from publishers.outbox import SqliteOutbox
+from mailbag.publishers.outbox import SqliteOutbox
 from tests.conformance.env import eventually
 
 
@@ -43,9 +43,22 @@ def test_relay_once_publishes_what_is_due_then_status_and_prune(db):
 async def test_relay_runs_until_sigterm_and_picks_up_new_rows(db):
     url, outbox, conn = db
     relay = subprocess.Popen(
-        [sys.executable, "-m", "mailbag.cli", "outbox", "relay", "--db", url, "--broker", "memory://",
-         "--poll-interval", "0.1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "mailbag.cli",
+            "outbox",
+            "relay",
+            "--db",
+            url,
+            "--broker",
+            "memory://",
+            "--poll-interval",
+            "0.1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         await eventually(_sent(outbox, 3), timeout=30, what="the first rows sent")
@@ -62,7 +75,10 @@ async def test_relay_runs_until_sigterm_and_picks_up_new_rows(db):
     "args, says",
     [
         (("outbox", "status", "--db", "mysql://app:hunter2@db/shop"), "unknown outbox database URL scheme 'mysql'"),
-        (("outbox", "status", "--db", "postgresql://app:hunter2@127.0.0.1:1/shop"), "postgresql://app:***@127.0.0.1:1/shop"),
+        (
+            ("outbox", "status", "--db", "postgresql://app:hunter2@127.0.0.1:1/shop"),
+            "postgresql://app:***@127.0.0.1:1/shop",
+        ),
         (("outbox", "status", "--db", "sqlite:///tmp/x.db", "--table", "t;drop"), "invalid outbox table name"),
         (("outbox", "relay", "--db", "sqlite:///tmp/x.db", "--batch", "0"), "--batch must be at least 1"),
         (("outbox", "prune", "--db", "sqlite:///tmp/x.db"), "--older-than"),

@@ -10,19 +10,22 @@ import asyncpg
 import pytest
 from pydantic import BaseModel
 
-from broker import Queue, Topology
-from broker.memory import MemoryBroker
-from publishers import BreakerSettings, PayloadRejected, Publisher, PublisherSettings
-from publishers.outbox import PostgresOutbox, Relay, RelaySettings, SqliteOutbox
+from mailbag.broker import Queue, Topology
+from mailbag.broker.memory import MemoryBroker
+from mailbag.publishers import BreakerPolicy, PayloadRejected, Publisher, PublisherSettings
+from mailbag.publishers.outbox import PostgresOutbox, Relay, RelaySettings, SqliteOutbox
+from mailbag.workers import App, Worker
 from tests.conformance.env import eventually
 from tests.publishers.databases import PG_DSN
 from tests.publishers.faults import Recording
-from workers import App, Worker
 
 #: the relay gives up on a publish quickly: its rows are safe in the table meanwhile
 PUBLISH = PublisherSettings(
-    deadline=2.0, attempt_timeout=2.0, initial_backoff=0.02, max_backoff=0.1,
-    breaker=BreakerSettings(failure_threshold=3, reset_timeout=0.3),
+    deadline=2.0,
+    attempt_timeout=2.0,
+    initial_backoff=0.02,
+    max_backoff=0.1,
+    breaker=BreakerPolicy(failures=3, reset_after=0.3),
 )
 RELAY = RelaySettings(batch_size=50, poll_interval=0.2, initial_backoff=0.05, max_backoff=0.5)
 
@@ -45,7 +48,10 @@ async def test_only_committed_events_are_published(orders):
     publisher = Publisher(broker)
     queue = "billing"
     await broker.declare(Topology(queues=(Queue(queue, ("orders",)),)))
-    kept = [await orders.place("o-1", "orders", {"order_id": "o-1"}), await orders.place("o-2", "orders", {"order_id": "o-2"})]
+    kept = [
+        await orders.place("o-1", "orders", {"order_id": "o-1"}),
+        await orders.place("o-2", "orders", {"order_id": "o-2"}),
+    ]
     assert await orders.place("o-3", "orders", {"order_id": "o-3"}, fail=True) == ""
 
     # When the relay runs
@@ -122,8 +128,11 @@ async def test_order_per_key_is_kept_across_an_outage(link, orders):
     topic = link.name("orders")
     queue = await link.queue(topic, ordered=True)
     keys = [f"k{i}" for i in range(4)]
-    relay = Relay(orders.outbox, Publisher(link.broker, settings=PUBLISH), RelaySettings(
-        batch_size=7, poll_interval=0.2, initial_backoff=0.05, max_backoff=0.3))
+    relay = Relay(
+        orders.outbox,
+        Publisher(link.broker, settings=PUBLISH),
+        RelaySettings(batch_size=7, poll_interval=0.2, initial_backoff=0.05, max_backoff=0.3),
+    )
     for n in range(20):
         await orders.place(f"a-{n}", topic, {"key": keys[n % 4], "n": n}, key=keys[n % 4])
 
@@ -158,8 +167,11 @@ async def test_two_relays_on_postgresql_never_publish_the_same_row(link, pg_sche
         key = f"k{n % 10}"
         placed.setdefault(key, []).append(await db.place(f"o-{n}", topic, {"n": n}, key=key))
     relays = [
-        Relay(db.open_outbox(), Publisher(Recording(link.broker, confirmed), settings=PUBLISH),
-              RelaySettings(batch_size=20, poll_interval=0.2))
+        Relay(
+            db.open_outbox(),
+            Publisher(Recording(link.broker, confirmed), settings=PUBLISH),
+            RelaySettings(batch_size=20, poll_interval=0.2),
+        )
         for _ in range(2)
     ]
 

@@ -6,20 +6,20 @@ import asyncio
 import pytest
 from pydantic import BaseModel
 
-from broker import BrokerClosed
-from broker.memory import MemoryBroker
-from publishers import (
-    BreakerSettings,
+from mailbag.broker import BrokerClosed
+from mailbag.broker.memory import MemoryBroker
+from mailbag.publishers import (
+    BreakerPolicy,
     CircuitBreaker,
     CircuitOpen,
     PayloadRejected,
-    PublishError,
     Publisher,
+    PublishError,
     PublisherSettings,
 )
+from mailbag.workers import App
 from tests.conformance.env import drain, eventually, nothing_within
 from tests.publishers.faults import Cuttable
-from workers import App
 
 FAST = PublisherSettings(deadline=5.0, attempt_timeout=2.0, initial_backoff=0.02, max_backoff=0.2)
 
@@ -35,7 +35,10 @@ async def test_publish_returns_the_id_once_confirmed_and_the_message_keeps_its_f
     publisher = Publisher(link.broker, settings=FAST)
 
     message_id = await publisher.publish(
-        topic, OrderPlaced(order_id="o-1", amount_cents=250), key="o-1", headers={"tenant": "acme"},
+        topic,
+        OrderPlaced(order_id="o-1", amount_cents=250),
+        key="o-1",
+        headers={"tenant": "acme"},
         correlation_id="corr-1",
     )
     many = await publisher.publish_many(topic, [{"n": 1}, {"n": 2}, b"raw"])
@@ -96,7 +99,9 @@ async def test_a_transient_fault_is_retried_until_the_broker_confirms(link):
 async def test_past_the_deadline_the_error_names_the_messages_that_did_not_go_out(link):
     topic = link.name("orders")
     await link.queue(topic)
-    publisher = Publisher(link.broker, settings=PublisherSettings(deadline=0.3, attempt_timeout=0.5, initial_backoff=0.02))
+    publisher = Publisher(
+        link.broker, settings=PublisherSettings(deadline=0.3, attempt_timeout=0.5, initial_backoff=0.02)
+    )
     await publisher.publish(topic, {"warm": True})
     link.cut()
 
@@ -113,8 +118,11 @@ async def test_the_circuit_opens_fails_fast_while_down_and_closes_after_a_good_t
     topic = link.name("orders")
     await link.queue(topic)
     settings = PublisherSettings(
-        deadline=2.0, attempt_timeout=1.0, initial_backoff=0.01, max_backoff=0.02,
-        breaker=BreakerSettings(failure_threshold=2, reset_timeout=0.2),
+        deadline=2.0,
+        attempt_timeout=1.0,
+        initial_backoff=0.01,
+        max_backoff=0.02,
+        breaker=BreakerPolicy(failures=2, reset_after=0.2),
     )
     publisher = Publisher(link.broker, settings=settings)
     await publisher.publish(topic, {"warm": True})
@@ -174,7 +182,7 @@ async def test_a_closed_broker_is_not_retried():
 
 def test_the_breaker_half_opens_for_one_trial_at_a_time():
     now = [0.0]
-    breaker = CircuitBreaker(BreakerSettings(failure_threshold=2, reset_timeout=10), clock=lambda: now[0])
+    breaker = CircuitBreaker(BreakerPolicy(failures=2, reset_after=10), clock=lambda: now[0])
     breaker.failed()
     assert breaker.allow() and breaker.state == "closed"
     breaker.failed()

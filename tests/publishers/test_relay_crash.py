@@ -20,9 +20,27 @@ REPO = Path(__file__).resolve().parents[2]
 
 def start_relay(db, broker_url: str, log: Path, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "tests.publishers.relay_child", "--db", db.url, "--table", db.table,
-         "--broker", broker_url, "--log", str(log), "--batch", "40", *extra],
-        cwd=REPO, env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "tests.publishers.relay_child",
+            "--db",
+            db.url,
+            "--table",
+            db.table,
+            "--broker",
+            broker_url,
+            "--log",
+            str(log),
+            "--batch",
+            "40",
+            *extra,
+        ],
+        cwd=REPO,
+        env=os.environ.copy(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

@@ -2,10 +2,10 @@ import uuid
 
 import pytest
 
-from broker import Queue, RetryPolicy, Topology
-from broker.rabbitmq import open_broker
-from tests.rabbitmq.service import HOST, PORT, amqp_url, remove_declared
+from mailbag.broker import Queue, RetryPolicy, Topology
+from mailbag.broker.rabbitmq import open_broker
 from tests.proxy import CuttingProxy
+from tests.rabbitmq.service import HOST, PORT, amqp_url, remove_declared
 
 
 @pytest.fixture

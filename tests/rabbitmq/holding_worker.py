@@ -7,9 +7,9 @@ printing `holding <id>` for each, until it is killed.
 import asyncio
 import sys
 
-from broker.rabbitmq import open_broker
-from workers import App, Context, Worker
-from workers.stores.memory import MemoryStore
+from mailbag.broker.rabbitmq import open_broker
+from mailbag.workers import App, Context, Worker
+from mailbag.workers.stores.memory import MemoryStore
 
 
 def make_app(topic: str, queue: str, handle) -> App:

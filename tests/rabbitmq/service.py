@@ -1,12 +1,15 @@
-"""The RabbitMQ the tests run against: 127.0.0.1:5672, guest/guest, default vhost.
+"""The RabbitMQ the tests run against: 127.0.0.1:5672, guest/guest, in the suite's own
+vhost (`mailbag-tests`, or `MAILBAG_TEST_VHOST`), so the suite never touches what other
+users of the broker keep on theirs. `scripts/services.sh` creates the vhost once when it
+is missing; it is never created or deleted per run.
 
 Tests isolate themselves by unique names and remove what they declared afterwards
-(`remove_declared`). A vhost per run would isolate better, but creating one needs
-`rabbitmqctl`, whose CLI nodes collide when several test runs start at once.
+(`remove_declared`).
 """
 
 from __future__ import annotations
 
+import os
 import socket
 
 import aio_pika
@@ -14,6 +17,7 @@ import pytest
 
 HOST, PORT = "127.0.0.1", 5672
 START = "start it with `bash scripts/services.sh` (or `rabbitmq-server -detached`)"
+VHOST = os.environ.get("MAILBAG_TEST_VHOST", "mailbag-tests")
 
 
 def amqp_url(host: str = HOST, port: int = PORT) -> str:
@@ -23,7 +27,7 @@ def amqp_url(host: str = HOST, port: int = PORT) -> str:
         socket.create_connection((HOST, PORT), timeout=2).close()
     except OSError:
         pytest.fail(f"RabbitMQ is not running on {HOST}:{PORT}; {START}", pytrace=False)
-    return f"amqp://guest:guest@{host}:{port}/"
+    return f"amqp://guest:guest@{host}:{port}/{VHOST}"
 
 
 async def remove_declared(broker) -> None:

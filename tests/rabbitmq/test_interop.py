@@ -2,15 +2,15 @@
 properties alone, and what a plain client publishes reaches our handlers."""
 
 import asyncio
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import aio_pika
 from pydantic import BaseModel
 
-from broker import Message, Queue, Topology
+from mailbag.broker import Message, Queue, Topology
+from mailbag.workers import App, Context, Worker
+from mailbag.workers.stores.memory import MemoryStore
 from tests.conformance.env import next_delivery
-from workers import App, Context, Worker
-from workers.stores.memory import MemoryStore
 
 
 class OrderCreated(BaseModel):
@@ -44,7 +44,7 @@ async def test_a_plain_aio_pika_publisher_reaches_a_typed_handler(broker, url, n
                     correlation_id="corr-7",
                     type="OrderCreated",
                     headers={"tenant": "acme"},
-                    timestamp=datetime.now(timezone.utc),
+                    timestamp=datetime.now(UTC),
                     delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                 ),
                 routing_key="",
@@ -56,7 +56,11 @@ async def test_a_plain_aio_pika_publisher_reaches_a_typed_handler(broker, url, n
     assert order == OrderCreated(order_id="o-7", amount=3)
     m = ctx.message
     assert (m.id, m.topic, m.correlation_id, m.type, m.content_type) == (
-        "plain-1", topic, "corr-7", "OrderCreated", "application/json"
+        "plain-1",
+        topic,
+        "corr-7",
+        "OrderCreated",
+        "application/json",
     )
     assert m.headers == {"tenant": "acme"} and ctx.attempt == 1
 
@@ -85,7 +89,10 @@ async def test_a_plain_aio_pika_consumer_reads_what_we_publish(broker, url, name
     # Then every field is a native AMQP property and the body is the bare JSON
     assert raw.body == sent.body
     assert (raw.message_id, raw.correlation_id, raw.type, raw.content_type) == (
-        sent.id, "corr-1", "OrderCreated", "application/json"
+        sent.id,
+        "corr-1",
+        "OrderCreated",
+        "application/json",
     )
     assert raw.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
     assert abs((raw.timestamp - sent.created_at).total_seconds()) < 1

@@ -5,12 +5,12 @@ import asyncio
 
 import pytest
 
-from broker import DeliveryReleased, Message, Queue, RetryPolicy, Topology
-from broker.rabbitmq import open_broker
+from mailbag.broker import DeliveryReleased, Message, Queue, RetryPolicy, Topology
+from mailbag.broker.rabbitmq import open_broker
+from mailbag.workers import App, Worker
+from mailbag.workers.stores.memory import MemoryStore
 from tests.conformance.env import drain, next_delivery
 from tests.rabbitmq.service import amqp_url, remove_declared
-from workers import App, Worker
-from workers.stores.memory import MemoryStore
 
 
 async def test_unacked_messages_come_back_after_a_drop_and_the_consumer_resumes(proxy, names):

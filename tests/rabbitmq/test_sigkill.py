@@ -6,10 +6,10 @@ import os
 import signal
 import sys
 
-from broker import Message
+from mailbag.broker import Message
+from mailbag.workers import Context, Worker
+from mailbag.workers.stores.memory import MemoryStore
 from tests.rabbitmq.holding_worker import make_app
-from workers import Context, Worker
-from workers.stores.memory import MemoryStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,8 +31,14 @@ async def test_messages_held_by_a_killed_worker_go_to_the_next_worker(broker, ur
 
     # Given a worker process holding three messages unacked
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.rabbitmq.holding_worker", url, topic, queue,
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "tests.rabbitmq.holding_worker",
+        url,
+        topic,
+        queue,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
     )
     try:
         held = set()

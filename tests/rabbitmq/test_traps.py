@@ -7,9 +7,9 @@ import time
 import aio_pika
 import pytest
 
-from broker import BrokerUnavailable, DeliveryReleased, Message, PublishFailed, Queue, Topology, TopologyError
-from broker import headers as h
-from broker.rabbitmq import open_broker
+from mailbag.broker import BrokerUnavailable, DeliveryReleased, Message, PublishFailed, Queue, Topology, TopologyError
+from mailbag.broker import headers as h
+from mailbag.broker.rabbitmq import open_broker
 from tests.conformance.env import drain, eventually, next_delivery, nothing_within
 from tests.rabbitmq.service import amqp_url
 
@@ -125,8 +125,10 @@ async def test_a_conflicting_redeclaration_names_the_queue_and_the_setting(broke
     name = names("q")
     await broker.declare(Topology(queues=(Queue(name, (names("t"),)),)))
     # When it is redeclared as quorum, or ordered
-    for changed, setting in ((Queue(name, (names("t"),), kind="quorum"), "kind"),
-                             (Queue(name, (names("t"),), ordered=True), "ordered")):
+    for changed, setting in (
+        (Queue(name, (names("t"),), kind="quorum"), "kind"),
+        (Queue(name, (names("t"),), ordered=True), "ordered"),
+    ):
         with pytest.raises(TopologyError) as failed:
             await broker.declare(Topology(queues=(changed,)))
         # Then the error names the queue and our setting, and the broker goes on working

@@ -11,14 +11,14 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from broker.clock import ManualClock
-from broker.memory import MemoryBroker
-from examples.orders.events import Topics
-from examples.orders.saga import build_participants, order_saga
-from examples.orders.services import Shop
-from workers import Worker
-from workers.saga import Orchestrator, Saga
-from workers.saga_store import SagaStore, open_store
+from mailbag.broker.clock import ManualClock
+from mailbag.broker.memory import MemoryBroker
+from mailbag.examples.orders.events import Topics
+from mailbag.examples.orders.saga import build_participants, order_saga
+from mailbag.examples.orders.services import Shop
+from mailbag.workers import Worker
+from mailbag.workers.saga import Orchestrator, Saga
+from mailbag.workers.saga.store import SagaStore, open_store
 
 POSTGRES_URL = "postgresql://postgres@127.0.0.1:5432/test"
 
@@ -71,7 +71,10 @@ class Flow:
     async def running(self, *, participants: bool = True):
         async with Worker(build_participants(self.shop, self.saga), self.broker) if participants else _nothing():
             orchestrator = Orchestrator(
-                self.saga, self.store, self.broker, clock=self.clock,
+                self.saga,
+                self.store,
+                self.broker,
+                clock=self.clock,
                 listener=lambda state, what: self.events.append((state.id, what)),
             )
             async with orchestrator:

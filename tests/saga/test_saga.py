@@ -6,11 +6,11 @@ import dataclasses
 
 import pytest
 
-from broker import Message
-from broker import headers as h
-from examples.orders.services import Inventory, Unavailable, sample_orders
+from mailbag.broker import Message
+from mailbag.broker import headers as h
+from mailbag.examples.orders.services import Inventory, Unavailable, sample_orders
+from mailbag.workers.saga import SAGA, SAGA_ID, SAGA_PHASE, SAGA_STEP, Saga, Step
 from tests.conformance.env import eventually
-from workers.saga import SAGA, SAGA_ID, SAGA_PHASE, SAGA_STEP, Saga, Step
 
 
 async def begin(orchestrator, count: int) -> list[str]:
@@ -36,10 +36,14 @@ async def test_happy_path_runs_every_step_in_order_and_completes(flow):
         await all_end(flow, ids)
         await eventually(lambda: _told(flow, 3), what="three customers told")
     assert flow.of("order-1") == [
-        "sent register -> orders.cmd.register", "register done",
-        "sent reserve -> inventory.cmd.reserve", "reserve done",
-        "sent charge -> payment.cmd.charge", "charge done",
-        "sent confirm -> orders.cmd.confirm", "confirm done",
+        "sent register -> orders.cmd.register",
+        "register done",
+        "sent reserve -> inventory.cmd.reserve",
+        "reserve done",
+        "sent charge -> payment.cmd.charge",
+        "charge done",
+        "sent confirm -> orders.cmd.confirm",
+        "confirm done",
         "completed",
     ]
     assert flow.shop.orders.status == {i: "confirmed" for i in ids}
@@ -90,7 +94,9 @@ class FlakyInventory(Inventory):
 
 
 @pytest.mark.parametrize(
-    "error", [Unavailable("inventory database is down"), RuntimeError("lost the connection")], ids=["failed-reply", "raises"]
+    "error",
+    [Unavailable("inventory database is down"), RuntimeError("lost the connection")],
+    ids=["failed-reply", "raises"],
 )
 async def test_a_compensation_failing_twice_then_succeeding_ends_compensated(flow, error):
     # Given a release that fails twice, and a declined card
@@ -142,7 +148,7 @@ async def test_a_restarted_orchestrator_resends_what_was_outstanding(flow):
         [saga_id] = await begin(first, 1)
     assert (await flow.store.get(flow.saga.name, saga_id)).attempts == 1
     # When a new orchestrator starts on the same store, participants running
-    async with flow.running() as second:
+    async with flow.running():
         await all_end(flow, [saga_id])
     # Then it resent the register command and the saga finished
     assert "sent register -> orders.cmd.register (resent after restart)" in flow.of(saga_id)
@@ -158,7 +164,9 @@ async def test_begin_twice_and_a_repeated_reply_change_nothing(flow):
         done = await orchestrator.state(saga_id)
         # When a stale reply (the register step's) comes in after the saga completed
         stale = Message(
-            flow.saga.reply_topic, b'{"order_id": "order-1"}', type="OrderRegistered",
+            flow.saga.reply_topic,
+            b'{"order_id": "order-1"}',
+            type="OrderRegistered",
             headers={SAGA: flow.saga.name, SAGA_ID: saga_id, SAGA_STEP: "register", SAGA_PHASE: "do"},
         )
         await flow.broker.publish(flow.saga.reply_topic, [stale])

@@ -3,7 +3,7 @@ refuse an update over a version it did not read, find active and overdue sagas."
 
 import pytest
 
-from workers.saga_store import SagaConflict, SagaState, open_store
+from mailbag.workers.saga.store import SagaConflict, SagaState, open_store
 
 
 async def test_insert_once_and_read_back(store):
@@ -27,7 +27,10 @@ async def test_an_update_over_a_version_it_did_not_read_is_refused(store):
 
 async def test_active_and_due_sagas(store):
     for saga_id, status, deadline in [
-        ("a", "running", 10.0), ("b", "compensating", 30.0), ("c", "completed", None), ("d", "compensated", None),
+        ("a", "running", 10.0),
+        ("b", "compensating", 30.0),
+        ("c", "completed", None),
+        ("d", "compensated", None),
     ]:
         await store.insert(SagaState("order", saga_id, status=status, deadline=deadline))
     await store.insert(SagaState("other", "e", deadline=1.0))

@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from broker.sqs import open_broker
+from mailbag.broker.sqs import open_broker
 from tests.moto_server import REGION, moto_server  # noqa: F401  (re-exported fixture)
 
 

@@ -1,6 +1,6 @@
 """Small helpers shared by the SNS/SQS tests."""
 
-from broker import Message
+from mailbag.broker import Message
 
 
 def message(topic: str, body: bytes = b'{"ok": true}', **fields) -> Message:

@@ -1,8 +1,8 @@
 """A handler that runs longer than the visibility timeout keeps its message: the
 consumer's heartbeat extends visibility, so no other consumer receives it mid-run."""
 
-from broker import Queue, Topology
-from broker.sqs import open_broker
+from mailbag.broker import Queue, Topology
+from mailbag.broker.sqs import open_broker
 from tests.conformance.env import eventually, next_delivery, nothing_within
 from tests.moto_server import REGION
 from tests.sqs.helpers import message

@@ -3,8 +3,8 @@ wrapper around the body, every field a message attribute of its own."""
 
 import json
 
-from broker import Queue, Topology
-from broker import sqs_marshal as wire
+from mailbag.broker import Queue, Topology
+from mailbag.broker.sqs import marshal as wire
 from tests.conformance.env import next_delivery
 from tests.sqs.helpers import message
 
@@ -13,8 +13,12 @@ async def test_plain_boto3_reads_what_we_publish(broker, prefix, sqs):
     # Given a queue on a topic
     await broker.declare(Topology(queues=(Queue("billing", ("orders",)),)))
     sent = message(
-        "orders", b'{"order": 7}', type="OrderPlaced", headers={"tenant": "acme", "priority": 5},
-        correlation_id="corr-7", ordering_key="order-7",
+        "orders",
+        b'{"order": 7}',
+        type="OrderPlaced",
+        headers={"tenant": "acme", "priority": 5},
+        correlation_id="corr-7",
+        ordering_key="order-7",
     )
     # When we publish through SNS
     await broker.publish("orders", [sent])
@@ -38,7 +42,8 @@ async def test_we_consume_what_plain_boto3_publishes_to_our_topic(broker, sns):
     [topic_arn] = [t["TopicArn"] for t in sns.list_topics()["Topics"] if t["TopicArn"].endswith("orders")]
     # When another service publishes with plain boto3 and one attribute of its own
     sns.publish(
-        TopicArn=topic_arn, Message='{"order": 8}',
+        TopicArn=topic_arn,
+        Message='{"order": 8}',
         MessageAttributes={"tenant": {"DataType": "String", "StringValue": "acme"}},
     )
     # Then we receive it: topic from the queue's subscription, id from SQS, header intact
@@ -55,7 +60,8 @@ async def test_we_consume_what_plain_boto3_sends_to_our_queue_with_our_fields(br
     await broker.declare(Topology(queues=(Queue("billing", ("orders", "refunds")),)))
     url = sqs.get_queue_url(QueueName=f"{prefix}billing")["QueueUrl"]
     sqs.send_message(
-        QueueUrl=url, MessageBody=json.dumps({"refund": 1}),
+        QueueUrl=url,
+        MessageBody=json.dumps({"refund": 1}),
         MessageAttributes={
             wire.TOPIC: {"DataType": "String", "StringValue": "refunds"},
             wire.ID: {"DataType": "String", "StringValue": "ext-1"},

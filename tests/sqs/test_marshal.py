@@ -3,8 +3,8 @@ cannot carry as text, and size limits checked before any call."""
 
 import pytest
 
-from broker import MessageTooLarge, Queue, Topology
-from broker import sqs_marshal as wire
+from mailbag.broker import MessageTooLarge, Queue, Topology
+from mailbag.broker.sqs import marshal as wire
 from tests.conformance.env import next_delivery
 from tests.sqs.helpers import CallCounter, message
 

@@ -7,8 +7,8 @@ client is told some entries failed, as AWS does under throttling."""
 
 import pytest
 
-from broker import BrokerError, PublishFailed, Queue, Topology
-from broker.sqs import SEND_ATTEMPTS
+from mailbag.broker import BrokerError, PublishFailed, Queue, Topology
+from mailbag.broker.sqs.adapter import SEND_ATTEMPTS
 from tests.conformance.env import drain, nothing_within
 from tests.sqs.helpers import CallCounter, message
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from broker import BrokerUrlError, Queue, RetryPolicy, Subscription, Topology, TopologyError
-from broker import headers as h
-from broker.sqs import open_broker
+from mailbag.broker import BrokerUrlError, Queue, RetryPolicy, Subscription, Topology, TopologyError
+from mailbag.broker import headers as h
+from mailbag.broker.sqs import open_broker
 from tests.conformance.env import drain, eventually, next_delivery, nothing_within
 from tests.moto_server import REGION
 from tests.sqs.helpers import CallCounter, message
@@ -48,11 +48,14 @@ async def test_declaring_twice_makes_no_changes(broker):
 
 async def test_a_conflicting_redeclaration_names_the_queue_and_the_setting(broker):
     await broker.declare(Topology(queues=(Queue("pay", ("orders",), retry=RetryPolicy(max_attempts=3)),)))
-    with pytest.raises(TopologyError, match="'pay'.*RedrivePolicy"):
+    with pytest.raises(TopologyError, match=r"'pay'.*RedrivePolicy"):
         await broker.declare(Topology(queues=(Queue("pay", ("orders",), retry=RetryPolicy(max_attempts=4)),)))
-    with pytest.raises(TopologyError, match="'pay'.*filter"):
-        await broker.declare(Topology(queues=(Queue("pay", (Subscription("orders", {"a": ("b",)}),),
-                                                    retry=RetryPolicy(max_attempts=3)),)))
+    with pytest.raises(TopologyError, match=r"'pay'.*filter"):
+        await broker.declare(
+            Topology(
+                queues=(Queue("pay", (Subscription("orders", {"a": ("b",)}),), retry=RetryPolicy(max_attempts=3)),)
+            )
+        )
 
 
 async def test_an_ordered_queue_is_fifo_and_its_topic_too(broker, prefix, sns, sqs):

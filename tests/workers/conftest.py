@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from workers.stores import open_store
+from mailbag.workers.stores import open_store
 
 SERVICES = {"redis": ("Redis", 6379), "postgres": ("PostgreSQL", 5432), "rabbitmq": ("RabbitMQ", 5672)}
 
@@ -91,7 +91,7 @@ async def transactional_store(request, tmp_path):
 def _worker_backends() -> list:
     """The memory broker on real time, and the conformance suite's RabbitMQ (classic)
     and SQS (moto in process) backends: the brokers the runtime tests run on."""
-    from broker.memory import MemoryBroker
+    from mailbag.broker.memory import MemoryBroker
     from tests.conformance import backend_rabbitmq, backend_sqs
     from tests.conformance.env import Backend, Env, Features
 

@@ -10,8 +10,8 @@ import os
 import sqlite3
 import time
 
-from broker import RetryPolicy
-from workers import App, Context
+from mailbag.broker import RetryPolicy
+from mailbag.workers import App, Context
 
 RETRY = RetryPolicy(max_attempts=10, initial_delay=0.05, max_delay=0.2)
 

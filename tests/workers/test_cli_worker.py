@@ -20,8 +20,12 @@ def _env(**more: str) -> dict[str, str]:
 
 def worker(*args: str, **env: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "mailbag.cli", "worker", *args], capture_output=True, text=True, timeout=60,
-        env=_env(**env), cwd=ROOT,
+        [sys.executable, "-m", "mailbag.cli", "worker", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_env(**env),
+        cwd=ROOT,
     )
 
 
@@ -45,7 +49,10 @@ def test_sigterm_stops_the_worker_with_exit_0_and_settings_come_from_the_environ
     proc = subprocess.Popen(
         [sys.executable, "-m", "mailbag.cli", "worker", APP, "--queue", "tcli.tally"],
         env=_env(MAILBAG_CONCURRENCY="3", MAILBAG_BROKER_URL="memory://user:hunter2@x/"),
-        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
     try:
         started = proc.stdout.readline()  # logged once consuming, signal handlers in place

@@ -3,7 +3,7 @@ a time, and no delivery left behind when a woken runner is cancelled."""
 
 import asyncio
 
-from workers.runtime import _Inbox
+from mailbag.workers.runtime import _Inbox
 
 
 async def _runners(inbox: _Inbox, n: int, taken: list) -> list[asyncio.Task]:

@@ -9,14 +9,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from broker import Message, RetryPolicy
-from broker import headers as h
-from broker.memory import MemoryBroker
+from mailbag.broker import Message, RetryPolicy
+from mailbag.broker import headers as h
+from mailbag.broker.memory import MemoryBroker
+from mailbag.workers import App, BreakerPolicy, Context, RetryLater, Worker, WorkerSettings
+from mailbag.workers.errors import Reject
+from mailbag.workers.logs import CorrelationFilter, KeyValueFormatter
+from mailbag.workers.middleware.retry import Retry
 from tests.conformance.env import eventually
-from workers import App, BreakerPolicy, Context, RetryLater, Worker, WorkerSettings
-from workers.errors import Reject
-from workers.logs import CorrelationFilter, KeyValueFormatter
-from workers.middleware.retry import Retry
 
 FAST = RetryPolicy(max_attempts=3, initial_delay=0.02, multiplier=2, max_delay=0.1)
 
@@ -205,7 +205,7 @@ async def test_failure_lines_carry_ids_queue_attempt_and_error_but_no_payload(ca
     assert f"message_id={secret.id} queue=orders.q attempt=1 action=retry" in failures[0]
     assert 'error="RuntimeError: card service said no"' in failures[0]
     assert "attempt=3 action=dead-letter" in failures[2]
-    own = [line for line in lines if "looking up the card" in line][0]
+    own = next(line for line in lines if "looking up the card" in line)
     assert f"message_id={secret.id}" in own and "correlation_id=checkout-7" in own
     assert not any("4111" in line for line in lines)
 
@@ -265,7 +265,9 @@ async def test_an_ordered_queue_runs_one_message_per_key_at_a_time_and_keys_in_p
             done.set()
 
     await broker.declare(app.topology)
-    await broker.publish("orders", [Message("orders", b'{"i": %d}' % i, ordering_key=k) for i in range(20) for k in "abc"])
+    await broker.publish(
+        "orders", [Message("orders", b'{"i": %d}' % i, ordering_key=k) for i in range(20) for k in "abc"]
+    )
     async with Worker(app, broker, concurrency=6):
         await asyncio.wait_for(done.wait(), 10)
     assert not any(overlap)

@@ -17,22 +17,23 @@ from pathlib import Path
 
 import pytest
 
-from broker import Message, connect
+from mailbag.broker import Message, connect
 from tests.conformance.env import eventually
-from tests.rabbitmq.service import remove_declared
+from tests.rabbitmq.service import amqp_url, remove_declared
 from tests.workers.conftest import require
 from tests.workers.proc_app import build
 
 #: (test id, broker URL, service it needs)
-CROSS_PROCESS_BROKERS = [("rabbitmq", "amqp://guest:guest@127.0.0.1:5672/", "rabbitmq")]
+CROSS_PROCESS_BROKERS = [("rabbitmq", amqp_url, "rabbitmq")]
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(params=CROSS_PROCESS_BROKERS, ids=[b[0] for b in CROSS_PROCESS_BROKERS])
 async def run(request, tmp_path):
-    name, url, service = request.param
+    name, broker_url, service = request.param
     require(service)
+    url = broker_url()
     r = Run(url, tmp_path)
     r.broker = await connect(url)
     await r.broker.declare(r.app.topology)
@@ -75,9 +76,25 @@ class Run:
             "PYTHONPATH": str(ROOT),
         }
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mailbag.cli", "worker", "tests.workers.proc_app:app", "--broker", self.url,
-             "--queue", self.queue(handler), "--concurrency", str(concurrency), "--grace-period", str(grace)],
-            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            [
+                sys.executable,
+                "-m",
+                "mailbag.cli",
+                "worker",
+                "tests.workers.proc_app:app",
+                "--broker",
+                self.url,
+                "--queue",
+                self.queue(handler),
+                "--concurrency",
+                str(concurrency),
+                "--grace-period",
+                str(grace),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
         self.procs.append(proc)
         return proc
@@ -146,7 +163,9 @@ async def test_a_worker_killed_mid_load_and_restarted_applies_every_message_exac
     # Then every message's side effect exists exactly once
     ledger = run.ledger()
     missing = sorted(set(range(300)) - set(ledger))
-    assert not missing, f"never applied: {missing}; dead letters: {await run.broker.stats(run.queue('book') + '.dlq')}\n{run.output()}"
+    assert not missing, (
+        f"never applied: {missing}; dead letters: {await run.broker.stats(run.queue('book') + '.dlq')}\n{run.output()}"
+    )
     assert max(ledger.values()) == 1, f"applied twice: {[n for n, c in ledger.items() if c > 1]}"
 
 

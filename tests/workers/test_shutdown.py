@@ -9,11 +9,11 @@ import signal
 
 import pytest
 
-from broker import Message
-from broker.memory import MemoryBroker
+from mailbag.broker import Message
+from mailbag.broker.memory import MemoryBroker
+from mailbag.workers import App, ConsumerFailed, Context, Worker
+from mailbag.workers.shutdown import serve
 from tests.conformance.env import eventually
-from workers import App, ConsumerFailed, Context, Worker
-from workers.shutdown import serve
 
 
 def _app(handled: list[int], started: asyncio.Event, gate: asyncio.Event) -> App:

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 
-from broker import Message
-from broker.memory import MemoryBroker
+from mailbag.broker import Message
+from mailbag.broker.memory import MemoryBroker
+from mailbag.workers import App, Context, Worker
 from tests.conformance.env import eventually
-from workers import App, Context, Worker
 
 
 async def test_claim_complete_then_a_duplicate_sees_the_outcome(store):

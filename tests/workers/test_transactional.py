@@ -7,12 +7,12 @@ import asyncio
 
 import pytest
 
-from broker import BrokerUnavailable, Message
-from broker.memory import MemoryBroker, _MemoryDelivery
+from mailbag.broker import BrokerUnavailable, Message
+from mailbag.broker.memory import MemoryBroker, _MemoryDelivery
+from mailbag.workers import App, Context, Worker
+from mailbag.workers.stores.sqlite import SqliteStore
 from tests.conformance.env import eventually
 from tests.workers.conftest import unique
-from workers import App, Context, Worker
-from workers.stores.sqlite import SqliteStore
 
 
 class Ledger:

@@ -4,12 +4,12 @@ import asyncio
 
 from pydantic import BaseModel
 
-from broker import Message, RetryPolicy
-from broker import headers as h
-from broker.clock import ManualClock
-from broker.memory import MemoryBroker
+from mailbag.broker import Message, RetryPolicy
+from mailbag.broker import headers as h
+from mailbag.broker.clock import ManualClock
+from mailbag.broker.memory import MemoryBroker
+from mailbag.workers import App, Context, Reject, Worker, WorkerSettings
 from tests.conformance.env import eventually
-from workers import App, Context, Reject, Worker, WorkerSettings
 
 
 class Order(BaseModel):

@@ -6,20 +6,21 @@ The protocol, in full: a middleware is any `async def mw(ctx, call_next) -> resu
 The first in the list runs outermost. A middleware may also define
 `applies_to(handler) -> bool`: where it says False (say, a timeout for a handler
 without one) that handler's chain leaves it out. What comes out of the chain decides the
-settlement (see `workers.runtime`): a result acks; `Reject` dead-letters; `RetryLater`
+settlement (see `mailbag.workers.runtime`): a result acks; `Reject` dead-letters; `RetryLater`
 retries and counts an attempt; `Postpone` puts the message back without counting one.
 
 The built-ins live one per module (`tracing`, `metrics`, `correlation`, `idempotency`,
-`retry`, `breaker`, `timeout`); `workers.middleware.defaults` is the one list that puts
+`retry`, `breaker`, `timeout`); `mailbag.workers.middleware.defaults` is the one list that puts
 them in order.
 An app's own middleware runs innermost, right around the handler.
 """
 
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable, Protocol, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, Protocol
 
-from workers.context import Context
+from mailbag.workers.context import Context
 
 Call = Callable[[Context], Awaitable[Any]]
 

@@ -3,7 +3,7 @@ visible to everything it causes.
 
 `ctx.publish` already stamps follow-up messages (correlation id carried over, this
 message as the cause). This middleware makes the same ids ambient for the duration of
-the handler, so log records (via `workers.logs.CorrelationFilter`) and publishers that
+the handler, so log records (via `mailbag.workers.logs.CorrelationFilter`) and publishers that
 do not hold `ctx` can read them with `current()`.
 """
 
@@ -12,8 +12,8 @@ from __future__ import annotations
 from contextvars import ContextVar
 from typing import Any, NamedTuple
 
-from workers.context import Context
-from workers.middleware import Call
+from mailbag.workers.context import Context
+from mailbag.workers.middleware import Call
 
 
 class Ids(NamedTuple):

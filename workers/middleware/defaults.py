@@ -16,20 +16,21 @@
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
-from broker import RetryPolicy
-from workers.middleware import Middleware
-from workers.middleware.breaker import BreakerPolicy, CircuitBreaker
-from workers.middleware.correlation import Correlation
-from workers.middleware.idempotency import Idempotency
-from workers.middleware.metrics import Measure
-from workers.middleware.retry import Retry
-from workers.middleware.timeout import Timeout
-from workers.middleware.tracing import Tracing
-from workers.metrics import Metrics
-from workers.settings import WorkerSettings
-from workers.stores import IdempotencyStore
+from mailbag.broker import RetryPolicy
+from mailbag.broker.breaker import BreakerPolicy
+from mailbag.workers.metrics import Metrics
+from mailbag.workers.middleware import Middleware
+from mailbag.workers.middleware.breaker import Breakers
+from mailbag.workers.middleware.correlation import Correlation
+from mailbag.workers.middleware.idempotency import Idempotency
+from mailbag.workers.middleware.metrics import Measure
+from mailbag.workers.middleware.retry import Retry
+from mailbag.workers.middleware.timeout import Timeout
+from mailbag.workers.middleware.tracing import Tracing
+from mailbag.workers.settings import WorkerSettings
+from mailbag.workers.stores import IdempotencyStore
 
 
 def default_chain(
@@ -46,7 +47,7 @@ def default_chain(
         Correlation(),
         Idempotency(store, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease),
         Retry(queue_policies, jitter=None if settings.retry_jitter else (lambda ceiling: ceiling)),
-        CircuitBreaker(BreakerPolicy(settings.breaker_failures, settings.breaker_reset_after), breakers),
+        Breakers(BreakerPolicy(settings.breaker_failures, settings.breaker_reset_after), breakers),
         Timeout(settings.handler_timeout),
         *own,
     ]

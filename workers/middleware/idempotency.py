@@ -22,10 +22,10 @@ from typing import Any
 
 from pydantic_core import to_jsonable_python
 
-from workers.context import Context
-from workers.errors import Postpone
-from workers.middleware import Call
-from workers.stores import Claim, IdempotencyStore, TransactionalStore
+from mailbag.workers.context import Context
+from mailbag.workers.errors import Postpone
+from mailbag.workers.middleware import Call
+from mailbag.workers.stores import Claim, IdempotencyStore, TransactionalStore
 
 log = logging.getLogger("mailbag.worker")
 

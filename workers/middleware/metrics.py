@@ -1,5 +1,5 @@
 """Metrics of the handler run: how long it took, whether it failed, how many run at
-once (see `workers.metrics`). Outermost, so the time covers the whole chain. In the
+once (see `mailbag.workers.metrics`). Outermost, so the time covers the whole chain. In the
 chain only when the worker was given `Metrics`."""
 
 from __future__ import annotations
@@ -7,10 +7,10 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from workers.context import Context
-from workers.errors import Postpone
-from workers.metrics import Metrics
-from workers.middleware import Call
+from mailbag.workers.context import Context
+from mailbag.workers.errors import Postpone
+from mailbag.workers.metrics import Metrics
+from mailbag.workers.middleware import Call
 
 
 class Measure:

@@ -14,16 +14,19 @@ that already say what to do (`Reject`, `RetryLater`, `Postpone`) pass through.
 from __future__ import annotations
 
 import random
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from broker import RetryPolicy
-from workers.context import Context
-from workers.errors import Postpone, Reject, RetryLater
-from workers.middleware import Call
+from mailbag.broker import RetryPolicy
+from mailbag.workers.context import Context
+from mailbag.workers.errors import Postpone, Reject, RetryLater
+from mailbag.workers.middleware import Call
 
 
 class Retry:
-    def __init__(self, queue_policies: Mapping[str, RetryPolicy], jitter: Callable[[float], float] | None = None) -> None:
+    def __init__(
+        self, queue_policies: Mapping[str, RetryPolicy], jitter: Callable[[float], float] | None = None
+    ) -> None:
         """`jitter(ceiling)` picks the delay; default: uniform in [0, ceiling]."""
         self.queue_policies = dict(queue_policies)
         self.jitter = jitter or (lambda ceiling: random.uniform(0.0, ceiling))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from workers.context import Context
-from workers.middleware import Call
+from mailbag.workers.context import Context
+from mailbag.workers.middleware import Call
 
 
 class HandlerTimeout(TimeoutError):

@@ -1,4 +1,4 @@
-"""Tracing: a `process <queue>` span per delivery (see `broker.tracing`), current while
+"""Tracing: a `process <queue>` span per delivery (see `mailbag.broker.tracing`), current while
 the rest of the chain and the handler run, so what the handler publishes continues the
 message's trace. The outcome the chain chose is recorded on the span: `retry` with its
 delay, `postpone`, or `dead_letter` with the reason the dead letter will carry.
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from broker import tracing
-from workers.context import Context
-from workers.errors import Postpone, Reject, RetryLater
-from workers.middleware import Call
+from mailbag.broker import tracing
+from mailbag.workers.context import Context
+from mailbag.workers.errors import Postpone, Reject, RetryLater
+from mailbag.workers.middleware import Call
 
 
 class Tracing:

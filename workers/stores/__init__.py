@@ -13,10 +13,12 @@ from __future__ import annotations
 import importlib
 import os
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
-from typing import Any, AsyncContextManager, Awaitable, Callable, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple
 
-from broker.url import mask_url
+from mailbag.broker.url import mask_url
 
 
 class Claim(NamedTuple):
@@ -53,7 +55,7 @@ class IdempotencyStore(ABC):
     async def release(self, key: str, token: str) -> None:
         """Drop the claim of a run that failed, so the next delivery runs again."""
 
-    async def close(self) -> None:
+    async def close(self) -> None:  # noqa: B027 - stores without connections need nothing
         """Close connections. Idempotent."""
 
 
@@ -73,7 +75,7 @@ class TransactionalStore(IdempotencyStore):
     """A store in the handler's own database (SQLite, PostgreSQL)."""
 
     @abstractmethod
-    def transaction(self, key: str, ttl: float) -> AsyncContextManager[Transaction]:
+    def transaction(self, key: str, ttl: float) -> AbstractAsyncContextManager[Transaction]:
         """Begin a transaction holding `key` (a concurrent run of the same key waits for
         it). Leaving without an error commits; an error or cancellation rolls back, so
         a crash before the commit leaves neither the writes nor the record."""
@@ -81,13 +83,13 @@ class TransactionalStore(IdempotencyStore):
 
 #: URL scheme -> "module:factory"; the factory is `async (url) -> IdempotencyStore`
 STORES = {
-    "memory": "workers.stores.memory:open_store",
-    "sqlite": "workers.stores.sqlite:open_store",
-    "redis": "workers.stores.redis:open_store",
-    "rediss": "workers.stores.redis:open_store",
-    "postgres": "workers.stores.postgres:open_store",
-    "postgresql": "workers.stores.postgres:open_store",
-    "dynamodb": "workers.stores.dynamodb:open_store",
+    "memory": "mailbag.workers.stores.memory:open_store",
+    "sqlite": "mailbag.workers.stores.sqlite:open_store",
+    "redis": "mailbag.workers.stores.redis:open_store",
+    "rediss": "mailbag.workers.stores.redis:open_store",
+    "postgres": "mailbag.workers.stores.postgres:open_store",
+    "postgresql": "mailbag.workers.stores.postgres:open_store",
+    "dynamodb": "mailbag.workers.stores.dynamodb:open_store",
 }
 
 

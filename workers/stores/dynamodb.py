@@ -13,14 +13,15 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from broker.url import mask_url, query_options
-from workers.stores import Claim, IdempotencyStore, new_token
+from mailbag.broker.url import mask_url, query_options
+from mailbag.workers.stores import Claim, IdempotencyStore, new_token
 
 _RACE_RETRY = 0.05
 
@@ -121,9 +122,7 @@ async def open_store(url: str) -> DynamoDbStore:
     if not table:
         raise ValueError(f"the DynamoDB store URL names no table: {mask_url(url)!r}")
     options = query_options(url)
-    client = boto3.client(
-        "dynamodb", region_name=options.get("region"), endpoint_url=options.get("endpoint_url")
-    )
+    client = boto3.client("dynamodb", region_name=options.get("region"), endpoint_url=options.get("endpoint_url"))
     store = DynamoDbStore(client, table)
     try:
         await asyncio.to_thread(store.ensure_table)

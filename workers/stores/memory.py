@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import itertools
 import time
-from typing import Callable
+from collections.abc import Callable
 
-from workers.stores import Claim, IdempotencyStore
+from mailbag.workers.stores import Claim, IdempotencyStore
 
 
 class MemoryStore(IdempotencyStore):

@@ -6,14 +6,15 @@ the handler gets a pooled asyncpg connection inside the open transaction.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from broker.url import mask_url, query_options
-from workers.stores.sql import DEFAULT_TABLE, SqlStore
+from mailbag.broker.url import mask_url, query_options
+from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore
 
 #: our options in the URL; the rest of the query goes to asyncpg
 _OWN_OPTIONS = ("table", "pool")

@@ -13,8 +13,8 @@ import json
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from broker.url import mask_url, query_options
-from workers.stores import Claim, IdempotencyStore, new_token
+from mailbag.broker.url import mask_url, query_options
+from mailbag.workers.stores import Claim, IdempotencyStore, new_token
 
 _COMPLETE = """
 local current = redis.call('GET', KEYS[1])

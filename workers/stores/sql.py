@@ -13,11 +13,12 @@ from __future__ import annotations
 import re
 import time
 from abc import abstractmethod
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, AsyncIterator, Callable
+from typing import Any
 
-from workers.stores import Claim, Transaction, TransactionalStore, new_token
+from mailbag.workers.stores import Claim, Transaction, TransactionalStore, new_token
 
 DEFAULT_TABLE = "mailbag_idempotency"
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
@@ -97,9 +98,7 @@ class SqlStore(TransactionalStore):
             try:
                 claim = await self._claim(conn, key, ttl)
                 record = partial(self.fetch, conn, self.sql_complete)
-                yield Transaction(
-                    claim, conn, lambda outcome: record(outcome, self.clock() + ttl, key, claim.token)
-                )
+                yield Transaction(claim, conn, lambda outcome: record(outcome, self.clock() + ttl, key, claim.token))
             except BaseException:
                 await self.end(conn, commit=False)
                 raise

@@ -8,15 +8,16 @@ makes concurrent transactions take turns.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiosqlite
 
-from broker.url import query_options
-from workers.stores.sql import DEFAULT_TABLE, SqlStore
+from mailbag.broker.url import query_options
+from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore
 
 BUSY_TIMEOUT_MS = 30_000
 

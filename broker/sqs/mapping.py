@@ -1,16 +1,17 @@
 """How a `Topology` maps onto SNS and SQS: names, attributes, filter and queue
-policies, as plain data. `broker.sqs_topology` applies it through the AWS APIs and
-`broker.sqs_cloudformation` writes it as a template, so both make the same resources.
+policies, as plain data. `mailbag.broker.sqs.topology` applies it through the AWS APIs and
+`mailbag.deploy.cloudformation` writes it as a template, so both make the same resources.
 No AWS calls here, and no boto3.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
-from broker.errors import TopologyError
-from broker.topology import Queue, Subscription, Topology
+from mailbag.broker.errors import TopologyError
+from mailbag.broker.topology import Queue, Subscription, Topology
 
 NAME_TAG = "mailbag-name"
 POLICY_SID = "mailbag-sns"

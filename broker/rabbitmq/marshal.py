@@ -8,16 +8,17 @@ and publishes what we consume. What AMQP has no property for travels in
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from collections.abc import Mapping
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Mapping, NamedTuple
+from typing import Any, NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from aio_pika.message import encode_expiration
 from pamqp.commands import Basic
 
-from broker import headers as h
-from broker.message import HeaderValue, Message, new_message_id, utcnow
+from mailbag.broker import headers as h
+from mailbag.broker.message import HeaderValue, Message, new_message_id, utcnow
 
 #: the topic a message was published on (the delivery's exchange is lost on retry and send)
 TOPIC = h.PREFIX + "topic"
@@ -117,7 +118,7 @@ def from_amqp(raw: AbstractIncomingMessage) -> Message:
     if created_at is None:
         created_at = utcnow()
     elif created_at.tzinfo is None:
-        created_at = created_at.replace(tzinfo=timezone.utc)
+        created_at = created_at.replace(tzinfo=UTC)
     return Message(
         topic=_text(topic),
         body=raw.body,

@@ -11,14 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import functools
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable
+from typing import Any
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from broker.errors import BrokerError, BrokerUnavailable, BrokerUrlError
+from mailbag.broker.errors import BrokerError, BrokerUnavailable, BrokerUrlError
 
 
 class AwsError(BrokerError):
@@ -53,7 +54,9 @@ class AwsClients:
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "Unknown")
-            raise AwsError(f"{exc.operation_name} failed on {self.where}: {code}: {error.get('Message', '')}", code) from None
+            raise AwsError(
+                f"{exc.operation_name} failed on {self.where}: {code}: {error.get('Message', '')}", code
+            ) from None
         except NoCredentialsError:
             raise BrokerUnavailable(
                 f"no AWS credentials for {self.where}: set them in the environment, a profile or an instance role"

@@ -25,14 +25,15 @@ import math
 import re
 import time
 from collections import deque
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 from urllib.parse import urlsplit
 
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential
 
-from broker import headers as h
-from broker.base import Broker, Consumer, QueueStats
-from broker.errors import (
+from mailbag.broker import headers as h
+from mailbag.broker.base import Broker, Consumer, QueueStats
+from mailbag.broker.errors import (
     BrokerClosed,
     BrokerError,
     BrokerUnavailable,
@@ -42,13 +43,13 @@ from broker.errors import (
     PublishFailed,
     TopologyError,
 )
-from broker.message import Delivery, Message, new_message_id
-from broker.sqs_client import AwsClients
-from broker.sqs_mapping import SQS_MAX_BYTES
-from broker.sqs_marshal import from_wire, to_wire
-from broker.sqs_topology import QueueRef, Resources
-from broker.topology import Topology
-from broker.url import mask_url, query_options
+from mailbag.broker.message import Delivery, Message, new_message_id
+from mailbag.broker.sqs.client import AwsClients
+from mailbag.broker.sqs.mapping import SQS_MAX_BYTES
+from mailbag.broker.sqs.marshal import from_wire, to_wire
+from mailbag.broker.sqs.topology import QueueRef, Resources
+from mailbag.broker.topology import Topology
+from mailbag.broker.url import mask_url, query_options
 
 log = logging.getLogger("mailbag.broker.sqs")
 
@@ -86,8 +87,14 @@ class SqsBroker(Broker):
                 raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
         ref = await self._resources.topic(topic)
         entries = [_entry(m, "Message", SNS_MAX_BYTES, f"SNS topic {topic!r}", ref.fifo, m.id) for m in messages]
-        await self._send_batches(self.aws.sns.publish_batch, {"TopicArn": ref.arn}, "PublishBatchRequestEntries",
-                                 entries, SNS_MAX_BYTES, ordered=ref.fifo)
+        await self._send_batches(
+            self.aws.sns.publish_batch,
+            {"TopicArn": ref.arn},
+            "PublishBatchRequestEntries",
+            entries,
+            SNS_MAX_BYTES,
+            ordered=ref.fifo,
+        )
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         """`delay` becomes SQS `DelaySeconds`, rounded up: at most 900 s, and only on
@@ -135,8 +142,11 @@ class SqsBroker(Broker):
         raw = await self._sweep(ref, math.inf)
         receipts = [m["ReceiptHandle"] for m in raw]
         for chunk in _chunks(receipts, BATCH):
-            await self.aws.call(self.aws.sqs.delete_message_batch, QueueUrl=ref.url,
-                                Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(chunk)])
+            await self.aws.call(
+                self.aws.sqs.delete_message_batch,
+                QueueUrl=ref.url,
+                Entries=[{"Id": str(i), "ReceiptHandle": r} for i, r in enumerate(chunk)],
+            )
         return len(raw)
 
     async def queue_names(self) -> list[str]:
@@ -171,8 +181,9 @@ class SqsBroker(Broker):
         if delay_seconds:
             for e in entries:
                 e.params["DelaySeconds"] = delay_seconds
-        await self._send_batches(self.aws.sqs.send_message_batch, {"QueueUrl": ref.url}, "Entries",
-                                 entries, SQS_MAX_BYTES, ordered=ref.fifo)
+        await self._send_batches(
+            self.aws.sqs.send_message_batch, {"QueueUrl": ref.url}, "Entries", entries, SQS_MAX_BYTES, ordered=ref.fifo
+        )
 
     async def _send_batches(
         self,
@@ -275,7 +286,9 @@ class SqsBroker(Broker):
         for chunk in _chunks(receipts, BATCH):
             entries = [{"Id": str(i), "ReceiptHandle": r, "VisibilityTimeout": seconds} for i, r in enumerate(chunk)]
             try:
-                result = await self.aws.call(self.aws.sqs.change_message_visibility_batch, QueueUrl=ref.url, Entries=entries)
+                result = await self.aws.call(
+                    self.aws.sqs.change_message_visibility_batch, QueueUrl=ref.url, Entries=entries
+                )
             except BrokerError as exc:
                 log.warning("changing visibility on %s failed: %s", ref.name, exc)
                 continue
@@ -290,7 +303,7 @@ class SqsBroker(Broker):
 
 
 class _Entry:
-    __slots__ = ("message_id", "size", "params")
+    __slots__ = ("message_id", "params", "size")
 
     def __init__(self, message_id: str, size: int, params: dict[str, Any]) -> None:
         self.message_id = message_id
@@ -334,7 +347,7 @@ def _batches(entries: list[_Entry], max_bytes: int) -> Iterable[list[_Entry]]:
 
 def _chunks(items: list[Any], n: int) -> Iterable[list[Any]]:
     for i in range(0, len(items), n):
-        yield items[i:i + n]
+        yield items[i : i + n]
 
 
 def _default_topic(ref: QueueRef) -> str:
@@ -346,7 +359,7 @@ def _default_topic(ref: QueueRef) -> str:
 class _Held:
     """A received message this consumer keeps invisible: buffered or handed out."""
 
-    __slots__ = ("raw", "receipt", "group", "extended_at")
+    __slots__ = ("extended_at", "group", "raw", "receipt")
 
     def __init__(self, raw: dict) -> None:
         self.raw = raw
@@ -390,8 +403,12 @@ class _Deletes:
         try:
             result = await aws.call(aws.sqs.delete_message_batch, QueueUrl=self._ref.url, Entries=entries)
         except BrokerError as exc:
-            log.warning("deleting %d acked message(s) from %s failed; they will come back: %s",
-                        len(receipts), self._ref.name, exc)
+            log.warning(
+                "deleting %d acked message(s) from %s failed; they will come back: %s",
+                len(receipts),
+                self._ref.name,
+                exc,
+            )
             return
         for failure in result.get("Failed", []):
             log.warning("deleting an acked message from %s failed; it will come back: %s", self._ref.name, failure)
@@ -405,7 +422,7 @@ class _Deletes:
 class _SqsDelivery(Delivery):
     __slots__ = ("_consumer", "_held")
 
-    def __init__(self, consumer: "_SqsConsumer", held: _Held, message: Message) -> None:
+    def __init__(self, consumer: _SqsConsumer, held: _Held, message: Message) -> None:
         super().__init__(message, consumer.queue, int(held.raw["Attributes"].get("ApproximateReceiveCount", 1)))
         self._consumer = consumer
         self._held = held
@@ -504,7 +521,7 @@ class _SqsConsumer(Consumer):
             received = await self.broker._receive(ref, count, self.broker.wait)
         except BrokerError as exc:
             self._failures += 1
-            pause = min(10.0, 0.5 * 2 ** self._failures)
+            pause = min(10.0, 0.5 * 2**self._failures)
             log.error("receiving from %s failed (retrying in %.1fs): %s", ref.name, pause, exc)
             received = []
         else:
@@ -519,7 +536,7 @@ class _SqsConsumer(Consumer):
         try:
             if pause:
                 await asyncio.wait_for(self._stop.wait(), pause)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
         finally:
             self._poll = None
@@ -577,7 +594,7 @@ class _SqsConsumer(Consumer):
         while not self._closed:
             try:
                 await asyncio.wait_for(self._stop.wait(), period)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             now = time.monotonic()
             due = [x for x in self._holding() if now - x.extended_at >= period]
@@ -629,7 +646,9 @@ async def open_broker(url: str, **options: Any) -> SqsBroker:
     opts: dict[str, Any] = {**query_options(url), **options}
     unknown = set(opts) - _OPTIONS
     if unknown:
-        raise BrokerUrlError(f"{shown}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}")
+        raise BrokerUrlError(
+            f"{shown}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}"
+        )
     wait = _number(shown, opts, "wait", 20, int, 0, 20)
     visibility = _number(shown, opts, "visibility", 30, int, 0, 43_200)
     threads = _number(shown, opts, "threads", 32, int, 1, 1024)
@@ -638,12 +657,16 @@ async def open_broker(url: str, **options: Any) -> SqsBroker:
         AwsClients, region=opts.get("region"), endpoint=opts.get("endpoint"), threads=threads, where=shown
     )
     try:
-        resources = Resources(aws, prefix=opts.get("prefix", ""), visibility=visibility, max_message_bytes=SQS_MAX_BYTES)
+        resources = Resources(
+            aws, prefix=opts.get("prefix", ""), visibility=visibility, max_message_bytes=SQS_MAX_BYTES
+        )
     except ValueError as exc:
         await asyncio.to_thread(aws.close)
         raise BrokerUrlError(f"{shown}: {exc}") from None
     try:
-        await aws.call(aws.sqs.list_queues, MaxResults=1, **({"QueueNamePrefix": resources.prefix} if resources.prefix else {}))
+        await aws.call(
+            aws.sqs.list_queues, MaxResults=1, **({"QueueNamePrefix": resources.prefix} if resources.prefix else {})
+        )
     except BrokerError as exc:
         await asyncio.to_thread(aws.close)
         raise BrokerUnavailable(f"cannot open {shown}: {exc}") from None

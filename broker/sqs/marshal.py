@@ -17,10 +17,11 @@ import base64
 import json
 import math
 import re
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
 
-from broker.message import HeaderValue, Message
+from mailbag.broker.message import HeaderValue, Message
 
 #: SNS delivers at most this many attributes to a raw-delivery SQS subscription
 MAX_ATTRIBUTES = 10
@@ -49,7 +50,7 @@ Attributes = dict[str, dict[str, str]]
 class Wire:
     """A message as SNS/SQS carry it: the body text and the message attributes."""
 
-    __slots__ = ("body", "attributes")
+    __slots__ = ("attributes", "body")
 
     def __init__(self, body: str, attributes: Attributes) -> None:
         self.body = body
@@ -81,7 +82,7 @@ def to_wire(message: Message) -> Wire:
         CORRELATION_ID: message.correlation_id,
         CAUSATION_ID: message.causation_id,
         ORDERING_KEY: message.ordering_key,
-        CREATED_AT: message.created_at.astimezone(timezone.utc).isoformat(),
+        CREATED_AT: message.created_at.astimezone(UTC).isoformat(),
     }
     for name, value in fields.items():
         if value is None:
@@ -120,7 +121,7 @@ def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
         created_at = datetime.fromisoformat(created)
     else:
         sent_ms = int(raw.get("Attributes", {}).get("SentTimestamp", 0))
-        created_at = datetime.fromtimestamp(sent_ms / 1000, timezone.utc)
+        created_at = datetime.fromtimestamp(sent_ms / 1000, UTC)
     return Message(
         topic=str(attributes.get(TOPIC) or default_topic),
         body=body,
@@ -153,7 +154,12 @@ def from_lambda_record(record: Mapping[str, Any], default_topic: str) -> Message
             name: _attribute(attr["Type"], str(attr["Value"]), attr["Value"])
             for name, attr in envelope.get("MessageAttributes", {}).items()
         }
-    raw = {"Body": body, "MessageId": message_id, "MessageAttributes": attributes, "Attributes": record.get("attributes", {})}
+    raw = {
+        "Body": body,
+        "MessageId": message_id,
+        "MessageAttributes": attributes,
+        "Attributes": record.get("attributes", {}),
+    }
     return from_wire(raw, default_topic)
 
 
@@ -166,7 +172,11 @@ def _sns_envelope(record: Mapping[str, Any]) -> dict[str, Any] | None:
         body = json.loads(record["body"])
     except ValueError:
         return None
-    if isinstance(body, dict) and body.get("Type") == "Notification" and {"TopicArn", "Message", "MessageId"} <= body.keys():
+    if (
+        isinstance(body, dict)
+        and body.get("Type") == "Notification"
+        and {"TopicArn", "Message", "MessageId"} <= body.keys()
+    ):
         return body
     return None
 

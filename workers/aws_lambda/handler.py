@@ -5,7 +5,7 @@ records that must come back are redelivered.
 
     # myservice/aws.py, function handler "myservice.aws.handler"
     from myservice.handlers import app
-    from workers.aws_lambda import handler_for
+    from mailbag.workers.aws_lambda import handler_for
 
     handler = handler_for(app)
 
@@ -46,17 +46,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-from typing import Any, Iterable, Mapping
+from collections.abc import Iterable, Mapping
+from typing import Any
 
-from broker import Broker, BrokerError, Delivery, Message, Queue, connect
-from broker import headers as h
-from broker.sqs_mapping import aws_name
-from broker.sqs_marshal import from_lambda_record
-from broker.url import mask_url, query_options, scheme_of
-from workers.logs import filter_root_handlers
-from workers.app import App
-from workers.runtime import Worker
-from workers.settings import WorkerSettings
+from mailbag.broker import Broker, BrokerError, Delivery, Message, Queue, connect
+from mailbag.broker import headers as h
+from mailbag.broker.sqs.mapping import aws_name
+from mailbag.broker.sqs.marshal import from_lambda_record
+from mailbag.broker.url import mask_url, query_options, scheme_of
+from mailbag.workers.app import App
+from mailbag.workers.logs import filter_root_handlers
+from mailbag.workers.runtime import Worker
+from mailbag.workers.settings import WorkerSettings
 
 log = logging.getLogger("mailbag.lambda")
 
@@ -64,7 +65,7 @@ log = logging.getLogger("mailbag.lambda")
 MAX_VISIBILITY = 43_200
 
 
-def handler_for(app: App, *, settings: WorkerSettings | None = None, margin: float = 1.0) -> "LambdaHandler":
+def handler_for(app: App, *, settings: WorkerSettings | None = None, margin: float = 1.0) -> LambdaHandler:
     """The Lambda handler for `app`; settings default to the `MAILBAG_*` environment.
     A wrong setting raises here, at import of the function's module, not at the first
     batch."""
@@ -182,7 +183,7 @@ class LambdaHandler:
         remaining = getattr(context, "get_remaining_time_in_millis", None)
         return None if remaining is None else max(0.0, remaining() / 1000 - self.margin)
 
-    async def _hide(self, broker: Broker, failed: list["_LambdaDelivery"]) -> None:
+    async def _hide(self, broker: Broker, failed: list[_LambdaDelivery]) -> None:
         """Set each reported record's visibility timeout: the retry delay, or 0 for one
         that never ran. A failed change only means the record returns after the
         queue's own visibility timeout."""
@@ -203,7 +204,7 @@ class _LambdaDelivery(Delivery):
     stays hidden (None: leave it to the queue). `undecodable` is why a record could
     not be read as a message (its message is then the raw body)."""
 
-    __slots__ = ("record", "undecodable", "group", "spec", "broker", "failed", "visibility")
+    __slots__ = ("broker", "failed", "group", "record", "spec", "undecodable", "visibility")
 
     def __init__(self, record: Mapping[str, Any], spec: Queue, broker: Broker) -> None:
         attributes = record.get("attributes", {})
@@ -254,4 +255,3 @@ def _lanes(deliveries: Iterable[_LambdaDelivery]) -> list[list[_LambdaDelivery]]
         key = (d.record["eventSourceARN"], d.group) if d.spec.ordered else i
         lanes.setdefault(key, []).append(d)
     return list(lanes.values())
-

@@ -6,7 +6,7 @@ attributes; dead-letter queue -> `RedrivePolicy` with maxReceiveCount = max atte
 ordered queue -> FIFO queue (and FIFO topics feeding it). Every AWS name is the broker's
 prefix plus ours with '.' turned into '_' (SNS and SQS names allow no dots), plus
 `.fifo` where FIFO; each queue carries its own name in the `mailbag-name` tag. The
-mapping itself lives in `broker.sqs_mapping`, shared with the CloudFormation export.
+mapping itself lives in `mailbag.broker.sqs.mapping`, shared with the CloudFormation export.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from broker.errors import TopologyError, UnknownQueue, UnknownTopic
-from broker.sqs_client import AwsClients, AwsError
-from broker.sqs_mapping import (
+from mailbag.broker.errors import TopologyError, UnknownQueue, UnknownTopic
+from mailbag.broker.sqs.client import AwsClients, AwsError
+from mailbag.broker.sqs.mapping import (
     NAME_TAG,
     POLICY_SID,
     QUEUE_NAME_MAX,
@@ -33,7 +33,7 @@ from broker.sqs_mapping import (
     subscription_attributes,
     topic_attributes,
 )
-from broker.topology import Queue, Subscription, Topology
+from mailbag.broker.topology import Queue, Subscription, Topology
 
 _MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
 _QUEUE_EXISTS = ("QueueAlreadyExists", "QueueNameExists")
@@ -50,7 +50,7 @@ class QueueRef:
     visibility: int
     #: receives before SQS redrives to the dead-letter queue; None for a queue without one
     max_attempts: int | None
-    dead_letter: "QueueRef | None"
+    dead_letter: QueueRef | None
     topics: tuple[str, ...] = ()
 
 
@@ -115,18 +115,22 @@ class Resources:
         """Find the queue and check its settings, or create it: a worker whose role may
         not create queues still starts on a topology deployed for it."""
         aws_name = self.aws_name(name, fifo)
-        wanted = _for_api(queue_attributes(
-            fifo=fifo,
-            visibility=self.visibility,
-            max_message_bytes=self.max_message_bytes,
-            redrive=None if redrive is None else redrive_policy(redrive[1].arn, redrive[0]),
-        ))
+        wanted = _for_api(
+            queue_attributes(
+                fifo=fifo,
+                visibility=self.visibility,
+                max_message_bytes=self.max_message_bytes,
+                redrive=None if redrive is None else redrive_policy(redrive[1].arn, redrive[0]),
+            )
+        )
         url = await self._queue_url(aws_name)
         if url is None:
             try:
-                url = (await self.aws.call(
-                    self.aws.sqs.create_queue, QueueName=aws_name, Attributes=wanted, tags={NAME_TAG: name}
-                ))["QueueUrl"]
+                url = (
+                    await self.aws.call(
+                        self.aws.sqs.create_queue, QueueName=aws_name, Attributes=wanted, tags={NAME_TAG: name}
+                    )
+                )["QueueUrl"]
             except AwsError as exc:
                 if exc.code not in _QUEUE_EXISTS:
                     raise
@@ -209,7 +213,9 @@ class Resources:
     async def topic(self, name: str) -> TopicRef:
         ref = await self._find_topic(name)
         if ref is None:
-            raise UnknownTopic(f"topic {name!r} is not declared (no SNS topic {self.aws_name(name, False, TOPIC_NAME_MAX)!r})")
+            raise UnknownTopic(
+                f"topic {name!r} is not declared (no SNS topic {self.aws_name(name, False, TOPIC_NAME_MAX)!r})"
+            )
         return ref
 
     async def _find_topic(self, name: str) -> TopicRef | None:
@@ -261,7 +267,7 @@ class Resources:
         if redrive is not None:
             dlq_aws_name = redrive["deadLetterTargetArn"].rsplit(":", 1)[-1]
             dlq_url = (await self.aws.call(self.aws.sqs.get_queue_url, QueueName=dlq_aws_name))["QueueUrl"]
-            dlq_name = dlq_aws_name[len(self.prefix):].removesuffix(".fifo")
+            dlq_name = dlq_aws_name[len(self.prefix) :].removesuffix(".fifo")
             dead_letter = await self._ref(dlq_name, dlq_url)
         return QueueRef(
             name=name,
@@ -285,7 +291,7 @@ class Resources:
             for url in page.get("QueueUrls", []):
                 tags = (await self.aws.call(self.aws.sqs.list_queue_tags, QueueUrl=url)).get("Tags", {})
                 aws_name = url.rsplit("/", 1)[-1]
-                names.append(tags.get(NAME_TAG) or aws_name[len(self.prefix):].removesuffix(".fifo"))
+                names.append(tags.get(NAME_TAG) or aws_name[len(self.prefix) :].removesuffix(".fifo"))
             if not page.get("NextToken"):
                 return sorted(names)
             params["NextToken"] = page["NextToken"]
@@ -305,6 +311,10 @@ def _check_settings(name: str, have: dict[str, str], wanted: dict[str, str]) -> 
 def _for_api(attributes: dict[str, Any]) -> dict[str, str]:
     """Attribute values as the SNS and SQS APIs take them: all strings, JSON for policies."""
     return {
-        key: json.dumps(value) if isinstance(value, dict) else str(value).lower() if isinstance(value, bool) else str(value)
+        key: json.dumps(value)
+        if isinstance(value, dict)
+        else str(value).lower()
+        if isinstance(value, bool)
+        else str(value)
         for key, value in attributes.items()
     }

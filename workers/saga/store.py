@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 
 import aiosqlite
 
-from broker import mask_url
+from mailbag.broker import mask_url
+from mailbag.broker.errors import StoreError
 
 Status = Literal["running", "compensating", "completed", "compensated"]
 
@@ -27,7 +28,7 @@ ACTIVE: tuple[Status, ...] = ("running", "compensating")
 _TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
-class SagaConflict(Exception):
+class SagaConflict(StoreError):
     """Another writer changed the saga since it was read; read it again and re-decide."""
 
 
@@ -52,7 +53,7 @@ class SagaState:
     def active(self) -> bool:
         return self.status in ACTIVE
 
-    def evolve(self, **changes: Any) -> "SagaState":
+    def evolve(self, **changes: Any) -> SagaState:
         return replace(self, **changes)
 
 
@@ -80,8 +81,15 @@ _COLUMNS = "saga, id, status, step, attempts, deadline, reason, data, version"
 
 def _row(state: SagaState) -> tuple[Any, ...]:
     return (
-        state.saga, state.id, state.status, state.step, state.attempts, state.deadline, state.reason,
-        json.dumps(state.data), state.version,
+        state.saga,
+        state.id,
+        state.status,
+        state.step,
+        state.attempts,
+        state.deadline,
+        state.reason,
+        json.dumps(state.data),
+        state.version,
     )
 
 
@@ -115,7 +123,7 @@ class SqliteSagaStore:
         self._table = table
 
     @classmethod
-    async def open(cls, path: str, table: str = "saga_states") -> "SqliteSagaStore":
+    async def open(cls, path: str, table: str = "saga_states") -> SqliteSagaStore:
         table = _check_table(table)
         db = await aiosqlite.connect(path, isolation_level=None)  # autocommit: one statement, one transaction
         await db.execute("PRAGMA journal_mode=WAL")
@@ -153,9 +161,7 @@ class SqliteSagaStore:
         return await self._select("saga = ? AND status IN ('running', 'compensating')", (saga,))
 
     async def due(self, saga: str, now: float) -> list[SagaState]:
-        return await self._select(
-            "saga = ? AND status IN ('running', 'compensating') AND deadline <= ?", (saga, now)
-        )
+        return await self._select("saga = ? AND status IN ('running', 'compensating') AND deadline <= ?", (saga, now))
 
     async def _select(self, where: str, params: tuple[Any, ...]) -> list[SagaState]:
         async with self._db.execute(f"SELECT {_COLUMNS} FROM {self._table} WHERE {where} ORDER BY id", params) as c:
@@ -173,7 +179,7 @@ class PostgresSagaStore:
         self._table = table
 
     @classmethod
-    async def open(cls, dsn: str, table: str = "saga_states") -> "PostgresSagaStore":
+    async def open(cls, dsn: str, table: str = "saga_states") -> PostgresSagaStore:
         import asyncpg  # the postgres extra; only this store needs it
 
         table = _check_table(table)
@@ -205,7 +211,10 @@ class PostgresSagaStore:
         result = await self._pool.execute(
             f"UPDATE {self._table} SET status = $1, step = $2, attempts = $3, deadline = $4, reason = $5,"
             " data = $6::jsonb, version = $7 WHERE saga = $8 AND id = $9 AND version = $10",
-            *_row(new)[2:], new.saga, new.id, state.version,
+            *_row(new)[2:],
+            new.saga,
+            new.id,
+            state.version,
         )
         if result != "UPDATE 1":
             raise SagaConflict(f"saga {state.saga}/{state.id} changed since version {state.version}")

@@ -26,8 +26,8 @@ import aiormq
 from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel
 
-from broker.errors import TopologyError
-from broker.topology import Queue, Subscription, Topology
+from mailbag.broker.errors import TopologyError
+from mailbag.broker.topology import Queue, Subscription, Topology
 
 #: the setting behind each queue argument, to name it in a conflict
 _SETTING_OF = {
@@ -132,8 +132,7 @@ def _filter_bindings(sub: Subscription) -> list[dict[str, Any]]:
     assert sub.filter is not None
     keys = sorted(sub.filter)
     return [
-        {"x-match": "all", **dict(zip(keys, values))}
-        for values in itertools.product(*(sub.filter[k] for k in keys))
+        {"x-match": "all", **dict(zip(keys, values))} for values in itertools.product(*(sub.filter[k] for k in keys))
     ]
 
 
@@ -146,6 +145,5 @@ def _conflict(exc: aiormq.exceptions.ChannelPreconditionFailed) -> TopologyError
     setting = _SETTING_OF.get(argument)
     what = f"{setting} ({argument})" if setting else argument
     return TopologyError(
-        f"{kind} {name!r} already exists with a different {what}: {detail}; "
-        f"delete it or declare it as it is"
+        f"{kind} {name!r} already exists with a different {what}: {detail}; delete it or declare it as it is"
     )

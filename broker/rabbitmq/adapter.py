@@ -30,7 +30,8 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from typing import Any, Awaitable, Sequence
+from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import aio_pika
 import aiormq
@@ -43,9 +44,9 @@ from tenacity import (
     wait_exponential,
 )
 
-from broker import headers as h
-from broker.base import Broker, Consumer, QueueStats
-from broker.errors import (
+from mailbag.broker import headers as h
+from mailbag.broker.base import Broker, Consumer, QueueStats
+from mailbag.broker.errors import (
     BrokerClosed,
     BrokerUnavailable,
     DeliveryReleased,
@@ -54,11 +55,11 @@ from broker.errors import (
     UnknownQueue,
     UnknownTopic,
 )
-from broker.message import Delivery, Message
-from broker.rabbitmq_marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
-from broker.rabbitmq_topology import declare_retry_queue, declare_topology, delay_ms, retry_queue_name
-from broker.topology import Queue, Topology
-from broker.url import mask_url
+from mailbag.broker.message import Delivery, Message
+from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
+from mailbag.broker.rabbitmq.topology import declare_retry_queue, declare_topology, delay_ms, retry_queue_name
+from mailbag.broker.topology import Queue, Topology
+from mailbag.broker.url import mask_url
 
 log = logging.getLogger("mailbag.broker.rabbitmq")
 
@@ -109,7 +110,9 @@ class RabbitBroker(Broker):
             if spec.name in self._dead_letter_queues:
                 raise TopologyError(f"{spec.name!r} is already declared as a dead-letter queue")
             if spec.dead_letter_queue in self._specs:
-                raise TopologyError(f"{spec.dead_letter_queue!r} is already declared as a queue, not a dead-letter queue")
+                raise TopologyError(
+                    f"{spec.dead_letter_queue!r} is already declared as a queue, not a dead-letter queue"
+                )
         async with self._scratch() as channel:
             await declare_topology(channel, topology)
         for spec in topology.queues:
@@ -222,9 +225,7 @@ class RabbitBroker(Broker):
                 raise UnknownTopic(f"topic {topic!r} is not declared") from None
             self._topics.add(topic)
 
-    async def _confirmed(
-        self, exchange: str, routing_key: str, messages: list[Outgoing], where: str
-    ) -> None:
+    async def _confirmed(self, exchange: str, routing_key: str, messages: list[Outgoing], where: str) -> None:
         """Publish all at once and wait for every confirm. What the connection lost is
         published again once it is back (a duplicate at worst). Gives up when nothing
         moved (no confirm, no reconnect) for the publish timeout, and raises
@@ -238,7 +239,7 @@ class RabbitBroker(Broker):
                 break
             try:
                 await asyncio.wait_for(self._channel.ready(), self._publish_timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             messages = lost
         problems = []
@@ -265,7 +266,7 @@ class RabbitBroker(Broker):
             return [], False
         try:
             channel = await asyncio.wait_for(self._channel.get_underlay_channel(), self._publish_timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return messages, True
         tasks = [
             asyncio.ensure_future(
@@ -318,7 +319,7 @@ async def _while_progressing(tasks: list[asyncio.Future[Any]], timeout: float) -
         progress.clear()
         try:
             await asyncio.wait_for(progress.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
     return True
 
@@ -326,7 +327,7 @@ async def _while_progressing(tasks: list[asyncio.Future[Any]], timeout: float) -
 class _RabbitDelivery(Delivery):
     __slots__ = ("_consumer", "_raw")
 
-    def __init__(self, consumer: "_RabbitConsumer", raw: AbstractIncomingMessage, message: Message, attempt: int) -> None:
+    def __init__(self, consumer: _RabbitConsumer, raw: AbstractIncomingMessage, message: Message, attempt: int) -> None:
         super().__init__(message, consumer.queue, attempt)
         self._consumer = consumer
         self._raw = raw
@@ -339,7 +340,7 @@ class _RabbitDelivery(Delivery):
         """The channel it came on is gone (closed, or replaced by a reconnect): the
         broker has put the message back already."""
         try:
-            self._raw.channel
+            _ = self._raw.channel  # raises once the channel is gone
         except aiormq.exceptions.ChannelInvalidStateError:
             return True
         return False
@@ -382,7 +383,9 @@ class _RabbitDelivery(Delivery):
         await broker._republish(target, republished(self._raw, {ATTEMPT: self.attempt + 1}))
         await self._basic_ack()
 
-    async def _to_dead_letter_queue(self, reason: str, error: BaseException | None, attempts: int | None = None) -> None:
+    async def _to_dead_letter_queue(
+        self, reason: str, error: BaseException | None, attempts: int | None = None
+    ) -> None:
         spec = self._consumer.spec
         stamp = h.dead_letter_stamp(
             self.message.topic, self.queue, self.attempt if attempts is None else attempts, reason, error
@@ -455,7 +458,7 @@ class _RabbitConsumer(Consumer):
                     warned = True
             # until reconnected, look again every pause (a lost connection may not say so yet)
             await asyncio.sleep(_REOPEN_PAUSE)
-            while not self.broker._connection.connected.is_set() and not (self._stopped or self._closed):
+            while not self.broker._connection.connected.is_set() and not (self._stopped or self._closed):  # noqa: ASYNC110
                 await asyncio.sleep(_REOPEN_PAUSE)
 
     async def _open(self) -> None:
@@ -490,7 +493,7 @@ class _RabbitConsumer(Consumer):
         the worker): dead-letter it without running the handler again."""
         try:
             await delivery._to_dead_letter_queue(h.DELIVERY_LIMIT_EXCEEDED, None, attempts=delivery.attempt - 1)
-        except _GONE + (PublishFailed,) as exc:
+        except (*_GONE, PublishFailed) as exc:
             log.warning("could not dead-letter exhausted message %s: %r", delivery.message.id, exc)
 
     def _push(self, delivery: _RabbitDelivery) -> None:
@@ -511,9 +514,7 @@ class _RabbitConsumer(Consumer):
 
     def released(self, delivery: _RabbitDelivery) -> DeliveryReleased:
         self.finished(delivery)
-        return DeliveryReleased(
-            f"message {delivery.message.id} went back to {self.queue!r} when its channel closed"
-        )
+        return DeliveryReleased(f"message {delivery.message.id} went back to {self.queue!r} when its channel closed")
 
     def finished(self, delivery: _RabbitDelivery) -> None:
         if delivery in self._held:
@@ -648,4 +649,3 @@ async def open_broker(
         ) from None
     channel = await connection.channel(publisher_confirms=True)
     return RabbitBroker(url, connection, channel, publish_timeout)
-

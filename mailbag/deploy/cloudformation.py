@@ -1,9 +1,9 @@
 """A `Topology` as an AWS CloudFormation template, for teams that deploy their SNS/SQS
 resources as infrastructure rather than letting workers create them.
 
-The template makes what `broker.sqs_topology` would (names, attributes, redrive,
+The template makes what `mailbag.broker.sqs.topology` would (names, attributes, redrive,
 raw subscriptions with filter policies, queue policies admitting only their topics:
-both take them from `broker.sqs_mapping`) and adds two IAM roles: one for workers,
+both take them from `mailbag.broker.sqs.mapping`) and adds two IAM roles: one for workers,
 limited to their own queues and topics, and one for replaying dead letters. A broker
 opened with the same `prefix` finds everything by name. Building it calls no AWS API.
 """
@@ -14,7 +14,7 @@ import hashlib
 import re
 from typing import Any
 
-from broker.sqs_mapping import (
+from mailbag.broker.sqs.mapping import (
     NAME_TAG,
     QUEUE_NAME_MAX,
     SQS_MAX_BYTES,
@@ -29,7 +29,7 @@ from broker.sqs_mapping import (
     subscription_attributes,
     topic_attributes,
 )
-from broker.topology import Topology
+from mailbag.broker.topology import Topology
 
 DEFAULT_VISIBILITY = 30
 #: who may assume the worker role unless the stack says otherwise: ECS tasks and Lambda
@@ -158,7 +158,9 @@ class _Builder:
         logical = self._id("Queue", name)
         if fifo:
             standard = aws_name(self.prefix, name, False, QUEUE_NAME_MAX)
-            self._probed.append({"Fn::Sub": f"arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{standard}"})
+            self._probed.append(
+                {"Fn::Sub": f"arn:${{AWS::Partition}}:sqs:${{AWS::Region}}:${{AWS::AccountId}}:{standard}"}
+            )
         attributes = queue_attributes(
             fifo=fifo, visibility=self.visibility, max_message_bytes=SQS_MAX_BYTES, redrive=redrive
         )

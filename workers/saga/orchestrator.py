@@ -32,19 +32,20 @@ import logging
 import math
 import time
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel
 
-from broker import Broker, Message, RetryPolicy, tracing
-from broker.clock import Clock
-from broker.codec import encode
-from workers.app import App
-from workers.context import Context
-from workers.errors import Reject
-from workers.runtime import Worker
-from workers.saga_store import SagaConflict, SagaState, SagaStore
+from mailbag.broker import Broker, Message, RetryPolicy, tracing
+from mailbag.broker.clock import Clock
+from mailbag.broker.codec import encode
+from mailbag.workers.app import App
+from mailbag.workers.context import Context
+from mailbag.workers.errors import Reject
+from mailbag.workers.runtime import Worker
+from mailbag.workers.saga.store import SagaConflict, SagaState, SagaStore
 
 log = logging.getLogger("mailbag.saga")
 
@@ -187,14 +188,12 @@ class Orchestrator:
         self.listener = listener
         self.app = App(saga.name, topics=(*saga.command_topics, saga.finished_topic))
         # no idempotency record: the saga's state already tells a repeated reply (stale) apart
-        self.app.handler(saga.reply_topic, queue=saga.reply_topic, retry=REPLY_RETRY, idempotency=False)(
-            self._on_reply
-        )
+        self.app.handler(saga.reply_topic, queue=saga.reply_topic, retry=REPLY_RETRY, idempotency=False)(self._on_reply)
         self._worker = Worker(self.app, broker, concurrency=concurrency)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._timer: asyncio.Task[None] | None = None
 
-    async def __aenter__(self) -> "Orchestrator":
+    async def __aenter__(self) -> Orchestrator:
         await self.broker.declare(self.app.topology)
         await self.recover()
         await self._worker.start()
@@ -311,8 +310,13 @@ class Orchestrator:
             body=body,
             content_type=content_type,
             type=f"{self.saga.name}.{step.name}.{phase}",
-            headers={SAGA: self.saga.name, SAGA_ID: saved.id, SAGA_STEP: step.name, SAGA_PHASE: phase,
-                     REPLY_TO: self.saga.reply_topic},
+            headers={
+                SAGA: self.saga.name,
+                SAGA_ID: saved.id,
+                SAGA_STEP: step.name,
+                SAGA_PHASE: phase,
+                REPLY_TO: self.saga.reply_topic,
+            },
             correlation_id=saved.id,
             ordering_key=saved.id,
         )
@@ -328,8 +332,14 @@ class Orchestrator:
         final = state.evolve(status=status, deadline=None, reason=reason)
         event = SagaFinished(saga=self.saga.name, saga_id=state.id, status=status, reason=reason, data=state.data)
         body, content_type, type_name = encode(event)
-        announcement = Message(self.saga.finished_topic, body, content_type=content_type, type=type_name,
-                               correlation_id=state.id, ordering_key=state.id)
+        announcement = Message(
+            self.saga.finished_topic,
+            body,
+            content_type=content_type,
+            type=type_name,
+            correlation_id=state.id,
+            ordering_key=state.id,
+        )
         with tracing.publishing(self.broker, self.saga.finished_topic, [announcement]) as traced:
             await self.broker.publish(self.saga.finished_topic, traced)
         saved = await self.store.update(final)
