@@ -25,7 +25,7 @@ from mailbag.broker.errors import (
 )
 from mailbag.broker.message import Delivery, Message, new_message_id
 from mailbag.broker.topology import Queue, RetryPolicy, Subscription, Topology
-from mailbag.broker.url import mask_url, scheme_of
+from mailbag.broker.url import check_parses, mask_url, scheme_of
 
 #: URL scheme -> "module:factory"; the factory is `async (url, **options) -> Broker`
 ADAPTERS = {
@@ -38,13 +38,14 @@ ADAPTERS = {
 
 async def connect(url: str, **options: object) -> Broker:
     """Open the broker named by `url`: `memory://`, `amqp://` / `amqps://`, `sqs://`.
-    Raises `BrokerUrlError` for an unknown scheme, `BrokerUnavailable` when the broker
-    cannot be reached."""
+    Raises `BrokerUrlError` for an unknown scheme, an unknown option or a URL that does
+    not parse as written, `BrokerUnavailable` when the broker cannot be reached."""
     scheme = scheme_of(url)
     target = ADAPTERS.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in ADAPTERS)
         raise BrokerUrlError(f"unknown broker URL scheme {scheme!r} in {mask_url(url)!r}; expected one of {known}")
+    check_parses(url)
     module_name, factory = target.split(":")
     try:
         module = importlib.import_module(module_name)

@@ -8,6 +8,9 @@ families: `BrokerError` (the broker layer), `PublishError` (publishing,
 lowest layer, so every package can derive from it.
 """
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class MailbagError(Exception):
     """Base of every error mailbag raises to its users."""
@@ -15,6 +18,32 @@ class MailbagError(Exception):
 
 class ConfigurationError(MailbagError, ValueError):
     """A setting, URL or argument that cannot work; raised at start, before any message."""
+
+
+class MissingExtra(ConfigurationError, ImportError):
+    """A feature needs a package that is installed only with one of mailbag's extras."""
+
+    def __init__(self, package: str, extra: str) -> None:
+        super().__init__(f"this needs the {package!r} package: pip install 'mailbag[{extra}]'")
+        self.package = package
+        self.extra = extra
+
+
+#: third-party top-level package -> the extra of pyproject.toml that installs it
+EXTRAS = {"redis": "redis", "asyncpg": "postgres", "psycopg": "postgres", "matplotlib": "charts"}
+
+
+@contextmanager
+def extras_named() -> Iterator[None]:
+    """Turn the `ModuleNotFoundError` of a package an extra installs into `MissingExtra`,
+    which names the extra; any other import error passes unchanged."""
+    try:
+        yield
+    except ModuleNotFoundError as exc:
+        package = (exc.name or "").split(".")[0]
+        if package not in EXTRAS:
+            raise
+        raise MissingExtra(package, EXTRAS[package]) from None
 
 
 class StoreError(MailbagError):

@@ -19,6 +19,7 @@ from mailbag.broker.clock import Clock, RealClock
 from mailbag.broker.errors import BrokerClosed, DeliveryReleased, TopologyError, UnknownQueue, UnknownTopic
 from mailbag.broker.message import Delivery, Message
 from mailbag.broker.topology import Queue, Topology
+from mailbag.broker.url import check_options
 
 
 class _Entry:
@@ -353,4 +354,6 @@ class _MemoryConsumer(Consumer):
 
 
 async def open_broker(url: str, *, clock: Clock | None = None) -> MemoryBroker:
+    """A new, empty broker; `memory://` takes no options, so any is refused."""
+    check_options(url, ())
     return MemoryBroker(url, clock=clock)

@@ -32,6 +32,7 @@ import logging
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
@@ -49,6 +50,7 @@ from mailbag.broker.base import Broker, Consumer, QueueStats
 from mailbag.broker.errors import (
     BrokerClosed,
     BrokerUnavailable,
+    BrokerUrlError,
     DeliveryReleased,
     PublishFailed,
     TopologyError,
@@ -59,7 +61,7 @@ from mailbag.broker.message import Delivery, Message
 from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
 from mailbag.broker.rabbitmq.topology import declare_retry_queue, declare_topology, delay_ms, retry_queue_name
 from mailbag.broker.topology import Queue, Topology
-from mailbag.broker.url import mask_url
+from mailbag.broker.url import check_options, mask_url
 
 log = logging.getLogger("mailbag.broker.rabbitmq")
 
@@ -613,26 +615,42 @@ class _RabbitConsumer(Consumer):
 
 _CONNECT_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError)
 
+#: query options of an amqp:// URL: aio-pika's and aiormq's own, and `wait`, the
+#: seconds to keep trying the first connection (what `open_broker(wait=)` takes)
+_OPTIONS = frozenset(p.name for p in aio_pika.RobustConnection.PARAMETERS) | {
+    "auth",
+    "cadata",
+    "cafile",
+    "capath",
+    "certfile",
+    "heartbeat",
+    "keyfile",
+    "name",
+    "no_verify_ssl",
+    "timeout",
+    "wait",
+}
+
 
 async def open_broker(
     url: str,
     *,
     connect_timeout: float = 10.0,
-    wait: float = 0.0,
+    wait: float | None = None,
     reconnect_interval: float = 1.0,
     publish_timeout: float = 30.0,
 ) -> RabbitBroker:
     """Connect to the RabbitMQ at `url`. The first connection fails fast with
-    `BrokerUnavailable` when the broker is down, unless `wait` gives the seconds to keep
-    trying (with backoff). Later drops reconnect on their own, every
-    `reconnect_interval` seconds. `publish_timeout` bounds how long a publish waits for
-    its confirms, a reconnect included."""
+    `BrokerUnavailable` when the broker is down, unless `wait` (or the URL's `?wait=`)
+    gives the seconds to keep trying (with backoff). Later drops reconnect on their own,
+    every `reconnect_interval` seconds. `publish_timeout` bounds how long a publish waits
+    for its confirms, a reconnect included. An unknown URL option is a `BrokerUrlError`."""
+    wait = _wait_of(url, check_options(url, _OPTIONS), wait)
     try:
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(wait),
             wait=wait_exponential(multiplier=0.1, max=2.0),
-            retry=retry_if_exception_type(_CONNECT_ERRORS)
-            & retry_if_not_exception_type(aiormq.exceptions.ProbableAuthenticationError),
+            retry=retry_if_exception_type(_CONNECT_ERRORS) & retry_if_not_exception_type(_REFUSED),
             reraise=True,
         ):
             with attempt:
@@ -641,11 +659,39 @@ async def open_broker(
                 )
     except aiormq.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(f"RabbitMQ at {mask_url(url)} refused the login; check the user and password") from None
+    except _REFUSED:
+        vhost = unquote(urlsplit(url).path[1:]) or "/"
+        raise BrokerUnavailable(
+            f"RabbitMQ at {mask_url(url)} refused the connection: check that vhost {vhost!r} exists "
+            "and that the user may use it (rabbitmqctl list_permissions -p VHOST)"
+        ) from None
     except _CONNECT_ERRORS as exc:
         waited = f" after trying for {wait:g}s" if wait else ""
         raise BrokerUnavailable(
             f"RabbitMQ at {mask_url(url)} is unreachable{waited} ({type(exc).__name__}); "
-            f"start it (e.g. `rabbitmq-server -detached`) or pass wait=SECONDS to keep trying"
+            f"start it (e.g. `rabbitmq-server -detached`) or add ?wait=SECONDS to the URL to keep trying"
         ) from None
     channel = await connection.channel(publisher_confirms=True)
     return RabbitBroker(url, connection, channel, publish_timeout)
+
+
+#: the broker answered and said no (a login, a vhost): trying again cannot help
+_REFUSED = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.ConnectionNotAllowed,
+    aiormq.exceptions.ProtocolSyntaxError,
+)
+
+
+def _wait_of(url: str, options: dict[str, str], given: float | None) -> float:
+    """The seconds to keep trying the first connection: the keyword wins over `?wait=`."""
+    if given is not None:
+        return given
+    raw = options.get("wait", "0")
+    try:
+        seconds = float(raw)
+    except ValueError:
+        raise BrokerUrlError(f"{mask_url(url)}: wait must be a number of seconds, got {raw!r}") from None
+    if seconds < 0:
+        raise BrokerUrlError(f"{mask_url(url)}: wait must be >= 0, got {raw!r}")
+    return seconds

@@ -6,9 +6,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from mailbag.broker import BrokerError
+from mailbag.broker.errors import MailbagError
 from mailbag.cli import compare, demo, dlq, health, outbox, publish, queues, topology, worker
-from mailbag.cli.common import CliError, Parser, report
+from mailbag.cli.common import Parser, quiet_libraries, report
 
 COMMANDS = [demo, worker, health, publish, queues, topology, dlq, outbox, compare]
 
@@ -27,6 +27,7 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_libraries()
     try:
         result = args.run(args)
         if asyncio.iscoroutine(result):
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         return int(result or 0)
     except KeyboardInterrupt:
         return 130
-    except (CliError, BrokerError, OSError) as exc:
+    except (MailbagError, OSError) as exc:
         return report(exc)
 
 

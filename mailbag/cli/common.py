@@ -5,14 +5,20 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import os
 import sys
 from typing import Any, NoReturn
 
 from mailbag.broker.errors import MailbagError
+from mailbag.broker.url import mask_url
 from mailbag.workers import App
 
 DEFAULT_BROKER = "memory://"
+
+#: libraries whose log lines (connection retries, "Found credentials") would come
+#: before, and bury, the command's own one-line outcome
+LIBRARIES = ("aio_pika", "aiormq", "botocore", "boto3", "urllib3", "s3transfer")
 
 
 class CliError(MailbagError):
@@ -26,8 +32,15 @@ class Parser(argparse.ArgumentParser):
 
 def report(exc: BaseException) -> int:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    print(f"mailbag: error: {text}", file=sys.stderr)
+    print(f"mailbag: error: {mask_url(text)}", file=sys.stderr)
     return 2
+
+
+def quiet_libraries(level: int = logging.CRITICAL) -> None:
+    """Keep third-party log lines below `level` out of the output: what they report
+    reaches the user as mailbag's own error line."""
+    for name in LIBRARIES:
+        logging.getLogger(name).setLevel(level)
 
 
 def add_broker_option(parser: argparse.ArgumentParser) -> None:

@@ -28,7 +28,9 @@ def register(subs: argparse._SubParsersAction) -> None:
     relay.add_argument("--batch", type=int, default=100, metavar="N", help="rows per batch (default 100)")
     relay.add_argument("--poll-interval", type=float, default=1.0, metavar="S", help="longest wait for new rows")
     relay.add_argument("--retention", type=float, default=7 * 24 * 3600.0, metavar="S", help="keep sent rows this long")
-    relay.add_argument("--once", action="store_true", help="publish what is due, then exit")
+    relay.add_argument(
+        "--once", action="store_true", help="publish what is due, then exit (status 1 if some could not be sent)"
+    )
     relay.set_defaults(run=run_relay)
 
     status = commands.add_parser("status", help="pending, failing and sent row counts")
@@ -66,8 +68,7 @@ async def run_relay(args: argparse.Namespace) -> int:
     async with await connect(args.broker) as broker, outbox:
         relay = Relay(outbox, Publisher(broker, app=app), settings)
         if args.once:
-            print(f"sent {await relay.drain()}")
-            return 0
+            return await _relay_once(relay, outbox)
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, relay.stop)
@@ -76,8 +77,21 @@ async def run_relay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _relay_once(relay: Relay, outbox: Outbox) -> int:
+    """Publish what is due; exit 1 when some of it could not be sent (the warning above
+    says why), so a script or a cron job notices."""
+    await outbox.setup()
+    print(f"sent {await relay.drain()}")
+    failing = (await outbox.stats()).failing
+    if failing:
+        log.error("%d outbox row(s) could not be sent; they stay pending and are retried", failing)
+        return 1
+    return 0
+
+
 async def run_status(args: argparse.Namespace) -> int:
     async with _outbox(args) as outbox:
+        await outbox.setup()
         s = await outbox.stats()
     age = "-" if s.oldest_pending_age is None else f"{s.oldest_pending_age:.1f}s"
     print(f"pending {s.pending}  failing {s.failing}  sent {s.sent}  oldest pending {age}")
@@ -88,5 +102,6 @@ async def run_prune(args: argparse.Namespace) -> int:
     if args.older_than < 0:
         raise CliError("--older-than must be >= 0")
     async with _outbox(args) as outbox:
+        await outbox.setup()
         print(f"pruned {await outbox.prune(args.older_than)}")
     return 0

@@ -1,4 +1,8 @@
-"""`mailbag publish TOPIC BODY`: publish messages and print their ids."""
+"""`mailbag publish TOPIC BODY`: publish messages and print their ids.
+
+A body that looks like JSON (starts with `{` or `[`) must parse, or nothing is sent: a
+typo would otherwise travel as text and fail in every consumer. `--raw` sends any text.
+`memory://` is refused: it lives in this one process, so what it took would be lost."""
 
 from __future__ import annotations
 
@@ -8,6 +12,7 @@ import sys
 
 from mailbag.broker import Message, Topology, connect
 from mailbag.broker.codec import JSON
+from mailbag.broker.url import scheme_of
 from mailbag.cli.common import CliError, add_broker_option
 
 
@@ -19,6 +24,7 @@ def register(subs: argparse._SubParsersAction) -> None:
         metavar="BODY",
         help="the message body (JSON is sent as application/json); - reads JSON lines from stdin",
     )
+    p.add_argument("--raw", action="store_true", help="send BODY as text/plain, whatever it looks like")
     add_broker_option(p)
     p.add_argument("--key", metavar="K", help="ordering key")
     p.add_argument("--header", action="append", default=[], metavar="k=v", help="a header (repeat)")
@@ -36,9 +42,11 @@ def _headers(pairs: list[str]) -> dict[str, str]:
     return headers
 
 
-def _bodies(body: str, count: int) -> list[tuple[bytes, str]]:
+def _bodies(body: str, count: int, raw: bool) -> list[tuple[bytes, str]]:
     if count < 1:
         raise CliError("--count must be at least 1")
+    if raw:
+        return [(body.encode(), "text/plain")] * count
     if body != "-":
         return [_typed(body)] * count
     lines = [line for line in sys.stdin.read().splitlines() if line.strip()]
@@ -53,17 +61,31 @@ def _bodies(body: str, count: int) -> list[tuple[bytes, str]]:
 def _typed(body: str) -> tuple[bytes, str]:
     try:
         json.loads(body)
-    except ValueError:
+    except ValueError as exc:
+        if body.lstrip().startswith(("{", "[")):
+            raise CliError(
+                f"BODY looks like JSON but does not parse ({exc}); fix it, or pass --raw to send text"
+            ) from None
         return body.encode(), "text/plain"
     return body.encode(), JSON
+
+
+def _refuse_in_process(url: str) -> None:
+    if scheme_of(url) == "memory":
+        raise CliError(
+            "no broker to publish to: memory:// lives inside one process and would lose the message when this "
+            "command exits; pass --broker amqp://127.0.0.1/ (or sqs://?region=...), "
+            "or set MAILBAG_BROKER_URL, for the worker too"
+        )
 
 
 async def run(args: argparse.Namespace) -> int:
     headers = _headers(args.header)
     messages = [
         Message(args.topic, body, content_type=ctype, headers=headers, ordering_key=args.key)
-        for body, ctype in _bodies(args.body, args.count)
+        for body, ctype in _bodies(args.body, args.count, args.raw)
     ]
+    _refuse_in_process(args.broker)
     async with await connect(args.broker) as broker:
         await broker.declare(Topology(topics=(args.topic,)))
         await broker.publish(args.topic, messages)

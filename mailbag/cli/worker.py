@@ -7,17 +7,22 @@ records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.
 from __future__ import annotations
 
 import argparse
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 from pydantic import ValidationError
 
-from mailbag.broker import connect
-from mailbag.cli.common import CliError, add_broker_option, load_app
+from mailbag.broker import connect, mask_url
+from mailbag.broker.url import scheme_of
+from mailbag.cli.common import CliError, add_broker_option, load_app, quiet_libraries
 from mailbag.workers import Worker, WorkerSettings, logs
 from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
 from mailbag.workers.shutdown import serve
+from mailbag.workers.stores import store_factory
+
+log = logging.getLogger("mailbag.worker")
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -49,6 +54,12 @@ def register(subs: argparse._SubParsersAction) -> None:
         help="address to serve them on ($MAILBAG_METRICS_HOST; default 0.0.0.0, all interfaces)",
     )
     p.add_argument(
+        "--idempotency-url",
+        metavar="URL",
+        help="where handled messages are recorded ($MAILBAG_IDEMPOTENCY_URL; default "
+        "sqlite:///.mailbag/idempotency.sqlite3, in memory for memory://)",
+    )
+    p.add_argument(
         "--log-format", choices=("text", "json"), help="log lines as key=value text or JSON ($MAILBAG_LOG_FORMAT, text)"
     )
     p.set_defaults(run=run)
@@ -65,6 +76,7 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
         "metrics_port": args.metrics_port,
         "metrics_host": args.metrics_host,
         "log_format": args.log_format,
+        "idempotency_url": args.idempotency_url,
     }
     try:
         return WorkerSettings(**{k: v for k, v in flags.items() if v is not None})
@@ -77,15 +89,32 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
 async def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     app = load_app(args.app)
+    try:
+        store_factory(settings.store_url(settings.broker_url))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
     logs.configure(settings.log_level, settings.log_format)
     async with await connect(settings.broker_url) as broker:
+        # connected: from here on the libraries' warnings say something about a running worker
+        quiet_libraries(logging.NOTSET if settings.log_level.upper() == "DEBUG" else logging.WARNING)
         metrics = Metrics() if settings.metrics_port is not None else None
         try:
             worker = Worker(app, broker, settings=settings, metrics=metrics)
         except ValueError as exc:
             raise CliError(str(exc)) from None
+        _announce(settings)
         with nullcontext() if metrics is None else _serving(worker, metrics, settings):
             return await serve(worker)
+
+
+def _announce(settings: WorkerSettings) -> None:
+    """Say once where the worker's state lives, so no file appears unexplained."""
+    log.info("idempotency records in %s", mask_url(settings.store_url(settings.broker_url)))
+    if scheme_of(settings.broker_url) == "memory":
+        log.warning(
+            "broker memory:// lives in this process: only what its own handlers publish reaches it; "
+            "to feed it from `mailbag publish` use a shared broker (--broker amqp://... or MAILBAG_BROKER_URL)"
+        )
 
 
 @contextmanager

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
+from mailbag.broker.errors import extras_named
 from mailbag.publishers.outbox.base import DEFAULT_TABLE, Outbox, OutboxStats, PendingRow
 from mailbag.publishers.outbox.relay import Relay, RelaySettings
 from mailbag.publishers.outbox.sqlite import SqliteOutbox
@@ -28,7 +29,8 @@ def open_outbox(url: str, *, table: str = DEFAULT_TABLE, **options: Any) -> Outb
             raise ValueError("sqlite outbox URL needs a path: sqlite:///abs/path.db or sqlite:relative.db")
         return SqliteOutbox(path, table=table, **options)
     if scheme in ("postgres", "postgresql"):
-        from mailbag.publishers.outbox.postgres import PostgresOutbox
+        with extras_named():
+            from mailbag.publishers.outbox.postgres import PostgresOutbox
 
         return PostgresOutbox(url, table=table, **options)
     raise ValueError(f"unknown outbox database URL scheme {scheme!r}; expected sqlite: or postgresql://")
@@ -36,7 +38,8 @@ def open_outbox(url: str, *, table: str = DEFAULT_TABLE, **options: Any) -> Outb
 
 def __getattr__(name: str) -> Any:
     if name == "PostgresOutbox":
-        from mailbag.publishers.outbox.postgres import PostgresOutbox
+        with extras_named():
+            from mailbag.publishers.outbox.postgres import PostgresOutbox
 
         return PostgresOutbox
     raise AttributeError(name)

@@ -62,6 +62,7 @@ class PostgresOutbox(Outbox):
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._table_exists = False  # known once an insert found it; until then `add` creates it if missing
         placeholders = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
         self._insert = f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({placeholders})"
 
@@ -90,7 +91,19 @@ class PostgresOutbox(Outbox):
             causation_id=causation_id,
             message_id=message_id,
         )
-        await tx.execute(self._insert, *row_values(message))
+        values = row_values(message)
+        if self._table_exists:
+            await tx.execute(self._insert, *values)
+            return message.id
+        try:
+            async with tx.transaction():  # a savepoint: a missing table leaves the caller's transaction usable
+                await tx.execute(self._insert, *values)
+        except asyncpg.UndefinedTableError:
+            # first use: the table joins the caller's transaction, and commits with the row
+            await self.create_table(tx)
+            await tx.execute(self._insert, *values)
+        else:
+            self._table_exists = True
         return message.id
 
     async def create_table(self, conn: asyncpg.Connection) -> None:

@@ -13,8 +13,10 @@ import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
+from mailbag.broker.errors import StoreUnavailable
 from mailbag.publishers.envelope import TopicModels
 from mailbag.publishers.outbox.base import (
     COLUMNS,
@@ -88,15 +90,27 @@ class SqliteOutbox(Outbox):
             causation_id=causation_id,
             message_id=message_id,
         )
-        tx.execute(self._insert, row_values(message))
+        try:
+            tx.execute(self._insert, row_values(message))
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            # first use: the table joins the caller's transaction, and commits with the row
+            for statement in self._schema():
+                tx.execute(statement)
+            tx.execute(self._insert, row_values(message))
         return message.id
 
     def create_table(self, conn: sqlite3.Connection) -> None:
-        """Create the table and its indexes if missing (for the application's migrations;
-        the relay calls it too)."""
-        conn.executescript(
-            schema_sql(self.table, self.table, seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL")
-        )
+        """Create the table and its indexes if missing, and commit (for the application's
+        migrations; `add` creates them on first use, the relay at start)."""
+        with conn:
+            for statement in self._schema():
+                conn.execute(statement)
+
+    def _schema(self) -> list[str]:
+        sql = schema_sql(self.table, self.table, seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL")
+        return [statement for statement in sql.split(";") if statement.strip()]
 
     # -- relay side ---------------------------------------------------------------
 
@@ -160,7 +174,17 @@ class SqliteOutbox(Outbox):
             return await asyncio.to_thread(work, self._conn)
 
     def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0)
+        """The relay's connection. The database must exist (the application creates it
+        with its first write): opening a misspelt path must not create an empty one."""
+        try:
+            conn = sqlite3.connect(
+                f"{Path(self.path).absolute().as_uri()}?mode=rw", uri=True, check_same_thread=False, timeout=30.0
+            )
+        except sqlite3.OperationalError:
+            raise StoreUnavailable(
+                f"no SQLite database at {self.path}: check the path; the application's first "
+                "outbox.add (or outbox.create_table) creates it"
+            ) from None
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA journal_mode=WAL")
         return conn

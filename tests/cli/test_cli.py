@@ -2,8 +2,12 @@
 
 import subprocess
 import sys
+import uuid
 
 import pytest
+
+from mailbag.broker import Queue, Topology, connect
+from tests.rabbitmq.service import amqp_url, remove_declared
 
 
 def mailbag(*args: str, stdin: str | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -48,11 +52,28 @@ def test_bad_input_is_one_clear_line_and_exit_2(args, says):
     assert "Traceback" not in result.stderr
 
 
-def test_publish_prints_one_id_per_message_and_reads_json_lines_from_stdin():
-    result = mailbag("publish", "orders", "-", "--key", "k", stdin='{"a": 1}\n{"a": 2}\n')
-    assert result.returncode == 0, result.stderr
-    ids = result.stdout.split()
-    assert len(ids) == 2 and len(set(ids)) == 2
+async def test_publish_prints_one_id_per_message_and_reads_json_lines_from_stdin():
+    # Given a queue on RabbitMQ subscribed to a fresh topic
+    topic = f"cli-{uuid.uuid4().hex[:8]}"
+    broker = await connect(amqp_url())
+    try:
+        await broker.declare(Topology(queues=(Queue(topic, (topic,)),)))
+        # When JSON lines come on stdin, and a text body is sent --raw
+        result = mailbag("publish", topic, "-", "--key", "k", "--broker", amqp_url(), stdin='{"a": 1}\n{"a": 2}\n')
+        raw = mailbag("publish", topic, "{not json", "--raw", "--broker", amqp_url())
+        # Then each message's id is printed and each is in the queue with its content type
+        assert result.returncode == 0 and raw.returncode == 0, result.stderr + raw.stderr
+        ids = result.stdout.split() + raw.stdout.split()
+        assert len(set(ids)) == 3
+        held = await broker.browse(topic)
+        assert [(m.id, m.content_type, m.body) for m in held] == [
+            (ids[0], "application/json", b'{"a": 1}'),
+            (ids[1], "application/json", b'{"a": 2}'),
+            (ids[2], "text/plain", b"{not json"),
+        ]
+    finally:
+        await broker.close()
+        await remove_declared(broker)
 
 
 def test_queues_json_and_topology_apply_on_memory():

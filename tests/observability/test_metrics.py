@@ -110,12 +110,12 @@ async def test_readyz_is_503_while_rabbitmq_is_unreachable_and_200_once_it_is_ba
 async def test_outbox_backlog_is_polled(tmp_path):
     # Given an outbox with two committed rows, watched by the metrics
     outbox = open_outbox(f"sqlite:///{tmp_path}/outbox.db")
+    conn = sqlite3.connect(tmp_path / "outbox.db")
+    with conn:
+        outbox.add(conn, "orders", {"n": 1})
+        outbox.add(conn, "orders", {"n": 2})
+    conn.close()
     async with outbox, opened("memory") as broker:
-        conn = sqlite3.connect(tmp_path / "outbox.db")
-        with conn:
-            outbox.add(conn, "orders", {"n": 1})
-            outbox.add(conn, "orders", {"n": 2})
-        conn.close()
         metrics = Metrics()
         metrics.watch_outbox(outbox)
         # When the metrics poll

@@ -1,14 +1,18 @@
 """`mailbag outbox relay|status|prune`, run as a user runs it."""
 
+import asyncio
 import signal
 import sqlite3
 import subprocess
 import sys
+import uuid
 
+import aio_pika
 import pytest
 
 from mailbag.publishers.outbox import SqliteOutbox
 from tests.conformance.env import eventually
+from tests.rabbitmq.service import amqp_url
 
 
 def mailbag(*args: str) -> subprocess.CompletedProcess:
@@ -96,3 +100,31 @@ def _sent(outbox: SqliteOutbox, n: int):
         return (await outbox.stats()).sent == n
 
     return check
+
+
+async def test_relay_once_exits_1_when_a_row_could_not_be_sent(tmp_path):
+    # Given a row for a topic whose name RabbitMQ already holds as a direct exchange:
+    # mailbag's fanout exchange cannot be declared, so the row cannot go out
+    topic = f"outbox-cli-{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "shop.db"
+    outbox = SqliteOutbox(str(path))
+    conn = sqlite3.connect(path)
+    with conn:
+        outbox.add(conn, topic, {"n": 1})
+    conn.close()
+    connection = await aio_pika.connect(amqp_url())
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_exchange(topic, aio_pika.ExchangeType.DIRECT, auto_delete=False)
+        try:
+            # When the relay runs once
+            result = await asyncio.to_thread(
+                mailbag, "outbox", "relay", "--once", "--db", f"sqlite://{path}", "--broker", amqp_url()
+            )
+        finally:
+            await channel.exchange_delete(topic)
+    # Then nothing was sent, the exit status says so, and the row waits for the next run
+    assert result.returncode == 1, result.stderr
+    assert result.stdout.strip() == "sent 0"
+    assert "could not be sent" in result.stderr
+    assert mailbag("outbox", "status", "--db", f"sqlite://{path}").stdout.startswith("pending 1  failing 1")

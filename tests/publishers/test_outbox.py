@@ -246,3 +246,39 @@ async def _distinct(consumer, count: int) -> list[dict]:
 
 async def _true(value: bool) -> bool:
     return value
+
+
+def test_sqlite_add_creates_the_table_on_first_use_and_a_rollback_loses_nothing_later(tmp_path):
+    # Given an outbox whose table does not exist yet
+    outbox = SqliteOutbox(str(tmp_path / "first.db"))
+    conn = sqlite3.connect(tmp_path / "first.db")
+    # When the first add's transaction rolls back, and the next one commits
+    with pytest.raises(RuntimeError), conn:
+        outbox.add(conn, "orders", {"n": 0})
+        raise RuntimeError("the business write failed")
+    with conn:
+        kept = outbox.add(conn, "orders", {"n": 1})
+    # Then only the committed event is in the table
+    rows = conn.execute(f"SELECT message_id FROM {outbox.table}").fetchall()
+    assert rows == [(kept,)]
+    conn.close()
+
+
+async def test_postgres_add_creates_the_table_on_first_use(pg_schema):
+    # Given an outbox table that does not exist yet (in a schema of this test's own)
+    table = f"{pg_schema}.mailbag_outbox"
+    outbox = PostgresOutbox(PG_DSN, table=table)
+    conn = await asyncpg.connect(PG_DSN)
+    try:
+        # When the first add runs inside the application's transaction, after its own write
+        async with conn.transaction():
+            await conn.execute(f"CREATE TABLE {pg_schema}.orders (id TEXT PRIMARY KEY)")
+            first = await outbox.add(conn, "orders", {"n": 1})
+        async with conn.transaction():
+            second = await outbox.add(conn, "orders", {"n": 2})
+        # Then the table exists and holds both events, in order, beside the business write
+        rows = await conn.fetch(f"SELECT message_id FROM {table} ORDER BY seq")
+        assert [r["message_id"] for r in rows] == [first, second]
+        assert await conn.fetchval(f"SELECT count(*) FROM {pg_schema}.orders") == 0
+    finally:
+        await conn.close()

@@ -55,7 +55,10 @@ def test_sigterm_stops_the_worker_with_exit_0_and_settings_come_from_the_environ
         text=True,
     )
     try:
-        started = proc.stdout.readline()  # logged once consuming, signal handlers in place
+        # the store's location and the memory:// note come first, then "consuming" once
+        # the signal handlers are in place
+        started = "".join(proc.stdout.readline() for _ in range(3))
+        assert "idempotency records in memory://" in started, started
         assert "consuming tcli.tally" in started and "hunter2" not in started, started
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

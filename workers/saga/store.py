@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import aiosqlite
 
 from mailbag.broker import mask_url
-from mailbag.broker.errors import StoreError
+from mailbag.broker.errors import StoreError, extras_named
 
 Status = Literal["running", "compensating", "completed", "compensated"]
 
@@ -180,7 +180,8 @@ class PostgresSagaStore:
 
     @classmethod
     async def open(cls, dsn: str, table: str = "saga_states") -> PostgresSagaStore:
-        import asyncpg  # the postgres extra; only this store needs it
+        with extras_named():
+            import asyncpg  # the postgres extra; only this store needs it
 
         table = _check_table(table)
         try:
