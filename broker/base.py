@@ -100,6 +100,13 @@ class Broker(ABC):
     async def purge(self, queue: str) -> int:
         """Drop every ready message of `queue`; returns how many."""
 
+    @abstractmethod
+    async def remove(self, topology: Topology) -> None:
+        """Delete the topology's queues (with their dead-letter and retry queues and every
+        message in them) and its topics: what `declare` created. Removing what is not
+        there is a no-op. For tools that declare for a run and leave nothing behind;
+        no consumer may be reading a removed queue."""
+
     async def queue_names(self) -> list[str] | None:
         """Every queue the broker holds (dead-letter queues included), or None where the
         protocol cannot list them."""

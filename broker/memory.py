@@ -106,6 +106,16 @@ class MemoryBroker(Broker):
                     state.ready.append(_Entry(m))
             state.notify()
 
+    async def remove(self, topology: Topology) -> None:
+        self._check_open()
+        gone = {name for spec in topology.queues for name in (spec.name, spec.dead_letter_queue)}
+        for name in gone:
+            self._queues.pop(name, None)
+        for routes in self._topics.values():
+            routes[:] = [(s, q) for s, q in routes if q.name not in gone]
+        for topic in topology.topics:
+            self._topics.pop(topic, None)
+
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         self._check_open()
         if delay < 0:

@@ -63,6 +63,9 @@ class FaultyBroker(Broker):
     async def declare(self, topology: Topology) -> None:
         await self.inner.declare(topology)
 
+    async def remove(self, topology: Topology) -> None:
+        await self.inner.remove(topology)
+
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         await self._deliver(messages, lambda batch: self.inner.publish(topic, batch))
 

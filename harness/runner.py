@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from mailbag.broker import Broker
+from mailbag.harness.cleanup import Declaring
 from mailbag.harness.ledger import Meter, NoMeter
 from mailbag.harness.result import Report, ScenarioResult
 from mailbag.harness.scenarios import SCENARIOS
@@ -44,7 +45,7 @@ async def compare(
     wrap: Callable[[Broker], Broker] | None = None,
 ) -> Report:
     """Run `scenarios` on every target; `wrap` decorates each opened broker (the tests
-    wrap it in a `FaultyBroker`)."""
+    wrap it in a `FaultyBroker`). What each scenario declared is removed when it ends."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
@@ -61,8 +62,7 @@ async def compare(
             for name in scenarios:
                 report.results.append(_error(name, target, exc))
             continue
-        if wrap is not None:
-            broker = wrap(broker)
+        broker = Declaring(broker if wrap is None else wrap(broker))
         try:
             for name in scenarios:
                 meter = progress.begin(target.label, name)
@@ -73,6 +73,8 @@ async def compare(
                     )
                 except Exception as exc:
                     result = _error(name, target, exc)
+                finally:
+                    await broker.remove_declared()
                 result.seconds = time.monotonic() - started
                 report.results.append(result)
                 progress.end(result)

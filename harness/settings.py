@@ -4,6 +4,10 @@ value fails before any broker is touched."""
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from mailbag.harness.target import Target
 
 
 @dataclass(frozen=True)
@@ -30,8 +34,10 @@ class Settings:
     crash_hold: int = 10
     #: upper bound of the simulated handling time in the ordering scenario, seconds
     jitter: float = 0.002
-    #: once every message arrived, how long to keep listening for late duplicates
-    grace: float = 0.3
+    #: once every message arrived, how long to keep listening for late duplicates; None:
+    #: the broker's redelivery window (`Target.redelivery_window`), so a duplicate that an
+    #: expired SQS visibility timeout brings back is still counted
+    grace: float | None = None
     #: give up on missing messages after this long without any delivery
     idle_timeout: float = 5.0
     #: how long a crashed consumer's messages may take to come back (SQS visibility)
@@ -44,7 +50,7 @@ class Settings:
     def __post_init__(self) -> None:
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name != "seed" and value < 0:
+            if f.name != "seed" and value is not None and value < 0:
                 raise ValueError(f"{f.name} must be >= 0, got {value}")
         for name in (
             "messages",
@@ -59,6 +65,10 @@ class Settings:
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+    def listen(self, target: Target) -> float:
+        """Seconds to keep listening for late duplicates once every message arrived."""
+        return target.redelivery_window if self.grace is None else self.grace
 
     @property
     def dead_letter_messages(self) -> int:

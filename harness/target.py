@@ -18,9 +18,13 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mailbag.broker import ADAPTERS, Broker, Queue, connect, mask_url
 from mailbag.broker.errors import BrokerUrlError
-from mailbag.broker.url import scheme_of
+from mailbag.broker.url import query_options, scheme_of
 
 _FAMILY = {"memory": "memory", "amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "sqs"}
+#: seconds to listen for late duplicates where the broker redelivers at once
+IMMEDIATE_WINDOW = 0.3
+#: the SQS adapter's visibility timeout when the URL names none
+SQS_VISIBILITY = 30
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
 
 
@@ -65,6 +69,19 @@ class Target:
     def display(self) -> str:
         """The URL, password masked: safe for reports and logs."""
         return mask_url(self.url)
+
+    @property
+    def redelivery_window(self) -> float:
+        """How long after the last message a duplicate may still come: on SQS a message
+        whose delete did not land comes back when its visibility timeout (the URL's
+        `visibility`, 30 s by default) runs out; elsewhere redelivery is immediate."""
+        if _FAMILY.get(scheme_of(self.url)) != "sqs":
+            return IMMEDIATE_WINDOW
+        raw = query_options(self.broker_url).get("visibility", str(SQS_VISIBILITY))
+        try:
+            return float(raw) + 1.0
+        except ValueError:
+            raise BrokerUrlError(f"visibility={raw!r} in {self.display!r}: expected seconds") from None
 
     @property
     def in_process(self) -> bool:

@@ -3,7 +3,6 @@ clients to look at what the code under test made there, and a RabbitMQ left as t
 run found it."""
 
 import asyncio
-import subprocess
 import sys
 
 import boto3
@@ -11,7 +10,7 @@ import pytest
 from moto import mock_aws
 
 from tests.moto_server import REGION, dummy_aws_credentials
-from tests.rabbitmq.service import VHOST, amqp_url
+from tests.rabbitmq.service import amqp_url, vhost_names
 
 
 @pytest.fixture
@@ -32,23 +31,6 @@ def sns(aws):
     return boto3.client("sns", region_name=REGION)
 
 
-def _rabbitmq_names() -> tuple[set[str], set[str]] | None:
-    """(queues, exchanges) on the test RabbitMQ's vhost, or None when it
-    cannot be asked (not running, or no `rabbitmqctl` here)."""
-    names = []
-    for what in ("list_queues", "list_exchanges"):
-        try:
-            listed = subprocess.run(
-                ["rabbitmqctl", "-q", what, "-p", VHOST, "name"], capture_output=True, text=True, timeout=60
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        if listed.returncode != 0:
-            return None
-        names.append({n for n in listed.stdout.split() if n != "name"})
-    return names[0], names[1]
-
-
 async def _delete(queues: set[str], exchanges: set[str]) -> None:
     import aio_pika
 
@@ -65,9 +47,9 @@ def rabbitmq_left_as_found():
     """Deletes the RabbitMQ queues and exchanges that appeared during the run. Tests
     remove what they declare, but one that stops half way leaves its queues behind,
     and a node that collects hundreds of queues per run slows until it stops answering."""
-    before = _rabbitmq_names()
+    before = vhost_names()
     yield
-    after = _rabbitmq_names() if before is not None else None
+    after = vhost_names() if before is not None else None
     if after is not None:
         try:
             asyncio.run(_delete(after[0] - before[0], after[1] - before[1]))

@@ -59,7 +59,13 @@ from mailbag.broker.errors import (
 )
 from mailbag.broker.message import Delivery, Message
 from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
-from mailbag.broker.rabbitmq.topology import declare_retry_queue, declare_topology, delay_ms, retry_queue_name
+from mailbag.broker.rabbitmq.topology import (
+    declare_retry_queue,
+    declare_topology,
+    delay_ms,
+    filter_exchange_name,
+    retry_queue_name,
+)
 from mailbag.broker.topology import Queue, Topology
 from mailbag.broker.url import check_options, mask_url
 
@@ -123,6 +129,23 @@ class RabbitBroker(Broker):
             self._known_queues.update((spec.name, spec.dead_letter_queue))
             self._retry_queues.update(retry_queue_name(spec.name, delay_ms(d)) for d in spec.retry.delays)
         self._topics.update(topology.topics)
+
+    async def remove(self, topology: Topology) -> None:
+        self._check_open()
+        async with self._scratch() as channel:
+            for spec in topology.queues:
+                retry = {retry_queue_name(spec.name, delay_ms(d)) for d in spec.retry.delays}
+                retry |= {n for n in self._retry_queues if n.startswith(f"{spec.name}.retry.")}
+                for name in (spec.name, spec.dead_letter_queue, *sorted(retry)):
+                    await channel.queue_delete(name)
+                    self._known_queues.discard(name)
+                    self._retry_queues.discard(name)
+                self._specs.pop(spec.name, None)
+                self._dead_letter_queues.discard(spec.dead_letter_queue)
+            for topic in topology.topics:
+                await channel.exchange_delete(topic)
+                await channel.exchange_delete(filter_exchange_name(topic))
+                self._topics.discard(topic)
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         self._check_open()

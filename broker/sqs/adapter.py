@@ -149,6 +149,10 @@ class SqsBroker(Broker):
             )
         return len(raw)
 
+    async def remove(self, topology: Topology) -> None:
+        self._check_open()
+        await self._resources.remove(topology)
+
     async def queue_names(self) -> list[str]:
         """Every queue under the broker's prefix (the whole account and region without one)."""
         return await self._resources.queue_names()

@@ -93,6 +93,23 @@ class Resources:
             for sub in spec.subscriptions:
                 await self._subscribe(topics[sub.topic], queue, sub)
 
+    async def remove(self, topology: Topology) -> None:
+        """Delete the queues (dead-letter queues too) and the topics; SNS drops a deleted
+        topic's subscriptions with it."""
+        for spec in topology.queues:
+            for name in (spec.name, spec.dead_letter_queue):
+                self._queues.pop(name, None)
+                for fifo in (False, True):
+                    url = await self._queue_url(self.aws_name(name, fifo))
+                    if url is not None:
+                        await self.aws.call(self.aws.sqs.delete_queue, QueueUrl=url)
+        for topic in topology.topics:
+            ref = await self._find_topic(topic)
+            if ref is not None:
+                await self.aws.call(self.aws.sns.delete_topic, TopicArn=ref.arn)
+                self._topics.pop(topic, None)
+                self._topic_arns = {n: arn for n, arn in self._topic_arns.items() if arn != ref.arn}
+
     async def _ensure_topic(self, name: str, fifo: bool) -> TopicRef:
         existing = await self._find_topic(name)
         if existing is not None:

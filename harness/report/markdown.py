@@ -1,10 +1,12 @@
 """`index.md`: the run as a page: brokers, a verdict matrix, what each scenario
-measured, every finding (losses first) and the charts embedded."""
+measured, what it means (criteria and advice, `advice`), every finding (losses first)
+and the charts embedded."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mailbag.harness.report import advice
 from mailbag.harness.result import Report
 from mailbag.harness.scenarios import SCENARIOS
 
@@ -59,6 +61,7 @@ def render(report: Report, images: list[str]) -> str:
             r = by.get((s, b))
             if r is not None:
                 lines.append(f"| {b} | {_verdict(r)} | {r.lost} | {r.duplicates} | {r.error or r.summary} |")
+    lines += ["", *advice.render(report)]
     findings = sorted(
         ((f.level, r.broker, r.scenario, f.text) for r in report.results for f in r.findings),
         key=lambda item: _RANK[item[0]],

@@ -65,7 +65,11 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
 
     lane = Lane(name, handle, 1, settings.prefetch)
     await drain(
-        broker, [ledger], [lane], grace=settings.grace, patience=max(settings.idle_timeout, settings.crash_timeout)
+        broker,
+        [ledger],
+        [lane],
+        grace=settings.listen(target),
+        patience=max(settings.idle_timeout, settings.crash_timeout),
     )
 
     result.count(ledger)

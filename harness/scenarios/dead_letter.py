@@ -49,7 +49,9 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
 
     await publish(broker, name, messages(name, count, settings.keys), [ledger], settings.batch)
     lanes = [Lane(name, failing, 1, settings.prefetch), Lane(queue.dead_letter_queue, dead, 1, settings.prefetch)]
-    await drain(broker, [ledger], lanes, grace=settings.grace, patience=settings.idle_timeout + settings.retry_delay)
+    await drain(
+        broker, [ledger], lanes, grace=settings.listen(target), patience=settings.idle_timeout + settings.retry_delay
+    )
 
     result.count(ledger, "the DLQ")
     dead_ids = {a.id for a in ledger.handled}

@@ -41,7 +41,12 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
     publishing = asyncio.create_task(publisher())
     try:
         await drain(
-            broker, [ledger], [lane], grace=settings.grace, patience=settings.idle_timeout, publisher=publishing
+            broker,
+            [ledger],
+            [lane],
+            grace=settings.listen(target),
+            patience=settings.idle_timeout,
+            publisher=publishing,
         )
     finally:
         if not publishing.done():

@@ -57,7 +57,7 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
 
     await publish(broker, name, sent, [ledger], settings.batch)
     lane = Lane(name, handle, 1, settings.prefetch)
-    await drain(broker, [ledger], [lane], grace=settings.grace, patience=settings.idle_timeout + asked)
+    await drain(broker, [ledger], [lane], grace=settings.listen(target), patience=settings.idle_timeout + asked)
 
     result.count(ledger)
     result.series["positions"] = positions

@@ -56,6 +56,13 @@ def register(subs: argparse._SubParsersAction) -> None:
         help="count what has not arrived after S seconds without any delivery as lost "
         f"(default {Settings.idle_timeout:g}; raise it for slow brokers)",
     )
+    p.add_argument(
+        "--listen",
+        type=float,
+        metavar="S",
+        help="once every message arrived, keep listening S seconds for late duplicates (default: each broker's "
+        "redelivery window: SQS's visibility timeout + 1 s, 0.3 s elsewhere)",
+    )
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report directory (default ./{DEFAULT_OUT})")
     p.set_defaults(run=run)
 
@@ -66,9 +73,10 @@ async def run(args: argparse.Namespace) -> int:
     except BrokerUrlError as exc:
         raise CliError(str(exc)) from None
     try:
-        settings = Settings(messages=args.messages, idle_timeout=args.patience)
+        settings = Settings(messages=args.messages, idle_timeout=args.patience, grace=args.listen)
     except ValueError as exc:
-        raise CliError(str(exc).replace("idle_timeout", "--patience").replace("messages", "--messages")) from None
+        flags = {"idle_timeout": "--patience", "messages": "--messages", "grace": "--listen"}
+        raise CliError(" ".join(flags.get(word, word) for word in str(exc).split(" "))) from None
     labels = [t.label for t in targets]
     if len(set(labels)) < len(labels):
         raise CliError("two brokers have the same label; tell them apart with ?label=NAME")

@@ -41,6 +41,10 @@ class StackBroker(Broker):
         await asyncio.to_thread(deploy, self.cfn, self.stack, template(merged, prefix=self.prefix))
         self.topology = merged
 
+    async def remove(self, topology: Topology) -> None:
+        """What a stack's deletion does, without waiting for one: the resources go."""
+        await self.broker.remove(topology)
+
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         await self.broker.publish(topic, messages)
 

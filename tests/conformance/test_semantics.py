@@ -9,7 +9,7 @@ from datetime import UTC
 
 import pytest
 
-from mailbag.broker import AlreadySettled, BrokerClosed, Message, Subscription, UnknownTopic
+from mailbag.broker import AlreadySettled, BrokerClosed, Message, Subscription, UnknownQueue, UnknownTopic
 from mailbag.broker import headers as h
 from tests.conformance.env import drain, eventually, next_delivery, nothing_within
 
@@ -378,3 +378,29 @@ async def test_publish_after_close_fails_loudly(env):
     await env.broker.close()
     with pytest.raises(BrokerClosed):
         await env.broker.publish(topic, _msgs(topic, 1))
+
+
+async def test_remove_deletes_what_declare_created(env):
+    # Given a queue with a retry policy and a dead letter, fed by a topic
+    topic = env.name("removed")
+    q = env.queue("removed", topic, retry=env.policy())
+    topology = await env.declare(q)
+    await env.broker.publish(topic, _msgs(topic, 2))
+    async with env.broker.consume(q.name) as consumer:
+        d = await next_delivery(consumer)
+        await d.dead_letter("for the dead-letter queue")
+    before = await env.broker.queue_names()
+    # When the topology is removed (twice: the second finds nothing, and that is fine)
+    await env.broker.remove(topology)
+    await env.broker.remove(topology)
+    # Then its queues, dead-letter queue included, and its topic are gone
+    with pytest.raises(UnknownQueue):
+        await env.broker.stats(q.name)
+    with pytest.raises(UnknownQueue):
+        await env.broker.browse(q.dead_letter_queue)
+    with pytest.raises(UnknownTopic):
+        await env.broker.publish(topic, _msgs(topic, 1))
+    after = await env.broker.queue_names()
+    if before is not None:  # a broker that can list its queues lists them no more
+        assert {q.name, q.dead_letter_queue} <= set(before)
+        assert not {q.name, q.dead_letter_queue} & set(after or [])

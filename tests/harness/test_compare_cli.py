@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+from tests.rabbitmq.service import amqp_url, vhost_names
+
 
 def mailbag(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "mailbag.cli", *args], capture_output=True, text=True, timeout=120)
@@ -56,3 +58,32 @@ def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and says in lines[0], result.stderr
     assert "hunter2" not in result.stderr + result.stdout
+
+
+def test_compare_on_rabbitmq_leaves_the_broker_as_it_found_it_and_says_which_to_pick(tmp_path):
+    # Given the queues and exchanges of the tests' vhost
+    before = vhost_names()
+    assert before is not None, "rabbitmqctl cannot list the test vhost's queues; start RabbitMQ (scripts/services.sh)"
+    # When every scenario runs there, on classic queues and on ordered quorum queues
+    out = tmp_path / "report"
+    result = mailbag(
+        "compare",
+        "--messages",
+        "40",
+        "--patience",
+        "10",
+        "--broker",
+        amqp_url(),
+        "--broker",
+        f"{amqp_url()}?queue=quorum&ordered=1",
+        "--out",
+        str(out),
+    )
+    assert result.returncode == 0, result.stderr
+    # Then the vhost holds exactly what it held before
+    assert vhost_names() == before
+    # And the report states its criteria and computes its advice from the results
+    page = (out / "index.md").read_text()
+    assert "## What this means" in page and "### Which to pick" in page
+    assert "**crash**: FAIL when a message the killed consumer held never comes back." in page
+    assert "Need per-key order with 4 competing consumers: use rabbitmq-quorum-ordered (0 violations)" in page

@@ -25,6 +25,9 @@ class Delegating(Broker):
         self._check()
         await self.inner.declare(topology)
 
+    async def remove(self, topology: Topology) -> None:
+        await self.inner.remove(topology)
+
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         self._check()
         await self.inner.publish(topic, messages)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 
 import aio_pika
 import pytest
@@ -41,3 +42,20 @@ async def remove_declared(broker) -> None:
         for topic in sorted(broker._topics):
             await channel.exchange_delete(topic)
             await channel.exchange_delete(f"{topic}.filter")
+
+
+def vhost_names() -> tuple[set[str], set[str]] | None:
+    """(queues, exchanges) on the test RabbitMQ's vhost, or None when it
+    cannot be asked (not running, or no `rabbitmqctl` here)."""
+    names = []
+    for what in ("list_queues", "list_exchanges"):
+        try:
+            listed = subprocess.run(
+                ["rabbitmqctl", "-q", what, "-p", VHOST, "name"], capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        if listed.returncode != 0:
+            return None
+        names.append({n for n in listed.stdout.split() if n != "name"})
+    return names[0], names[1]
