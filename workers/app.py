@@ -170,6 +170,11 @@ class App:
         return Topology(queues=queues, topics=self._topics)
 
     @property
+    def published_topics(self) -> tuple[str, ...]:
+        """The topics the app says it publishes to (`App(topics=...)`)."""
+        return self._topics
+
+    @property
     def queues(self) -> tuple[str, ...]:
         return tuple(self._queues)
 

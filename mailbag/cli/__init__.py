@@ -7,10 +7,10 @@ import asyncio
 import sys
 
 from mailbag.broker.errors import MailbagError
-from mailbag.cli import compare, demo, dlq, health, outbox, publish, queues, topology, worker
+from mailbag.cli import compare, demo, dlq, docs, health, outbox, publish, queues, topology, worker
 from mailbag.cli.common import Parser, quiet_libraries, report
 
-COMMANDS = [demo, worker, health, publish, queues, topology, dlq, outbox, compare]
+COMMANDS = [demo, worker, health, publish, queues, topology, dlq, outbox, compare, docs]
 
 
 def build_parser() -> Parser:
