@@ -7,6 +7,7 @@ import functools
 import json
 import sys
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
@@ -15,7 +16,7 @@ from rich.table import Table
 
 from mailbag.broker import Broker, connect
 from mailbag.cli.common import CliError, Parser, add_broker_option
-from mailbag.dlq import FIELD_NAMES, DeadLetters, ExportFileError, NotInQueue, WhereError, replay_file
+from mailbag.dlq import FIELD_NAMES, DeadLetter, DeadLetters, ExportFileError, NotInQueue, WhereError, replay_file
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def register(subs: argparse._SubParsersAction) -> None:
     ls = _verb(verbs, "ls", "list a queue's dead letters with reason and attempts (they stay in the DLQ)")
     ls.add_argument("--json", action="store_true", help="print JSON records instead of a table")
     ls.add_argument("--limit", type=_positive_int, default=50, metavar="N", help="show at most N (default 50)")
+    ls.add_argument("--wide", action="store_true", help="every column, however wide the terminal")
     ls.set_defaults(run=_ls)
 
     show = _verb(verbs, "show", "one dead letter in full: reason, error, traceback, headers, body")
@@ -102,24 +104,70 @@ async def _ls(args: argparse.Namespace) -> int:
         records = await dead.ls(limit=args.limit)
         ready = (await broker.stats(dead.dead_letter_queue)).ready
     if args.json:
-        print(json.dumps([r.model_dump(mode="json") for r in records], indent=2))
+        print(json.dumps([_readable(r) for r in records], indent=2))
         return 0
+    console = Console(width=WIDE) if args.wide else Console()
+    shown = _fitting(console.width, args.wide)
     table = Table(title=f"{dead.dead_letter_queue}: {len(records)} of {ready} dead letter(s)")
-    table.add_column("id", no_wrap=True)
-    for name in ("topic", "reason", "error", "attempts", "last failed", "from queue"):
-        table.add_column(name)
+    for name in shown:
+        table.add_column(name, **_LS_COLUMNS[name][1])
     for r in records:
-        table.add_row(
-            r.id,
-            r.message.topic,
-            escape(_short(r.reason, 60)),
-            escape(r.error_type or ""),
-            "?" if r.attempts is None else str(r.attempts),
-            r.last_failed_at.strftime("%Y-%m-%d %H:%M:%S") if r.last_failed_at else "",
-            r.source_queue or "",
-        )
-    Console().print(table)
+        table.add_row(*(escape(_LS_COLUMNS[name][0](r)) for name in shown))
+    console.print(table)
+    hidden = [name for name in _LS_COLUMNS if name not in shown]
+    if hidden:
+        console.print(f"({', '.join(hidden)}: --wide, or dlq show QUEUE ID)", style="dim")
     return 0
+
+
+#: the width `ls --wide` lays its table out for, whatever the terminal's
+WIDE = 220
+
+#: `ls` columns, most needed first: (cell text, rich column options). A narrow terminal
+#: drops columns from the end rather than cutting every cell short; long text folds.
+_LS_COLUMNS: dict[str, tuple[Callable[[DeadLetter], str], dict[str, Any]]] = {
+    "id": (lambda r: r.id, {"no_wrap": True, "min_width": 32}),
+    "reason": (lambda r: " ".join(r.reason.split()), {"overflow": "fold", "min_width": 14, "ratio": 2}),
+    "tries": (lambda r: "?" if r.attempts is None else str(r.attempts), {"no_wrap": True, "min_width": 5}),
+    "error": (lambda r: r.error_type or "", {"overflow": "fold", "min_width": 12, "ratio": 1}),
+    "last failed": (
+        lambda r: r.last_failed_at.strftime("%Y-%m-%d %H:%M:%S") if r.last_failed_at else "",
+        {"no_wrap": True, "min_width": 19},
+    ),
+    "topic": (lambda r: r.message.topic, {"overflow": "fold", "min_width": 12}),
+    "from queue": (lambda r: r.source_queue or "", {"overflow": "fold", "min_width": 12}),
+}
+
+
+def _fitting(width: int, wide: bool) -> list[str]:
+    """The columns that fit `width` at their minimum widths (3 for borders and padding each)."""
+    if wide:
+        return list(_LS_COLUMNS)
+    shown: list[str] = []
+    used = 1
+    for name, (_, options) in _LS_COLUMNS.items():
+        cost = options["min_width"] + 3
+        if used + cost > width:
+            break
+        shown.append(name)
+        used += cost
+    return shown
+
+
+def _readable(record: DeadLetter) -> dict[str, Any]:
+    """The JSON record, with a JSON body shown as JSON (`body_encoding: json`) rather than
+    base64; other bodies stay base64, as `export` writes every body."""
+    data = record.model_dump(mode="json")
+    body = record.message.body
+    encoding = "base64"
+    if record.message.content_type.split(";")[0].strip().endswith("json"):
+        try:
+            data["message"]["body"] = json.loads(body)
+            encoding = "json"
+        except ValueError:
+            pass
+    data["message"]["body_encoding"] = encoding
+    return data
 
 
 @_user_errors
@@ -127,7 +175,7 @@ async def _show(args: argparse.Namespace) -> int:
     async with await connect(args.broker) as broker:
         record = await _dead_letters(broker, args).show(args.message_id)
     if args.json:
-        print(record.model_dump_json(indent=2))
+        print(json.dumps(_readable(record), indent=2))
         return 0
     console = Console()
     table = Table(show_header=False, box=None)
@@ -141,8 +189,7 @@ async def _show(args: argparse.Namespace) -> int:
         ("error", record.error_type),
         ("error message", record.error_message),
         ("attempts", record.attempts),
-        ("first failed", record.first_failed_at),
-        ("last failed", record.last_failed_at),
+        *_failure_times(record),
         ("worker host", record.worker_host),
         ("content type", m.content_type),
         ("type", m.type),
@@ -165,6 +212,15 @@ async def _show(args: argparse.Namespace) -> int:
         console.rule("traceback")
         console.print(escape(record.traceback), highlight=False)
     return 0
+
+
+def _failure_times(record: DeadLetter) -> list[tuple[str, object]]:
+    """First and last failure where the broker recorded both; a single time is when it
+    was dead-lettered, and is shown as that, not as a first failure it does not know."""
+    first, last = record.first_failed_at, record.last_failed_at
+    if first is not None and last is not None and first != last:
+        return [("first failed", first), ("last failed", last)]
+    return [("dead-lettered", last or first)]
 
 
 @_user_errors
@@ -192,7 +248,7 @@ async def _replay(args: argparse.Namespace) -> int:
 
 @_user_errors
 async def _purge(args: argparse.Namespace) -> int:
-    _check_selection(args, require_explicit=True)
+    _check_selection(args)
     if not args.yes:
         raise CliError("purge deletes dead letters for good; add --yes to confirm")
     async with await connect(args.broker) as broker:
@@ -213,13 +269,11 @@ async def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _check_selection(args: argparse.Namespace, require_explicit: bool = False) -> None:
+def _check_selection(args: argparse.Namespace) -> None:
     if args.ids and args.all:
         raise CliError("use --id or --all, not both")
-    if not args.ids and not args.all and (require_explicit or args.where is None):
-        raise CliError(
-            "say which messages: --id ID (repeat), --all" + ("" if require_explicit else ", or --where EXPR")
-        )
+    if not args.ids and not args.all and args.where is None:
+        raise CliError("say which messages: --id ID (repeat), --all, or --where EXPR")
 
 
 def _report_missing(missing: list[str], dead: DeadLetters) -> int:
@@ -252,11 +306,6 @@ class _progress:
             self._bar.start()
             self._started = True
         self._bar.update(self._task, completed=done, total=total)
-
-
-def _short(text: str, width: int) -> str:
-    text = " ".join(text.split())
-    return text if len(text) <= width else text[: width - 1] + "…"
 
 
 def _positive_int(text: str) -> int:

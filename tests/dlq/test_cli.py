@@ -17,13 +17,13 @@ from tests.dlq.conftest import dead_letter_all
 from tests.rabbitmq.service import amqp_url
 
 
-def mailbag(*args: str, broker: str = "memory://") -> subprocess.CompletedProcess:
+def mailbag(*args: str, broker: str = "memory://", columns: int = 200) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mailbag.cli", *args],
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "MAILBAG_BROKER_URL": broker, "COLUMNS": "200"},
+        env={**os.environ, "MAILBAG_BROKER_URL": broker, "COLUMNS": str(columns)},
     )
 
 
@@ -31,7 +31,7 @@ def mailbag(*args: str, broker: str = "memory://") -> subprocess.CompletedProces
     "args, says",
     [
         (("dlq", "purge", "orders", "--all"), "add --yes"),
-        (("dlq", "purge", "orders", "--yes"), "say which messages"),
+        (("dlq", "purge", "orders", "--yes"), "say which messages: --id ID (repeat), --all, or --where EXPR"),
         (("dlq", "replay", "orders"), "say which messages"),
         (("dlq", "replay", "orders", "--id", "a", "--all"), "not both"),
         (("dlq", "replay", "orders", "--where", "tries > 3"), "unknown name 'tries'"),
@@ -145,3 +145,52 @@ async def _ready_at_least(broker, queue: str, n: int) -> bool:
 
 async def _ids(broker, queue: str) -> Counter:
     return Counter(m.id for m in await broker.browse(queue, limit=1000))
+
+
+async def test_ls_fits_80_columns_json_bodies_read_as_json_and_purge_where_works(rabbit):
+    # Given two dead letters with a JSON body and one with a text body
+    url, broker, queue = rabbit
+    sent = await dead_letter_all(
+        broker,
+        queue.name,
+        [
+            Message("orders.placed", b'{"job_id": 1}', content_type="application/json"),
+            Message("orders.placed", b'{"job_id": 2}', content_type="application/json"),
+            Message("orders.placed", b"plain words", content_type="text/plain"),
+        ],
+    )
+
+    # When they are listed on an 80-column terminal, wide, and as JSON
+    narrow = mailbag("dlq", "ls", queue.name, broker=url, columns=80)
+    wide = mailbag("dlq", "ls", queue.name, "--wide", broker=url, columns=80)
+    listed = json.loads(mailbag("dlq", "ls", queue.name, "--json", broker=url).stdout)
+
+    # Then no line is longer than 80, nothing is cut short, and each id and reason is whole
+    assert narrow.returncode == 0, narrow.stderr
+    assert max(len(line) for line in narrow.stdout.splitlines()) <= 80, narrow.stdout
+    assert "…" not in narrow.stdout
+    assert all(m.id in narrow.stdout for m in sent)
+    assert "poisoned in a" in narrow.stdout and "--wide" in narrow.stdout
+    assert "from queue" in wide.stdout and queue.name in wide.stdout
+    assert [r["message"]["body"] for r in listed] == [{"job_id": 1}, {"job_id": 2}, "cGxhaW4gd29yZHM="]
+    assert [r["message"]["body_encoding"] for r in listed] == ["json", "json", "base64"]
+
+    # When the operator purges by expression, as docs/dlq.md shows
+    purged = mailbag("dlq", "purge", queue.name, "--where", 'content_type == "text/plain"', "--yes", broker=url)
+
+    # Then exactly the matching dead letter is gone
+    assert purged.returncode == 0 and "purged 1" in purged.stdout, purged.stderr
+    left = json.loads(mailbag("dlq", "ls", queue.name, "--json", broker=url).stdout)
+    assert [r["message"]["id"] for r in left] == [m.id for m in sent[:2]]
+
+
+async def test_show_tells_a_single_failure_time_from_first_and_last(rabbit):
+    # Given a dead letter that mailbag stamped when it gave up (one time recorded)
+    url, broker, queue = rabbit
+    (sent,) = await dead_letter_all(broker, queue.name, [Message("orders", b"{}")])
+    # When it is shown
+    shown = mailbag("dlq", "show", queue.name, sent.id, broker=url)
+    # Then the one time is shown as when it was dead-lettered, not as first and last failure
+    assert shown.returncode == 0, shown.stderr
+    assert "dead-lettered" in shown.stdout
+    assert "first failed" not in shown.stdout
