@@ -158,15 +158,20 @@ class SqsBroker(Broker):
         return await self._resources.queue_names()
 
     async def close(self) -> None:
-        """Also waits for running long polls (up to `wait` seconds) so that what they
-        receive is returned to the queue rather than hidden for the visibility timeout."""
+        """Gives running long polls `CLOSE_WAIT` seconds to end, so that what they
+        receive goes back to the queue at once, then abandons them: a stopping worker
+        does not wait out a 20 s poll, and what an abandoned poll receives comes back
+        when its visibility timeout runs out."""
         if self._closed:
             return
         self._closed = True
         for consumer in list(self._consumers):
             await consumer.close()
         if self._polls:
-            await asyncio.gather(*self._polls, return_exceptions=True)
+            _, running = await asyncio.wait(set(self._polls), timeout=CLOSE_WAIT)
+            for poll in running:
+                poll.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
         await asyncio.to_thread(self.aws.close)
 
     # -- sending --------------------------------------------------------------
@@ -259,7 +264,8 @@ class SqsBroker(Broker):
         }
         if visibility is not None:
             params["VisibilityTimeout"] = visibility
-        return (await self.aws.call(self.aws.sqs.receive_message, **params)).get("Messages", [])
+        call = self.aws.poll if wait else self.aws.call
+        return (await call(self.aws.sqs.receive_message, **params)).get("Messages", [])
 
     async def _sweep(self, ref: QueueRef, limit: float) -> list[dict]:
         """Receive up to `limit` ready messages, holding each for the visibility timeout;
@@ -439,6 +445,10 @@ class _SqsDelivery(Delivery):
 
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         await self._consumer.dead_letter(self, reason, error)
+
+
+#: seconds `close` waits for long polls in flight before it abandons them
+CLOSE_WAIT = 0.5
 
 
 class _SqsConsumer(Consumer):

@@ -1,8 +1,9 @@
 """The boto3 side of the SNS/SQS adapter: one SNS and one SQS client per broker, and
 a thread pool that runs their blocking calls off the event loop.
 
-Long polls hold a thread each for up to `wait` seconds, so the pool is sized for many
-consumers at once and other calls never queue behind them. Errors leave here as
+Long polls run on threads of their own (`poll`), outside the pool: a poll holds its
+thread for up to `wait` seconds, and a closing broker (or an exiting process) must not
+wait for it, while other calls never queue behind one. Errors leave here as
 `BrokerError`s: `BrokerUnavailable` when AWS cannot be reached, `AwsError` (with the
 AWS error code) when it answered no.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -49,8 +51,36 @@ class AwsClients:
 
     async def call(self, method: Callable[..., Any], **params: Any) -> Any:
         loop = asyncio.get_running_loop()
+        return await self._answer(loop.run_in_executor(self._pool, functools.partial(method, **params)))
+
+    async def poll(self, method: Callable[..., Any], **params: Any) -> Any:
+        """`call` on a daemon thread of its own: cancelling the await abandons the call,
+        and neither `close` nor the interpreter's exit waits for it to end."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Any] = loop.create_future()
+
+        def settle(outcome: Callable[[], None]) -> None:
+            if not answer.done():
+                outcome()
+
+        def run() -> None:
+            try:
+                result = method(**params)
+            except BaseException as exc:  # handed to the awaiting task, which raises it
+                outcome = functools.partial(answer.set_exception, exc)
+            else:
+                outcome = functools.partial(answer.set_result, result)
+            try:
+                loop.call_soon_threadsafe(settle, outcome)
+            except RuntimeError:  # the loop is closed: nobody waits any more
+                pass
+
+        threading.Thread(target=run, name="mailbag-sqs-poll", daemon=True).start()
+        return await self._answer(answer)
+
+    async def _answer(self, pending: asyncio.Future[Any]) -> Any:
         try:
-            return await loop.run_in_executor(self._pool, functools.partial(method, **params))
+            return await pending
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code = error.get("Code", "Unknown")

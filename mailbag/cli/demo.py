@@ -6,7 +6,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import tempfile
+import time
 from pathlib import Path
+
+from rich.console import Console
+from rich.status import Status
 
 from mailbag.broker import Broker, connect, mask_url
 from mailbag.cli.common import CliError, add_broker_option
@@ -55,15 +59,21 @@ async def run(args: argparse.Namespace) -> int:
         raise CliError("--orders must be at least 1")
     if args.fail_payment_every < 0:
         raise CliError("--fail-payment-every must be 0 (never) or more")
-    shop = Shop(payments=Payments(fail_every=args.fail_payment_every), timeline=Timeline(expected=args.orders))
+    status = Console(stderr=True).status("connecting")
+    timeline = Timeline(expected=args.orders, on_line=lambda line: print(line, flush=True))
+    shop = Shop(payments=Payments(fail_every=args.fail_payment_every), timeline=timeline)
     topics = Topics(args.prefix)
-    print(f"broker: {mask_url(args.broker)}  mode: {args.mode}")
-    async with await connect(args.broker) as broker:
-        if args.mode == "choreography":
-            await _choreography(broker, shop, topics, args)
-        else:
-            await _saga(broker, shop, topics, args)
-    print("\n".join(shop.timeline.lines()))
+    print(f"broker: {mask_url(args.broker)}  mode: {args.mode}", flush=True)
+    with status:  # the timeline goes to stdout as it happens, the status line to stderr
+        async with await connect(args.broker) as broker:
+            waiting = asyncio.create_task(_show_progress(status, shop, args.orders))
+            try:
+                if args.mode == "choreography":
+                    await _choreography(broker, shop, topics, args)
+                else:
+                    await _saga(broker, shop, topics, args)
+            finally:
+                waiting.cancel()
     orders = shop.orders
     held = ", ".join(f"{sku}={n}" for sku, n in sorted(shop.inventory.reserved.items())) or "none"
     print(f"{orders.count('confirmed')} confirmed, {orders.count('cancelled')} cancelled; stock reserved: {held}")
@@ -94,6 +104,15 @@ async def _saga(broker: Broker, shop: Shop, topics: Topics, args: argparse.Names
                     await _until_everyone_told(shop, args.timeout)
         finally:
             await store.close()
+
+
+async def _show_progress(status: Status, shop: Shop, orders: int) -> None:
+    """A line on the terminal while the flow runs (a remote broker takes seconds per hop)."""
+    while True:
+        told = len(shop.timeline.told)
+        waited = time.monotonic() - shop.timeline.started
+        status.update(f"{told} of {orders} customer(s) told, {waited:.0f}s; waiting for the broker")
+        await asyncio.sleep(0.5)
 
 
 async def _until_everyone_told(shop: Shop, timeout: float) -> None:

@@ -3,6 +3,8 @@ the saga give the same outcome; a payment failure releases the reservation and c
 the order; a failing notification undoes nothing."""
 
 import asyncio
+import subprocess
+import sys
 
 import pytest
 
@@ -17,6 +19,7 @@ from mailbag.workers import Worker
 from mailbag.workers.saga import Orchestrator
 from mailbag.workers.saga.store import open_store
 from tests.conformance.env import eventually
+from tests.examples.conftest import target
 
 ORDERS = 3
 FLOW_TIMEOUT = 60.0
@@ -108,3 +111,35 @@ async def test_a_failing_notification_never_undoes_an_order(mode, tmp_path):
     assert s.inventory.reserved == {"book": 6, "pen": 3} and not s.payments.refunded
     if mode == "saga":
         assert {state.status for state in ended.values()} == {"completed"}
+
+
+async def test_demo_on_sqs_prints_its_timeline_as_it_happens():
+    # Given the demo run on SNS/SQS, where every hop waits for a poll
+    async with target("sqs") as t:
+        demo = subprocess.Popen(
+            [sys.executable, "-m", "mailbag.cli", "demo", "--broker", t.url, "--prefix", t.prefix],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        try:
+            # When the first event of the flow is printed
+            first = await asyncio.to_thread(_line_with, demo, "created")
+            # Then the flow is still running: nobody has been told yet, the process goes on
+            assert demo.poll() is None
+            rest = await asyncio.to_thread(demo.communicate, timeout=120)
+        finally:
+            if demo.poll() is None:
+                demo.kill()
+                demo.wait()
+    assert demo.returncode == 0
+    assert "customer told" not in first and rest[0].count("customer told") == 3
+
+
+def _line_with(process: subprocess.Popen, text: str) -> str:
+    seen = ""
+    while text not in seen:
+        line = process.stdout.readline()
+        assert line, f"the demo ended before printing {text!r}: {seen}"
+        seen += line
+    return seen
