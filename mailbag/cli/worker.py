@@ -14,6 +14,7 @@ from contextlib import contextmanager, nullcontext
 from pydantic import ValidationError
 
 from mailbag.broker import connect, mask_url
+from mailbag.broker.errors import MailbagError
 from mailbag.broker.url import scheme_of
 from mailbag.cli.common import CliError, add_broker_option, load_app, quiet_libraries
 from mailbag.workers import Worker, WorkerSettings, logs
@@ -89,22 +90,30 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
 async def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     app = load_app(args.app)
+    store_url = settings.store_url(settings.broker_url)
     try:
-        store_factory(settings.store_url(settings.broker_url))
+        open_store = store_factory(store_url)
     except ValueError as exc:
         raise CliError(str(exc)) from None
     logs.configure(settings.log_level, settings.log_format)
     async with await connect(settings.broker_url) as broker:
         # connected: from here on the libraries' warnings say something about a running worker
         quiet_libraries(logging.NOTSET if settings.log_level.upper() == "DEBUG" else logging.WARNING)
-        metrics = Metrics() if settings.metrics_port is not None else None
+        try:  # opened here, not by the worker, so a store that cannot open is the one line printed
+            store = await open_store(store_url)
+        except (OSError, MailbagError) as exc:
+            raise CliError(f"idempotency store {mask_url(store_url)}: {exc}") from None
         try:
-            worker = Worker(app, broker, settings=settings, metrics=metrics)
-        except ValueError as exc:
-            raise CliError(str(exc)) from None
-        _announce(settings)
-        with nullcontext() if metrics is None else _serving(worker, metrics, settings):
-            return await serve(worker)
+            metrics = Metrics() if settings.metrics_port is not None else None
+            try:
+                worker = Worker(app, broker, settings=settings, metrics=metrics, store=store)
+            except ValueError as exc:
+                raise CliError(str(exc)) from None
+            _announce(settings)
+            with nullcontext() if metrics is None else _serving(worker, metrics, settings):
+                return await serve(worker)
+        finally:
+            await store.close()
 
 
 def _announce(settings: WorkerSettings) -> None:

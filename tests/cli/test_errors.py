@@ -23,14 +23,15 @@ def mailbag(*args: str, env: dict | None = None, cwd: str | None = None) -> subp
     )
 
 
-def assert_one_line(result: subprocess.CompletedProcess, says: str) -> None:
+def assert_one_line(result: subprocess.CompletedProcess, says: str, *, output: str = "") -> None:
+    """Exit 2, `says` in the one line on stderr, and nothing on stdout but `output`."""
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 2, result.stderr
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("mailbag: error: "), result.stderr
     assert says in lines[0], lines[0]
     assert "Traceback" not in result.stderr
-    assert result.stdout == ""
+    assert result.stdout == output
 
 
 @pytest.fixture
@@ -126,3 +127,17 @@ def test_missing_extras_name_the_extra_to_install(without, tmp_path):
     result = mailbag("outbox", "status", "--db", "postgresql://app:hunter2@127.0.0.1/test", env=absent)
     assert_one_line(result, "pip install 'mailbag[postgres]'")
     assert "hunter2" not in result.stderr
+
+
+def test_stores_that_cannot_open_are_one_line(tmp_path):
+    missing_folder = tmp_path / "nowhere"
+    assert_one_line(
+        mailbag("demo", "--mode", "saga", "--store", f"sqlite:///{missing_folder}/sagas.db"),
+        "does its folder exist?",
+        output="broker: memory://  mode: saga\n",
+    )
+    result = mailbag(
+        "worker", "mailbag.examples.orders.app:app", "--idempotency-url", "postgresql://postgres@127.0.0.1:1/test"
+    )
+    assert_one_line(result, "idempotency store postgresql://postgres@127.0.0.1:1/test: cannot reach PostgreSQL")
+    assert not missing_folder.exists()

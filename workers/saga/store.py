@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sqlite3
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import aiosqlite
 
 from mailbag.broker import mask_url
-from mailbag.broker.errors import StoreError, extras_named
+from mailbag.broker.errors import StoreError, StoreUnavailable, extras_named
 
 Status = Literal["running", "compensating", "completed", "compensated"]
 
@@ -125,7 +126,12 @@ class SqliteSagaStore:
     @classmethod
     async def open(cls, path: str, table: str = "saga_states") -> SqliteSagaStore:
         table = _check_table(table)
-        db = await aiosqlite.connect(path, isolation_level=None)  # autocommit: one statement, one transaction
+        try:
+            db = await aiosqlite.connect(path, isolation_level=None)  # autocommit: one statement, one transaction
+        except sqlite3.OperationalError as exc:
+            raise StoreUnavailable(
+                f"cannot open the SQLite saga store {path}: {exc} (does its folder exist?)"
+            ) from None
         await db.execute("PRAGMA journal_mode=WAL")
         await db.execute("PRAGMA busy_timeout=5000")
         for statement in _schema(table, real="REAL", json="TEXT"):
