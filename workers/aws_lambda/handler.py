@@ -88,7 +88,8 @@ class BatchFailed(MailbagError):
     off polling. SQS delivers each record again when its visibility timeout ends."""
 
     def __init__(self, message_ids: list[str]) -> None:
-        super().__init__(f"all {len(message_ids)} record(s) of the batch failed; they come back: {message_ids}")
+        shown = ", ".join(message_ids[:10]) + (", ..." if len(message_ids) > 10 else "")
+        super().__init__(f"all {len(message_ids)} record(s) of the batch failed and come back: {shown}")
         self.message_ids = message_ids
 
 
