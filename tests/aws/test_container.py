@@ -118,8 +118,8 @@ def test_the_command_and_health_check_are_ones_the_cli_accepts(instructions, mon
     assert load_app(worker.app).handlers
 
 
-def test_the_health_check_asks_liveness_which_holds_while_the_broker_is_down(instructions):
-    # Given the health check's command, and a worker's endpoints while its broker is down
+def test_the_health_check_asks_liveness_which_holds_while_the_worker_is_not_ready(instructions):
+    # Given the health check's command, and a worker's endpoints while it is not ready (as while its broker is down)
     [health] = instructions["HEALTHCHECK"]
     check = build_parser().parse_args(list(health.value[2:]))
     assert probe_url(check.host, check.port, check.probe).endswith(":9102/healthz")
