@@ -88,10 +88,10 @@ def test_malformed_json_body_is_refused_and_raw_sends_text(no_broker_configured)
 
 def test_outbox_status_on_a_misspelt_sqlite_path_creates_nothing(tmp_path):
     missing = tmp_path / "shpo.db"
-    assert_one_line(mailbag("outbox", "status", "--db", f"sqlite://{missing}"), "no SQLite database at")
+    assert_one_line(mailbag("outbox", "status", "--db", f"sqlite:///{missing}"), "no SQLite database at")
     assert not missing.exists()
     in_missing_folder = tmp_path / "nowhere" / "shop.db"
-    assert_one_line(mailbag("outbox", "relay", "--once", "--db", f"sqlite://{in_missing_folder}"), "no SQLite database")
+    assert_one_line(mailbag("outbox", "relay", "--once", "--db", f"sqlite:///{in_missing_folder}"), "no SQLite database")
     assert not in_missing_folder.parent.exists()
 
 
@@ -130,14 +130,14 @@ def test_missing_extras_name_the_extra_to_install(without, tmp_path):
 
 
 def test_stores_that_cannot_open_are_one_line(tmp_path):
-    missing_folder = tmp_path / "nowhere"
+    not_a_folder = tmp_path / "a-file"
+    not_a_folder.write_text("")
     assert_one_line(
-        mailbag("demo", "--mode", "saga", "--store", f"sqlite:///{missing_folder}/sagas.db"),
-        "does its folder exist?",
+        mailbag("demo", "--mode", "saga", "--store", f"sqlite:///{not_a_folder}/sagas.db"),
+        "cannot open the SQLite database",
         output="broker: memory://  mode: saga\n",
     )
     result = mailbag(
         "worker", "mailbag.examples.orders.app:app", "--idempotency-url", "postgresql://postgres@127.0.0.1:1/test"
     )
     assert_one_line(result, "idempotency store postgresql://postgres@127.0.0.1:1/test: cannot reach PostgreSQL")
-    assert not missing_folder.exists()

@@ -28,7 +28,7 @@ def db(tmp_path):
     with conn:
         for n in range(3):
             outbox.add(conn, "orders", {"n": n}, key="k")
-    yield f"sqlite://{path}", outbox, conn
+    yield f"sqlite:///{path}", outbox, conn  # sqlite:////abs/shop.db
     conn.close()
 
 
@@ -78,7 +78,11 @@ async def test_relay_runs_until_sigterm_and_picks_up_new_rows(db):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (("outbox", "status", "--db", "mysql://app:hunter2@db/shop"), "unknown outbox database URL scheme 'mysql'"),
+        (
+            ("outbox", "status", "--db", "mysql://app:hunter2@db/shop"),
+            "unknown outbox database URL 'mysql://app:***@db/shop'",
+        ),
+        (("outbox", "status", "--db", "sqlite:shop.db"), "write sqlite:///relative.db, sqlite:////absolute.db"),
         (
             ("outbox", "status", "--db", "postgresql://app:hunter2@127.0.0.1:1/shop"),
             "postgresql://app:***@127.0.0.1:1/shop",
@@ -119,7 +123,7 @@ async def test_relay_once_exits_1_when_a_row_could_not_be_sent(tmp_path):
         try:
             # When the relay runs once
             result = await asyncio.to_thread(
-                mailbag, "outbox", "relay", "--once", "--db", f"sqlite://{path}", "--broker", amqp_url()
+                mailbag, "outbox", "relay", "--once", "--db", f"sqlite:///{path}", "--broker", amqp_url()
             )
         finally:
             await channel.exchange_delete(topic)
@@ -127,4 +131,4 @@ async def test_relay_once_exits_1_when_a_row_could_not_be_sent(tmp_path):
     assert result.returncode == 1, result.stderr
     assert result.stdout.strip() == "sent 0"
     assert "could not be sent" in result.stderr
-    assert mailbag("outbox", "status", "--db", f"sqlite://{path}").stdout.startswith("pending 1  failing 1")
+    assert mailbag("outbox", "status", "--db", f"sqlite:///{path}").stdout.startswith("pending 1  failing 1")

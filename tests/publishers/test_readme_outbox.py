@@ -22,7 +22,7 @@ def test_readme_outbox_snippet_runs_as_written(tmp_path):
     assert ran.returncode == 0, ran.stderr
     # Then the event waits in the outbox for the relay
     status = subprocess.run(
-        [sys.executable, "-m", "mailbag.cli", "outbox", "status", "--db", f"sqlite://{tmp_path}/shop.db"],
+        [sys.executable, "-m", "mailbag.cli", "outbox", "status", "--db", f"sqlite:///{tmp_path}/shop.db"],
         capture_output=True,
         text=True,
         timeout=60,
