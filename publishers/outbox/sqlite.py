@@ -137,7 +137,7 @@ class SqliteOutbox(Outbox):
         """The outbox's own autocommit connection (opened on first use), one user at a time."""
         async with self._lock:
             if self._conn is None:
-                if self.path != MEMORY and not Path(self.path).is_file():
+                if self.path != MEMORY and not await asyncio.to_thread(Path(self.path).is_file):
                     # the application creates the database; a misspelt path must not become an empty one
                     raise StoreUnavailable(
                         f"no SQLite database at {self.path}: check the path; the application's first "

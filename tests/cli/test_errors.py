@@ -91,7 +91,9 @@ def test_outbox_status_on_a_misspelt_sqlite_path_creates_nothing(tmp_path):
     assert_one_line(mailbag("outbox", "status", "--db", f"sqlite:///{missing}"), "no SQLite database at")
     assert not missing.exists()
     in_missing_folder = tmp_path / "nowhere" / "shop.db"
-    assert_one_line(mailbag("outbox", "relay", "--once", "--db", f"sqlite:///{in_missing_folder}"), "no SQLite database")
+    assert_one_line(
+        mailbag("outbox", "relay", "--once", "--db", f"sqlite:///{in_missing_folder}"), "no SQLite database"
+    )
     assert not in_missing_folder.parent.exists()
 
 

@@ -57,9 +57,7 @@ def test_sigterm_stops_the_worker_with_exit_0_and_settings_come_from_the_environ
         text=True,
     )
     try:
-        # the store's location and the memory:// note come first, then "consuming" once
-        # the signal handlers are in place
-        started = "".join(proc.stdout.readline() for _ in range(3))
+        started = _until_consuming(proc)
         assert "idempotency records in memory://" in started, started
         assert "consuming tcli.tally" in started and "hunter2" not in started, started
         proc.send_signal(signal.SIGTERM)
@@ -81,7 +79,7 @@ def test_a_broker_url_given_as_a_flag_satisfies_require_broker_url():
         text=True,
     )
     try:
-        started = proc.stdout.readline()
+        started = _until_consuming(proc)
         assert "consuming tcli.tally" in started, started
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
@@ -89,3 +87,14 @@ def test_a_broker_url_given_as_a_flag_satisfies_require_broker_url():
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def _until_consuming(proc: subprocess.Popen) -> str:
+    """The worker's lines up to "consuming" (logged once the signal handlers are in
+    place); the idempotency store's location and the memory:// note come before it."""
+    lines = ""
+    while "consuming" not in lines:
+        line = proc.stdout.readline()
+        assert line, lines
+        lines += line
+    return lines
