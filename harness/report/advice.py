@@ -49,7 +49,7 @@ def _results(report: Report, scenario: str) -> list[ScenarioResult]:
 
 
 def _loss(report: Report) -> str | None:
-    lost = {}
+    lost: dict[str, int] = {}
     for r in report.results:
         if r.lost:
             lost[r.broker] = lost.get(r.broker, 0) + r.lost

@@ -113,4 +113,4 @@ def store_factory(url: str) -> Callable[[str], Awaitable[IdempotencyStore]]:
     module_name, factory = target.split(":")
     with extras_named():
         module = importlib.import_module(module_name)
-    return getattr(module, factory)  # type: ignore[no-any-return]
+    return getattr(module, factory)
