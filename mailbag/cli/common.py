@@ -11,7 +11,7 @@ import sys
 from typing import Any, NoReturn
 
 from mailbag.broker.errors import MailbagError
-from mailbag.broker.url import mask_url
+from mailbag.broker.url import mask_url, scheme_of
 from mailbag.workers import App
 
 DEFAULT_BROKER = "memory://"
@@ -41,6 +41,16 @@ def quiet_libraries(level: int = logging.CRITICAL) -> None:
     reaches the user as mailbag's own error line."""
     for name in LIBRARIES:
         logging.getLogger(name).setLevel(level)
+
+
+def refuse_in_process(url: str, what: str) -> None:
+    """A command that works on messages another process holds cannot use `memory://`:
+    it would start an empty broker of its own and lose (or find nothing) silently."""
+    if scheme_of(url) == "memory":
+        raise CliError(
+            f"no broker to {what}: memory:// lives inside one process and is gone when this command exits; "
+            "pass --broker amqp://127.0.0.1/ (or sqs://?region=...), or set MAILBAG_BROKER_URL, for the worker too"
+        )
 
 
 def add_broker_option(parser: argparse.ArgumentParser) -> None:

@@ -15,8 +15,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mailbag.broker import Broker, connect
-from mailbag.cli.common import CliError, Parser, add_broker_option
-from mailbag.dlq import FIELD_NAMES, DeadLetter, DeadLetters, ExportFileError, NotInQueue, WhereError, replay_file
+from mailbag.cli.common import CliError, Parser, add_broker_option, refuse_in_process
+from mailbag.dlq import (
+    FIELD_NAMES,
+    DeadLetter,
+    DeadLetters,
+    ExportFileError,
+    NotInQueue,
+    Where,
+    WhereError,
+    replay_file,
+)
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -92,6 +101,7 @@ def _user_errors(run: Callable[[argparse.Namespace], Awaitable[int]]) -> Callabl
 
 
 def _dead_letters(broker: Broker, args: argparse.Namespace) -> DeadLetters:
+    refuse_in_process(args.broker, "find dead letters in")
     if not args.queue:
         raise CliError("name the QUEUE whose dead letters to use")
     return DeadLetters(broker, args.queue, dead_letter_queue=args.dlq)
@@ -270,6 +280,12 @@ async def _export(args: argparse.Namespace) -> int:
 
 
 def _check_selection(args: argparse.Namespace) -> None:
+    """Bad selections and expressions are refused before any broker is reached."""
+    if args.where is not None:
+        try:
+            Where(args.where)
+        except WhereError as exc:
+            raise CliError(str(exc)) from None
     if args.ids and args.all:
         raise CliError("use --id or --all, not both")
     if not args.ids and not args.all and args.where is None:

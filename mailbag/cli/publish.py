@@ -12,8 +12,7 @@ import sys
 
 from mailbag.broker import Message, Topology, connect
 from mailbag.broker.codec import JSON
-from mailbag.broker.url import scheme_of
-from mailbag.cli.common import CliError, add_broker_option
+from mailbag.cli.common import CliError, add_broker_option, refuse_in_process
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -70,22 +69,13 @@ def _typed(body: str) -> tuple[bytes, str]:
     return body.encode(), JSON
 
 
-def _refuse_in_process(url: str) -> None:
-    if scheme_of(url) == "memory":
-        raise CliError(
-            "no broker to publish to: memory:// lives inside one process and would lose the message when this "
-            "command exits; pass --broker amqp://127.0.0.1/ (or sqs://?region=...), "
-            "or set MAILBAG_BROKER_URL, for the worker too"
-        )
-
-
 async def run(args: argparse.Namespace) -> int:
     headers = _headers(args.header)
     messages = [
         Message(args.topic, body, content_type=ctype, headers=headers, ordering_key=args.key)
         for body, ctype in _bodies(args.body, args.count, args.raw)
     ]
-    _refuse_in_process(args.broker)
+    refuse_in_process(args.broker, "publish to")
     async with await connect(args.broker) as broker:
         await broker.declare(Topology(topics=(args.topic,)))
         await broker.publish(args.topic, messages)

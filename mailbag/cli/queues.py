@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mailbag.broker import connect
-from mailbag.cli.common import CliError, add_broker_option, load_app
+from mailbag.cli.common import CliError, add_broker_option, load_app, refuse_in_process
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -23,6 +23,7 @@ def register(subs: argparse._SubParsersAction) -> None:
 
 
 async def run(args: argparse.Namespace) -> int:
+    refuse_in_process(args.broker, "inspect")
     names = list(args.queue)
     if args.app:
         names += [q for q in load_app(args.app).queues if q not in names]

@@ -76,11 +76,10 @@ async def test_publish_prints_one_id_per_message_and_reads_json_lines_from_stdin
         await remove_declared(broker)
 
 
-def test_queues_json_and_topology_apply_on_memory():
+def test_topology_apply_on_memory_and_queues_refused_there():
     result = mailbag("topology", "apply", "mailbag.examples.orders.app:app")
     assert result.returncode == 0, result.stderr
     assert "queue(s)" in result.stdout
-    # a memory:// broker lives in one process: a new one holds no queues
-    result = mailbag("queues", "--json")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "[]"
+    # a memory:// broker lives in one process: another command would see a new, empty one
+    result = mailbag("queues", "--app", "mailbag.examples.orders.app:app", "--json")
+    assert result.returncode == 2 and "memory:// lives inside one process" in result.stderr, result.stderr

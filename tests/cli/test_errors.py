@@ -78,7 +78,8 @@ def test_worker_on_an_unreachable_broker_prints_only_its_own_line():
 
 
 def test_unknown_option_on_memory_url_is_refused():
-    assert_one_line(mailbag("queues", "--broker", "memory://?prefetch=5"), "unknown option(s) prefetch")
+    result = mailbag("topology", "apply", "mailbag.examples.orders.app:app", "--broker", "memory://?prefetch=5")
+    assert_one_line(result, "unknown option(s) prefetch")
 
 
 def test_malformed_json_body_is_refused_and_raw_sends_text(no_broker_configured):

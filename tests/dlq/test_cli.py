@@ -39,7 +39,7 @@ def mailbag(*args: str, broker: str = "memory://", columns: int = 200) -> subpro
         (("dlq", "replay", "--from", "missing.jsonl", "--all"), "--from replays a file"),
         (("dlq", "replay", "--from", "/nonexistent/dead.jsonl"), "No such file"),
         (("dlq", "replay", "orders", "--all", "--rate", "0"), "must be greater than 0"),
-        (("dlq", "ls", "orders"), "'orders.dlq' is not declared"),
+        (("dlq", "ls", "orders"), "memory:// lives inside one process"),
         (("dlq", "show", "orders"), "the following arguments are required: MESSAGE_ID"),
     ],
 )
