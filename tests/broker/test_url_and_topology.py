@@ -52,3 +52,23 @@ def test_bad_topology_fails_at_construction():
         Topology(queues=(Queue("a"), Queue("a.dlq")))
     with pytest.raises(TopologyError, match="unknown setting"):
         Topology.from_dict({"queues": {"q": {"subscribe": ["t"], "colour": "red"}}})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "memory://?prefetch=5",
+        "amqp://guest:guest@127.0.0.1/?queue=quorum",  # a `mailbag compare` option, not the adapter's
+        "amqps://guest:guest@127.0.0.1/?heartbeats=5",
+        "sqs://?region=eu-west-1&queue=quorum",
+    ],
+)
+async def test_unknown_url_options_are_refused_on_every_scheme(url):
+    with pytest.raises(BrokerUrlError, match="unknown option"):
+        await connect(url)
+
+
+async def test_a_url_split_by_an_unencoded_password_is_refused_before_any_connection():
+    with pytest.raises(BrokerUrlError, match="does not parse") as err:
+        await connect("amqp://app:s3c@r/t!@rabbit.internal:5672/orders")
+    assert "s3c" not in str(err.value) and "%40" in str(err.value)
