@@ -8,7 +8,7 @@ import sys
 
 from mailbag.broker.errors import MailbagError
 from mailbag.cli import compare, demo, dlq, docs, health, outbox, publish, queues, topology, worker
-from mailbag.cli.common import Parser, quiet_libraries, report
+from mailbag.cli.common import Parser, libraries_quiet, report
 
 COMMANDS = [demo, worker, health, publish, queues, topology, dlq, outbox, compare, docs]
 
@@ -27,11 +27,11 @@ def build_parser() -> Parser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    quiet_libraries()
     try:
-        result = args.run(args)
-        if asyncio.iscoroutine(result):
-            result = asyncio.run(result)
+        with libraries_quiet():
+            result = args.run(args)
+            if asyncio.iscoroutine(result):
+                result = asyncio.run(result)
         return int(result or 0)
     except KeyboardInterrupt:
         return 130

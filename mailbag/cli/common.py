@@ -8,6 +8,8 @@ import importlib
 import logging
 import os
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, NoReturn
 
 from mailbag.broker.errors import MailbagError
@@ -34,6 +36,19 @@ def report(exc: BaseException) -> int:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
     print(f"mailbag: error: {mask_url(text)}", file=sys.stderr)
     return 2
+
+
+@contextmanager
+def libraries_quiet() -> Iterator[None]:
+    """Third-party log lines stay out of a command's output (`quiet_libraries`); their
+    levels are restored afterwards, for a program that runs commands in-process."""
+    saved = {name: logging.getLogger(name).level for name in LIBRARIES}
+    quiet_libraries()
+    try:
+        yield
+    finally:
+        for name, level in saved.items():
+            logging.getLogger(name).setLevel(level)
 
 
 def quiet_libraries(level: int = logging.CRITICAL) -> None:
