@@ -427,6 +427,12 @@ class _SqsDelivery(Delivery):
         self._consumer = consumer
         self._held = held
 
+    @property
+    def receipt(self) -> str:
+        """The receipt handle: with `SqsBroker.hide`, a host that times a retried
+        message itself shows it again when its own clock says (`mailbag.testing`)."""
+        return self._held.receipt
+
     async def _ack(self) -> None:
         self._consumer.ack(self)
 

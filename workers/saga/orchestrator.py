@@ -145,6 +145,9 @@ class WallClock:
     async def sleep_until(self, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - time.time()))
 
+    def timeout(self, seconds: float | None) -> asyncio.Timeout:
+        return asyncio.timeout(seconds)
+
 
 async def reply(ctx: Context, event: Any) -> str:
     """Answer the saga command `ctx` is handling with `event` (a pydantic model: its
