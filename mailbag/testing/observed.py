@@ -8,7 +8,8 @@ retry delays and postponements are timed on the bus's clock instead of SQS's.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
@@ -76,8 +77,8 @@ class Observed(Broker):
 
     async def publish_from_test(self, topic: str, messages: Sequence[Message]) -> None:
         """A publish by the test itself: watched, but not one of the handlers' follow-ups."""
-        await self.inner.publish(self.remote(topic), [self._inward(m) for m in messages])
-        self._expect(topic, messages)
+        async with self._expecting(topic, messages):
+            await self.inner.publish(self.remote(topic), [self._inward(m) for m in messages])
 
     # -- the contract, passed through ---------------------------------------------
 
@@ -92,9 +93,9 @@ class Observed(Broker):
         await self.inner.declare(topology)
 
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        await self.inner.publish(self.remote(topic), [self._inward(m) for m in messages])
+        async with self._expecting(topic, messages):
+            await self.inner.publish(self.remote(topic), [self._inward(m) for m in messages])
         self.published.extend(messages)
-        self._expect(topic, messages)
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         for m in messages:
@@ -133,14 +134,24 @@ class Observed(Broker):
 
     # -- internals -------------------------------------------------------------------
 
-    def _expect(self, topic: str, messages: Sequence[Message]) -> None:
-        """Each message is now pending on every consumed queue that takes it."""
+    @contextlib.asynccontextmanager
+    async def _expecting(self, topic: str, messages: Sequence[Message]) -> AsyncIterator[None]:
+        """Each message is pending on every consumed queue that takes it from before the
+        broker has it (it may be handled before the publish returns) unless the publish fails."""
         self.version += 1
+        before: dict[tuple[str, str], Status] = {}
         for queue in self.consumed:
             subscriptions = [s for s in self.specs[queue].subscriptions if s.topic == topic]
             for m in messages:
                 if any(s.matches(m.headers) for s in subscriptions):
-                    self.track(m.id, queue).status = "pending"
+                    track = self.track(m.id, queue)
+                    before[m.id, queue], track.status = track.status, "pending"
+        try:
+            yield
+        except BaseException:
+            for key, status in before.items():
+                self.tracks[key].status = status
+            raise
 
     def _at(self, delay: float, action: Callable[[], Coroutine[Any, Any, None]]) -> None:
         """Run `action` once `delay` seconds of the virtual clock have passed."""
