@@ -10,5 +10,6 @@ broker contract, the worker's middleware and an injected clock.
 """
 
 from mailbag.testing.bus import NotSettled, Outcome, TestBus
+from mailbag.testing.events import LambdaContext, sns_event, sqs_event
 
-__all__ = ["NotSettled", "Outcome", "TestBus"]
+__all__ = ["LambdaContext", "NotSettled", "Outcome", "TestBus", "sns_event", "sqs_event"]
