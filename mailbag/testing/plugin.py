@@ -6,7 +6,7 @@ mailbag is enough; `pip install 'mailbag[testing]'` brings pytest-asyncio and mo
 - `mailbag_broker_url`: `memory://`, or each `--mailbag-broker URL` given on the command
   line (the test runs once per URL); a test may also parametrize it itself.
 - An `sqs://` URL without `endpoint` runs on moto in this process, with fake
-  credentials and virtual time; `--mailbag-real-aws` lets it reach AWS instead (the
+  credentials and virtual time (`mailbag_moto` gives a test that moto directly); `--mailbag-real-aws` lets it reach AWS instead (the
   names then carry a prefix of their own per test).
 - An `amqp://` URL runs on that RabbitMQ with every name prefixed per test; what the
   test declared is deleted afterwards.
@@ -70,6 +70,15 @@ def mailbag_broker_url(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
+def mailbag_moto() -> Iterator[None]:
+    """moto's AWS in this process for the test, with credentials it accepts: what an
+    `sqs://` bus without endpoint runs on, for tests that talk to SQS themselves
+    (a Lambda handler, `sqs_event`)."""
+    with _moto():
+        yield
+
+
+@pytest.fixture
 def mailbag_bus(mailbag_broker_url: str, request: pytest.FixtureRequest) -> Iterator[Callable[..., TestBus]]:
     """`mailbag_bus(app, broker=None, **options)` -> a `TestBus` to enter with `async with`."""
     real_aws = bool(request.config.getoption("--mailbag-real-aws"))
@@ -82,12 +91,13 @@ def mailbag_bus(mailbag_broker_url: str, request: pytest.FixtureRequest) -> Iter
                 return TestBus(app, target, **options)
             scheme = scheme_of(target)
             on_moto = scheme == "sqs" and "endpoint" not in _query(target) and not real_aws
-            if on_moto and not moto:
+            if on_moto and not moto and "mailbag_moto" not in request.fixturenames:
                 stack.enter_context(_moto())
                 moto.append(True)
             if on_moto:
                 options.setdefault("virtual_time", True)
-                target = _with_query(target, wait="1")
+                # moto's long poll does not notice a message made visible again: poll each second
+                target = _with_query(target, wait="1", linger="0")
             elif scheme == "sqs":
                 target = _with_query(target, prefix=_prefix())
             elif scheme in ("amqp", "amqps"):
