@@ -6,8 +6,9 @@ mailbag is enough; `pip install 'mailbag[testing]'` brings pytest-asyncio and mo
 - `mailbag_broker_url`: `memory://`, or each `--mailbag-broker URL` given on the command
   line (the test runs once per URL); a test may also parametrize it itself.
 - An `sqs://` URL without `endpoint` runs on moto in this process, with fake
-  credentials and virtual time (`mailbag_moto` gives a test that moto directly); `--mailbag-real-aws` lets it reach AWS instead (the
-  names then carry a prefix of their own per test).
+  credentials and virtual time (`mailbag_moto` gives a test that moto directly);
+  `--mailbag-real-aws` lets it reach AWS instead (the names then carry a prefix of
+  their own per test).
 - An `amqp://` URL runs on that RabbitMQ with every name prefixed per test; what the
   test declared is deleted afterwards.
 """
