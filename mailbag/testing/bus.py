@@ -66,7 +66,8 @@ class TestBus:
             assert bus.outcome(message_id).status == "handled"
 
     `prefix` is put before every topic and queue name on the broker (a shared RabbitMQ);
-    the app and the test never see it. `virtual_time` runs the bus on a `ManualClock`:
+    the app and the test never see it. With `delete_declared` (the default with a
+    prefix) the bus deletes the topics and queues it used when it closes. `virtual_time` runs the bus on a `ManualClock`:
     the default on `memory://`; with SNS/SQS, only on moto in process. The keyword
     arguments go to `Worker` (`concurrency`, `settings`, `store`, ...); the idempotency
     store is in memory unless `store` or `settings` says otherwise.
@@ -81,11 +82,13 @@ class TestBus:
         *,
         prefix: str = "",
         virtual_time: bool | None = None,
+        delete_declared: bool | None = None,
         **worker_options: Any,
     ) -> None:
         self.app = app
         self._target = broker
         self._prefix = prefix
+        self._delete_declared = bool(prefix) if delete_declared is None else delete_declared
         self._virtual = virtual_time
         self._worker_options = worker_options
         self._owned: Broker | None = None
@@ -144,7 +147,7 @@ class TestBus:
             await self._observed.close()
         owned, self._owned = self._owned, None
         if owned is not None:
-            if self._prefix and hasattr(owned, "delete_declared"):
+            if self._delete_declared and hasattr(owned, "delete_declared"):
                 await owned.delete_declared()
             await owned.close()
 

@@ -8,7 +8,7 @@ mailbag is enough; `pip install 'mailbag[testing]'` brings pytest-asyncio and mo
 - An `sqs://` URL without `endpoint` runs on moto in this process, with fake
   credentials and virtual time (`mailbag_moto` gives a test that moto directly);
   `--mailbag-real-aws` lets it reach AWS instead (the names then carry a prefix of
-  their own per test).
+  their own per test, and what the test declared is deleted afterwards).
 - An `amqp://` URL runs on that RabbitMQ with every name prefixed per test; what the
   test declared is deleted afterwards.
 """
@@ -95,12 +95,15 @@ def mailbag_bus(mailbag_broker_url: str, request: pytest.FixtureRequest) -> Iter
             if on_moto and not moto and "mailbag_moto" not in request.fixturenames:
                 stack.enter_context(_moto())
                 moto.append(True)
+            if scheme == "sqs":
+                # a one-second long poll: closing the bus waits for the one running, and
+                # moto's does not notice a message made visible again
+                target = _with_query(target, wait="1", linger="0")
             if on_moto:
                 options.setdefault("virtual_time", True)
-                # moto's long poll does not notice a message made visible again: poll each second
-                target = _with_query(target, wait="1", linger="0")
             elif scheme == "sqs":
                 target = _with_query(target, prefix=_prefix())
+                options.setdefault("delete_declared", True)
             elif scheme in ("amqp", "amqps"):
                 options.setdefault("prefix", _prefix())
             return TestBus(app, target, **options)

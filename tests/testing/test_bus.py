@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import boto3
 import pytest
 from pydantic import BaseModel
 
@@ -17,6 +18,7 @@ from mailbag.broker.memory import MemoryBroker
 from mailbag.testing import NotSettled, TestBus
 from mailbag.workers.middleware.timeout import HandlerTimeout
 from mailbag.workers.saga import Saga, SagaFinished, Step, reply
+from tests.moto_server import REGION, dummy_aws_credentials, moto_server  # noqa: F401 (fixture)
 from tests.rabbitmq.service import amqp_url
 
 #: every broker the same test body runs on: (URL, a backoff that keeps it quick there)
@@ -296,3 +298,32 @@ async def test_outcome_asks_which_queue_when_a_message_went_to_several():
         assert bus.outcome(message_id, "shipping").status == "handled"
         with pytest.raises(KeyError):
             bus.outcome("no-such-id")
+
+
+def _names(endpoint: str) -> set[str]:
+    sqs = boto3.client("sqs", region_name=REGION, endpoint_url=endpoint)
+    sns = boto3.client("sns", region_name=REGION, endpoint_url=endpoint)
+    queues = set(sqs.list_queues().get("QueueUrls", []))
+    return queues | {t["TopicArn"] for t in sns.list_topics()["Topics"]}
+
+
+async def test_on_a_shared_sqs_endpoint_a_bus_uses_names_of_its_own_and_deletes_them(mailbag_bus, moto_server):
+    # Given SNS/SQS over HTTP (moto_server), where time is real, and what is there already
+    app = App("shop")
+
+    @app.handler("orders.placed", retry=RetryPolicy(max_attempts=2, initial_delay=0))
+    async def reserve(order: dict, ctx: Context) -> None:
+        if ctx.attempt == 1:
+            raise ConnectionError("once")
+
+    with dummy_aws_credentials():
+        before = _names(moto_server)
+        async with mailbag_bus(app, broker=f"sqs://?region={REGION}&endpoint={moto_server}") as bus:
+            # When a message is retried once, and the bus closes
+            message_id = await bus.publish("orders.placed", {"n": 1})
+            await bus.settle(timeout=30)
+            assert bus.outcome(message_id).attempts == 2
+            during = _names(moto_server)
+        # Then its topics and queues were its own, and are gone
+        assert any("t" in n and "shop_reserve" in n for n in during - before)
+        assert _names(moto_server) == before
