@@ -67,10 +67,11 @@ class TestBus:
 
     `prefix` is put before every topic and queue name on the broker (a shared RabbitMQ);
     the app and the test never see it. With `delete_declared` (the default with a
-    prefix) the bus deletes the topics and queues it used when it closes. `virtual_time` runs the bus on a `ManualClock`:
-    the default on `memory://`; with SNS/SQS, only on moto in process. The keyword
-    arguments go to `Worker` (`concurrency`, `settings`, `store`, ...); the idempotency
-    store is in memory unless `store` or `settings` says otherwise.
+    prefix) the bus deletes the topics and queues it used when it closes.
+    `virtual_time` runs the bus on a `ManualClock`: the default on `memory://`; with
+    SNS/SQS, only on moto in process. The keyword arguments go to `Worker`
+    (`concurrency`, `settings`, `store`, ...); the idempotency store is in memory
+    unless `store` or `settings` says otherwise.
     """
 
     __test__ = False  # a pytest collector must not take it for a test class

@@ -18,7 +18,7 @@ from mailbag.broker.memory import MemoryBroker
 from mailbag.testing import NotSettled, TestBus
 from mailbag.workers.middleware.timeout import HandlerTimeout
 from mailbag.workers.saga import Saga, SagaFinished, Step, reply
-from tests.moto_server import REGION, dummy_aws_credentials, moto_server  # noqa: F401 (fixture)
+from tests.moto_server import REGION, dummy_aws_credentials
 from tests.rabbitmq.service import amqp_url
 
 #: every broker the same test body runs on: (URL, a backoff that keeps it quick there)
