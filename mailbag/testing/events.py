@@ -17,9 +17,6 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-from mailbag.broker.sqs.mapping import aws_name
-from mailbag.broker.sqs.marshal import TOPIC
-
 #: the record attributes Lambda passes on (FIFO ones only for FIFO queues)
 RECORD_ATTRIBUTES = (
     "ApproximateReceiveCount",
@@ -92,6 +89,8 @@ def sns_event(
 
 def queue_url(sqs: Any, queue: str, prefix: str = "") -> str:
     """The URL of `queue`: itself if it is one, else of the app's queue of that name."""
+    from mailbag.broker.sqs.mapping import aws_name  # the SNS/SQS adapter loads boto3: only when used
+
     if queue.startswith(("http://", "https://")):
         return queue
     names = [aws_name(prefix, queue, fifo) for fifo in (False, True)]
@@ -132,6 +131,8 @@ def sqs_record(message: Mapping[str, Any], arn: str) -> dict[str, Any]:
 
 def _enveloped(record: Mapping[str, Any]) -> dict[str, Any]:
     """The record as it is when SNS wraps the message in its notification."""
+    from mailbag.broker.sqs.marshal import TOPIC
+
     region, account = record["eventSourceARN"].split(":")[3:5]
     attributes = {}
     for name, attr in record["messageAttributes"].items():
