@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test services bench clean
+.PHONY: run test lint services bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,7 +22,12 @@ run: $(VENV)/.installed
 services:
 	bash scripts/services.sh
 
-test: $(VENV)/.dev-installed services
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	MYPY=$(abspath $(BIN))/mypy bash scripts/typecheck.sh
+
+test: lint services
 	$(BIN)/pytest
 
 clean:

@@ -49,7 +49,9 @@ class RedisStore(IdempotencyStore):
         if await self.client.set(name, record, nx=True, px=_ms(lease)):
             return Claim("claimed", token)
         async with self.client.pipeline(transaction=True) as pipe:
-            current, ttl_ms = await pipe.get(name).pttl(name).execute()
+            pipe.get(name)
+            pipe.pttl(name)
+            current, ttl_ms = await pipe.execute()
         if current is None:
             return Claim("busy", retry_in=_RACE_RETRY)
         outcome = json.loads(current)["outcome"]

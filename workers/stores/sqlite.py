@@ -51,7 +51,7 @@ class SqliteStore(SqlStore):
 
     async def fetch(self, conn: aiosqlite.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         async with conn.execute(sql, args) as cursor:
-            return list(await cursor.fetchall())
+            return [tuple(row) for row in await cursor.fetchall()]
 
     async def begin(self, conn: aiosqlite.Connection) -> None:
         await conn.execute("BEGIN IMMEDIATE")
