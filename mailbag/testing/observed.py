@@ -98,7 +98,7 @@ class Observed(Broker):
         self.published.extend(messages)
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
-        for m in messages:
+        for m in messages if queue in self.consumed else ():
             track = self.track(m.id, queue)
             track.status, track.sends = "pending", track.sends + 1
         self.version += 1

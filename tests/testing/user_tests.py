@@ -2,8 +2,6 @@
 and `mailbag.testing` and uses the `mailbag_bus` fixture. `test_plugin.py` copies it
 into a folder outside the repository and runs plain `pytest` there."""
 
-import time
-
 import pytest
 
 from mailbag import App, Context, RetryPolicy
@@ -38,7 +36,6 @@ async def test_a_handler_that_fails_twice_is_handled_on_its_third_attempt(mailba
     async def reserve(order: dict, ctx: Context) -> None:
         upstream.call()
 
-    started = time.monotonic()
     async with mailbag_bus(app) as bus:
         # When an order is placed and everything settles
         message_id = await bus.publish("orders.placed", {"order_id": "o-1"})
@@ -47,5 +44,3 @@ async def test_a_handler_that_fails_twice_is_handled_on_its_third_attempt(mailba
     # Then it was handled on its third attempt
     assert outcome.status == "handled"
     assert outcome.attempts == 3
-    if mailbag_broker_url == "memory://":
-        assert time.monotonic() - started < 2, "virtual time: a minute of backoff takes no wall time"
