@@ -13,6 +13,7 @@ import json
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from mailbag.broker.errors import StoreUnavailable
 from mailbag.broker.url import mask_url, query_options
 from mailbag.workers.stores import Claim, IdempotencyStore, new_token
 
@@ -81,5 +82,5 @@ async def open_store(url: str) -> RedisStore:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise ConnectionError(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
+        raise StoreUnavailable(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
     return RedisStore(client, prefix)
