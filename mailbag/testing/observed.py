@@ -92,6 +92,16 @@ class Observed(Broker):
             )
         await self.inner.declare(topology)
 
+    async def remove(self, topology: Topology) -> None:
+        for queue in topology.queues:
+            self.specs.pop(queue.name, None)
+        if self.prefix:
+            topology = Topology(
+                queues=tuple(self._prefixed(q) for q in topology.queues),
+                topics=tuple(self.remote(t) for t in topology.topics),
+            )
+        await self.inner.remove(topology)
+
     async def publish(self, topic: str, messages: Sequence[Message]) -> None:
         async with self._expecting(topic, messages):
             await self.inner.publish(self.remote(topic), [self._inward(m) for m in messages])
