@@ -6,7 +6,7 @@ the handler gets a pooled asyncpg connection inside the open transaction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -19,6 +19,7 @@ from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore
 
 class PostgresStore(SqlStore):
     mark = "$"
+    errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
     def __init__(self, pool: asyncpg.Pool, table: str = DEFAULT_TABLE, **kw: Any) -> None:
         super().__init__(table, **kw)
@@ -35,7 +36,11 @@ class PostgresStore(SqlStore):
     async def fetch(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.fetch(sql, *args)]
 
+    async def execute_many(self, conn: asyncpg.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
+        await conn.executemany(sql, rows)
+
     async def close(self) -> None:
+        await super().close()
         await self.pool.close()
 
 

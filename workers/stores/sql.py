@@ -6,24 +6,51 @@ Claiming is one atomic upsert that only overwrites an expired record, so no lock
 held between statements. In a transaction, the upsert of a key another open
 transaction has written waits for that one to end: a concurrent duplicate waits, then
 sees the outcome.
+
+Group commit: the claims, completes and releases that concurrent handlers ask for
+while a batch is being written queue up and go in the next batch, one transaction
+(so one disk flush) for all of them; each caller returns once its batch committed, so
+nothing is acknowledged that is not on disk. Claims of a batch are one multi-row
+upsert, completes and releases one `executemany` each; both drivers keep the
+statements prepared (sqlite3's statement cache, asyncpg's per connection). Keys this
+process saw completed are answered from memory until their record expires: a done
+record never changes before then, whoever holds the database.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from abc import abstractmethod
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Generator, Sequence
+from contextlib import asynccontextmanager, suppress
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, Literal, TypeVar
 
+from mailbag.broker.errors import StoreUnavailable
 from mailbag.broker.storage import check_identifier
 from mailbag.workers.stores import Claim, Transaction, TransactionalStore, new_token
 
 DEFAULT_TABLE = "mailbag_idempotency"
 
+T = TypeVar("T")
+#: statements to run, each `(many, sql, args)`: `execute_many(sql, args)` if `many`,
+#: else `fetch(sql, *args)`, whose rows are sent back; the generator returns the answers
+Steps = Generator[tuple[bool, str, Sequence[Any]], list[tuple[Any, ...]] | None, T]
+
 #: a claim whose record vanished between two statements asks again this soon
 _RACE_RETRY = 0.05
+
+
+@dataclass
+class _Op:
+    """One caller's write, waiting for its batch to commit."""
+
+    kind: Literal["claim", "complete", "release"]
+    args: tuple[Any, ...]
+    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class SqlStore(TransactionalStore):
@@ -33,27 +60,47 @@ class SqlStore(TransactionalStore):
     mark = "$"
     #: opens a transaction that writes (SQLite's IMMEDIATE takes the write lock at once)
     sql_begin = "BEGIN"
+    #: the driver's errors, raised to callers as `StoreUnavailable`
+    errors: tuple[type[BaseException], ...] = (OSError,)
     #: how often expired records are swept out, in seconds
     SWEEP_EVERY = 600.0
+    #: most keys one statement carries (4 values each; old SQLite builds bind at most 999)
+    CHUNK = 200
+    #: how many completed keys are answered from memory (the most recent)
+    REMEMBER = 50_000
 
     def __init__(self, table: str = DEFAULT_TABLE, clock: Callable[[], float] = time.time) -> None:
         self.table = check_identifier(table, "idempotency table")
         self.clock = clock
         self._next_sweep = 0.0
+        self._queue: list[_Op] = []
+        self._writer: asyncio.Task[None] | None = None
+        #: key -> (outcome, expires at) of records this process saw completed
+        self._done: OrderedDict[str, tuple[str, float]] = OrderedDict()
+        self._take_many: dict[int, str] = {}
         t, p = table, self.mark
         self.sql_create = (
             f"CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, token TEXT NOT NULL, "
             f"outcome TEXT, expires_at DOUBLE PRECISION NOT NULL)"
         )
-        self.sql_take = (
-            f"INSERT INTO {t} (key, token, outcome, expires_at) VALUES ({p}1, {p}2, NULL, {p}3) "
-            f"ON CONFLICT (key) DO UPDATE SET token = excluded.token, outcome = NULL, "
-            f"expires_at = excluded.expires_at WHERE {t}.expires_at <= {p}4 RETURNING token"
-        )
-        self.sql_read = f"SELECT outcome, expires_at FROM {t} WHERE key = {p}1"
         self.sql_complete = f"UPDATE {t} SET outcome = {p}1, expires_at = {p}2 WHERE key = {p}3 AND token = {p}4"
         self.sql_release = f"DELETE FROM {t} WHERE key = {p}1 AND token = {p}2"
         self.sql_sweep = f"DELETE FROM {t} WHERE expires_at <= {p}1"
+
+    def _take_sql(self, n: int) -> str:
+        """Upsert `n` claims (key, token, expires_at each, then now): a row is written
+        only where no record is or the record expired; returns the tokens that took."""
+        t, p = self.table, self.mark
+        values = ", ".join(f"({p}{3 * i + 1}, {p}{3 * i + 2}, NULL, {p}{3 * i + 3})" for i in range(n))
+        return (
+            f"INSERT INTO {t} (key, token, outcome, expires_at) VALUES {values} "
+            f"ON CONFLICT (key) DO UPDATE SET token = excluded.token, outcome = NULL, "
+            f"expires_at = excluded.expires_at WHERE {t}.expires_at <= {p}{3 * n + 1} RETURNING token"
+        )
+
+    def _select_sql(self, columns: str, n: int) -> str:
+        keys = ", ".join(f"{self.mark}{i}" for i in range(1, n + 1))
+        return f"SELECT key, {columns} FROM {self.table} WHERE key IN ({keys})"
 
     # -- what a backend provides ------------------------------------------------
 
@@ -64,6 +111,9 @@ class SqlStore(TransactionalStore):
 
     @abstractmethod
     async def fetch(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
+
+    @abstractmethod
+    async def execute_many(self, conn: Any, sql: str, rows: Sequence[tuple[Any, ...]]) -> None: ...
 
     async def begin(self, conn: Any) -> None:
         await self.fetch(conn, self.sql_begin)
@@ -78,24 +128,31 @@ class SqlStore(TransactionalStore):
             await self.fetch(conn, self.sql_create)
 
     async def claim(self, key: str, lease: float) -> Claim:
-        async with self.connection() as conn:
-            await self._sweep_now_and_then(conn)
-            return await self._claim(conn, key, lease)
+        known = self._done.get(key)
+        if known is not None:
+            if known[1] > self.clock():
+                return Claim("done", outcome=known[0])
+            del self._done[key]
+        claim: Claim = await self._submit("claim", key, lease)
+        return claim
 
     async def complete(self, key: str, token: str, outcome: str, ttl: float) -> None:
-        async with self.connection() as conn:
-            await self.fetch(conn, self.sql_complete, outcome, self.clock() + ttl, key, token)
+        await self._submit("complete", outcome, self.clock() + ttl, key, token)
 
     async def release(self, key: str, token: str) -> None:
-        async with self.connection() as conn:
-            await self.fetch(conn, self.sql_release, key, token)
+        await self._submit("release", key, token)
+
+    async def close(self) -> None:
+        if self._writer is not None:
+            with suppress(Exception):
+                await self._writer
 
     @asynccontextmanager
     async def transaction(self, key: str, ttl: float) -> AsyncIterator[Transaction]:
         async with self.connection() as conn:
             await self.begin(conn)
             try:
-                claim = await self._claim(conn, key, ttl)
+                claim = (await self.drive(conn, self._claim_steps([(key, ttl)])))[0]
                 record = partial(self.fetch, conn, self.sql_complete)
                 yield Transaction(claim, conn, lambda outcome: record(outcome, self.clock() + ttl, key, claim.token))
             except BaseException:
@@ -103,22 +160,156 @@ class SqlStore(TransactionalStore):
                 raise
             await self.end(conn, commit=True)
 
-    # -- steps ------------------------------------------------------------------
+    # -- group commit -----------------------------------------------------------
 
-    async def _claim(self, conn: Any, key: str, lease: float) -> Claim:
-        now, token = self.clock(), new_token()
-        if await self.fetch(conn, self.sql_take, key, token, now + lease, now):
-            return Claim("claimed", token)
-        rows = await self.fetch(conn, self.sql_read, key)
-        if not rows:
-            return Claim("busy", retry_in=_RACE_RETRY)
-        outcome, expires_at = rows[0]
-        if outcome is not None:
-            return Claim("done", outcome=outcome)
-        return Claim("busy", retry_in=max(_RACE_RETRY, expires_at - now))
+    async def write_batch(self, steps: Steps[list[Any]]) -> list[Any]:
+        """Run `steps` in one write transaction, committed before this returns. A
+        backend whose driver blocks overrides it to run the whole batch in one go."""
+        async with self.connection() as conn:
+            await self.begin(conn)
+            try:
+                answers = await self.drive(conn, steps)
+            except BaseException:
+                await self.end(conn, commit=False)
+                raise
+            await self.end(conn, commit=True)
+        return answers
 
-    async def _sweep_now_and_then(self, conn: Any) -> None:
+    async def drive(self, conn: Any, steps: Steps[T]) -> T:
+        """Run each statement `steps` yields on `conn`, sending back its rows."""
+        rows: list[tuple[Any, ...]] | None = None
+        try:
+            while True:
+                many, sql, args = steps.send(rows)
+                if many:
+                    await self.execute_many(conn, sql, args)
+                    rows = []
+                else:
+                    rows = await self.fetch(conn, sql, *args)
+        except StopIteration as stop:
+            result: T = stop.value
+            return result
+
+    async def _submit(self, kind: Literal["claim", "complete", "release"], *args: Any) -> Any:
+        op = _Op(kind, args)
+        self._queue.append(op)
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.create_task(self._write_batches())
+        return await op.done
+
+    async def _write_batches(self) -> None:
+        """Write what is queued as one transaction, then what queued meanwhile, until
+        nothing is left. Every caller of a batch gets its answer, or its error, once
+        the batch committed or failed."""
+        while self._queue:
+            batch = [op for op in self._queue if not op.done.cancelled()]
+            self._queue = []
+            try:
+                answers = await self.write_batch(self._batch_steps(batch))
+            except self.errors as exc:
+                error = StoreUnavailable(f"the idempotency store could not write a batch: {exc}")
+                for op in batch:
+                    if not op.done.done():
+                        op.done.set_exception(error)
+                continue
+            except BaseException:
+                for op in (*batch, *self._queue):
+                    op.done.cancel()
+                raise
+            for op, answer in zip(batch, answers):
+                if op.kind == "complete":
+                    if answer is not None:
+                        self._remember(*answer)
+                    answer = None
+                if not op.done.done():
+                    op.done.set_result(answer)
+
+    # -- the statements of a batch, as steps: (many, sql, args) -> rows ----------
+
+    def _batch_steps(self, batch: list[_Op]) -> Steps[list[Any]]:
+        """Each run of operations of one kind, in the order asked, as few statements.
+        A complete's answer is its (key, outcome, expires) if it held the key."""
         now = self.clock()
         if now >= self._next_sweep:
             self._next_sweep = now + self.SWEEP_EVERY
-            await self.fetch(conn, self.sql_sweep, now)
+            yield False, self.sql_sweep, (now,)
+        answers: list[Any] = []
+        start = 0
+        while start < len(batch):
+            kind, stop = batch[start].kind, start
+            while stop < len(batch) and batch[stop].kind == kind:
+                stop += 1
+            rows = [op.args for op in batch[start:stop]]
+            if kind == "claim":
+                answers += yield from self._claim_steps(rows)
+            elif kind == "complete":
+                answers += yield from self._complete_steps(rows)
+            else:
+                yield True, self.sql_release, rows
+                answers += [None] * len(rows)
+            start = stop
+        return answers
+
+    def _claim_steps(self, claims: list[tuple[Any, ...]]) -> Steps[list[Claim]]:
+        """Claim keys (key, lease) in few statements. A key asked for twice in one batch
+        is written once: the first asker gets it and the others find it busy."""
+        now = self.clock()
+        tokens = [new_token() for _ in claims]
+        first: dict[str, int] = {}
+        for i, (key, _) in enumerate(claims):
+            first.setdefault(key, i)
+        unique = list(first.values())
+        taken: set[str] = set()
+        for chunk in _chunks(unique, self.CHUNK):
+            if len(chunk) not in self._take_many:
+                self._take_many[len(chunk)] = self._take_sql(len(chunk))
+            values = [v for i in chunk for v in (claims[i][0], tokens[i], now + claims[i][1])]
+            rows = yield False, self._take_many[len(chunk)], (*values, now)
+            taken.update(row[0] for row in rows or ())
+        records: dict[str, tuple[Any, float]] = {}
+        missing = [claims[i][0] for i in unique if tokens[i] not in taken]
+        for keys in _chunks(missing, self.CHUNK):
+            rows = yield False, self._select_sql("outcome, expires_at", len(keys)), tuple(keys)
+            records.update((key, (outcome, expires)) for key, outcome, expires in rows or ())
+        answers = []
+        for i, (key, _) in enumerate(claims):
+            j = first[key]
+            if tokens[j] in taken:
+                answers.append(Claim("claimed", tokens[i]) if i == j else Claim("busy", retry_in=claims[j][1]))
+            else:
+                answers.append(_answer(records.get(key), now))
+        return answers
+
+    def _complete_steps(self, rows: list[tuple[Any, ...]]) -> Steps[list[Any]]:
+        """Record outcomes; each answer says whether it stuck (the token still held the
+        key), so that only those are answered from memory once committed."""
+        yield True, self.sql_complete, rows
+        held = {key: (token, outcome, expires) for outcome, expires, key, token in rows}
+        stuck: dict[str, tuple[str, str, float]] = {}
+        for keys in _chunks(list(held), self.CHUNK):
+            tokens = yield False, self._select_sql("token", len(keys)), tuple(keys)
+            for key, token in tokens or ():
+                mine, outcome, expires = held[key]
+                if token == mine:
+                    stuck[key] = (key, outcome, expires)
+        return [stuck.get(key) for _, _, key, _ in rows]
+
+    def _remember(self, key: str, outcome: str, expires: float) -> None:
+        self._done[key] = (outcome, expires)
+        self._done.move_to_end(key)
+        while len(self._done) > self.REMEMBER:
+            self._done.popitem(last=False)
+
+
+def _answer(record: tuple[Any, float] | None, now: float) -> Claim:
+    """What a claim that did not take a key says, from the key's record."""
+    if record is None:
+        return Claim("busy", retry_in=_RACE_RETRY)
+    outcome, expires_at = record
+    if outcome is not None:
+        return Claim("done", outcome=outcome)
+    return Claim("busy", retry_in=max(_RACE_RETRY, expires_at - now))
+
+
+def _chunks(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
