@@ -50,6 +50,8 @@ class WorkerSettings(BaseSettings):
     #: the address to serve them on: all interfaces, since probes and scrapers come
     #: from outside the container; 127.0.0.1 keeps them on the host
     metrics_host: str = "0.0.0.0"
+    #: `mailbag worker` processes under one supervisor (CPU-bound handlers want one per core)
+    processes: int = Field(1, ge=1)
     #: seconds between polls of queue depths (and of the broker's health, for /readyz)
     metrics_interval: float = Field(15.0, gt=0)
 
