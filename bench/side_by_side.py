@@ -323,26 +323,24 @@ async def raw_publish(channel: aio_pika.abc.AbstractChannel, exchange: str, coun
 async def run_cli_worker(url: str, topic: str, queue: str, count: int, *args: str) -> float:
     """Drain `queue` with `mailbag worker apps:drain` (its defaults, plus `args`) in a
     process of its own; the rate comes from the handlers' own reports."""
+    env = {"BENCH_TOPIC": topic, "BENCH_QUEUE": queue, "MAILBAG_BROKER_URL": url, "MAILBAG_LOG_LEVEL": "WARNING"}
+    return await drain_with([sys.executable, "-m", "mailbag.cli", "worker", "apps:drain", *args], env, count)
+
+
+async def drain_with(command: list[str], env: dict[str, str], count: int) -> float:
+    """Run `command` (with `env` and `BENCH_REPORT` on top of ours, in a scratch folder)
+    until its handlers reported `count` messages, then SIGTERM it; the drain rate."""
     with tempfile.TemporaryDirectory() as scratch:
         reports = Path(scratch) / "reports"
         reports.mkdir()
-        env = {
-            **os.environ,
-            "PYTHONPATH": os.pathsep.join(filter(None, (str(BENCH), os.environ.get("PYTHONPATH")))),
-            "BENCH_TOPIC": topic,
-            "BENCH_QUEUE": queue,
-            "BENCH_REPORT": str(reports),
-            "MAILBAG_BROKER_URL": url,
-            "MAILBAG_LOG_LEVEL": "WARNING",
-        }
-        process = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "mailbag.cli", "worker", "apps:drain", *args, cwd=scratch, env=env
-        )
+        path = os.pathsep.join(filter(None, (str(BENCH), os.environ.get("PYTHONPATH"))))
+        full = {**os.environ, "PYTHONPATH": path, "BENCH_REPORT": str(reports), **env}
+        process = await asyncio.create_subprocess_exec(*command, cwd=scratch, env=full)
         try:
             deadline = time.monotonic() + 600
             while (handled := read_reports(reports))[0] < count:
                 if process.returncode is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"mailbag worker stopped after {handled[0]} of {count} messages")
+                    raise RuntimeError(f"{command[2:4]} stopped after {handled[0]} of {count} messages")
                 await asyncio.sleep(0.02)  # polling the handlers' reports, not a synchronisation
         finally:
             if process.returncode is None:

@@ -20,8 +20,11 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAILBAG_", extra="ignore", frozen=True)
 
     broker_url: str = "memory://"
-    #: handlers in flight at once
-    concurrency: int = Field(10, ge=1)
+    #: handlers in flight at once. 100: handlers mostly wait on I/O, and the durable
+    #: idempotency store commits the records of the handlers in flight together, so
+    #: the more there are the less each message pays for the disk flush (at 10 the
+    #: flush dominates: about 0.4x a raw consumer's drain rate; at 100 about 1x)
+    concurrency: int = Field(100, ge=1)
     #: unsettled deliveries held per queue (default: twice concurrency, so the next
     #: messages are at hand when a handler finishes)
     prefetch: int | None = Field(None, ge=1)

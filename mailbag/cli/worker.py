@@ -28,7 +28,7 @@ def register(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("worker", help="run an app's handlers until SIGINT/SIGTERM")
     p.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.handlers:app")
     add_broker_option(p)
-    p.add_argument("--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 10)")
+    p.add_argument("--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 100)")
     p.add_argument(
         "--prefetch", type=int, metavar="N", help="unsettled deliveries per queue ($MAILBAG_PREFETCH, 2 x concurrency)"
     )
