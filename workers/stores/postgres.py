@@ -6,7 +6,7 @@ the handler gets a pooled asyncpg connection inside the open transaction.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -35,9 +35,6 @@ class PostgresStore(SqlStore):
 
     async def fetch(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.fetch(sql, *args)]
-
-    async def execute_many(self, conn: asyncpg.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        await conn.executemany(sql, rows)
 
     async def close(self) -> None:
         await super().close()

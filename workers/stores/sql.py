@@ -11,8 +11,8 @@ Group commit: the claims, completes and releases that concurrent handlers ask fo
 while a batch is being written queue up and go in the next batch, one transaction
 (so one disk flush) for all of them; each caller returns once its batch committed, so
 nothing is acknowledged that is not on disk. Claims of a batch are one multi-row
-upsert, completes and releases one `executemany` each; both drivers keep the
-statements prepared (sqlite3's statement cache, asyncpg's per connection). Keys this
+upsert, completes one `UPDATE ... FROM (VALUES ...)`, releases one `DELETE`; both
+drivers keep the statements prepared (sqlite3's statement cache, asyncpg's per connection). Keys this
 process saw completed are answered from memory until their record expires: a done
 record never changes before then, whoever holds the database.
 """
@@ -36,9 +36,9 @@ from mailbag.workers.stores import Claim, Transaction, TransactionalStore, new_t
 DEFAULT_TABLE = "mailbag_idempotency"
 
 T = TypeVar("T")
-#: statements to run, each `(many, sql, args)`: `execute_many(sql, args)` if `many`,
-#: else `fetch(sql, *args)`, whose rows are sent back; the generator returns the answers
-Steps = Generator[tuple[bool, str, Sequence[Any]], list[tuple[Any, ...]] | None, T]
+#: statements to run, each `(sql, args)`; the rows of each are sent back, and the
+#: generator returns the answers
+Steps = Generator[tuple[str, Sequence[Any]], list[tuple[Any, ...]] | None, T]
 
 #: a claim whose record vanished between two statements asks again this soon
 _RACE_RETRY = 0.05
@@ -77,30 +77,54 @@ class SqlStore(TransactionalStore):
         self._writer: asyncio.Task[None] | None = None
         #: key -> (outcome, expires at) of records this process saw completed
         self._done: OrderedDict[str, tuple[str, float]] = OrderedDict()
-        self._take_many: dict[int, str] = {}
+        #: (statement, how many keys) -> its text: each size is written once, and the
+        #: drivers keep each text prepared
+        self._statements: dict[tuple[str, int], str] = {}
         t, p = table, self.mark
         self.sql_create = (
             f"CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, token TEXT NOT NULL, "
             f"outcome TEXT, expires_at DOUBLE PRECISION NOT NULL)"
         )
         self.sql_complete = f"UPDATE {t} SET outcome = {p}1, expires_at = {p}2 WHERE key = {p}3 AND token = {p}4"
-        self.sql_release = f"DELETE FROM {t} WHERE key = {p}1 AND token = {p}2"
         self.sql_sweep = f"DELETE FROM {t} WHERE expires_at <= {p}1"
 
-    def _take_sql(self, n: int) -> str:
-        """Upsert `n` claims (key, token, expires_at each, then now): a row is written
-        only where no record is or the record expired; returns the tokens that took."""
-        t, p = self.table, self.mark
-        values = ", ".join(f"({p}{3 * i + 1}, {p}{3 * i + 2}, NULL, {p}{3 * i + 3})" for i in range(n))
-        return (
-            f"INSERT INTO {t} (key, token, outcome, expires_at) VALUES {values} "
-            f"ON CONFLICT (key) DO UPDATE SET token = excluded.token, outcome = NULL, "
-            f"expires_at = excluded.expires_at WHERE {t}.expires_at <= {p}{3 * n + 1} RETURNING token"
-        )
+    def statement(self, name: str, n: int) -> str:
+        """The text of statement `name` for `n` keys (see `_write_sql`)."""
+        text = self._statements.get((name, n))
+        if text is None:
+            text = self._statements[name, n] = self._write_sql(name, n)
+        return text
 
-    def _select_sql(self, columns: str, n: int) -> str:
-        keys = ", ".join(f"{self.mark}{i}" for i in range(1, n + 1))
-        return f"SELECT key, {columns} FROM {self.table} WHERE key IN ({keys})"
+    def _write_sql(self, name: str, n: int) -> str:
+        """`take`: upsert n claims (key, token, expires_at each, then now), writing only
+        where no record is or it expired, returning the tokens that took. `read`: the
+        records of n keys. `complete`: n (key, token, outcome, expires_at), applied
+        where the token still holds the key, returning those keys. `release`: delete
+        n (key, token)."""
+        t, p = self.table, self.mark
+        if name == "take":
+            return (
+                f"INSERT INTO {t} (key, token, outcome, expires_at) VALUES "
+                + ", ".join(f"({p}{3 * i + 1}, {p}{3 * i + 2}, NULL, {p}{3 * i + 3})" for i in range(n))
+                + f" ON CONFLICT (key) DO UPDATE SET token = excluded.token, outcome = NULL,"
+                f" expires_at = excluded.expires_at WHERE {t}.expires_at <= {p}{3 * n + 1} RETURNING token"
+            )
+        if name == "read":
+            keys = ", ".join(f"{p}{i}" for i in range(1, n + 1))
+            return f"SELECT key, outcome, expires_at FROM {t} WHERE key IN ({keys})"
+        if name == "complete":
+            values = ", ".join(
+                f"({p}{4 * i + 1}, {p}{4 * i + 2}, {p}{4 * i + 3}, CAST({p}{4 * i + 4} AS DOUBLE PRECISION))"
+                for i in range(n)
+            )
+            return (
+                f"UPDATE {t} SET outcome = v.column3, expires_at = v.column4 FROM (VALUES {values}) AS v"
+                f" WHERE {t}.key = v.column1 AND {t}.token = v.column2 RETURNING {t}.key"
+            )
+        if name == "release":
+            pairs = ", ".join(f"({p}{2 * i + 1}, {p}{2 * i + 2})" for i in range(n))
+            return f"DELETE FROM {t} WHERE (key, token) IN (VALUES {pairs})"
+        raise ValueError(name)
 
     # -- what a backend provides ------------------------------------------------
 
@@ -111,9 +135,6 @@ class SqlStore(TransactionalStore):
 
     @abstractmethod
     async def fetch(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
-
-    @abstractmethod
-    async def execute_many(self, conn: Any, sql: str, rows: Sequence[tuple[Any, ...]]) -> None: ...
 
     async def begin(self, conn: Any) -> None:
         await self.fetch(conn, self.sql_begin)
@@ -180,12 +201,8 @@ class SqlStore(TransactionalStore):
         rows: list[tuple[Any, ...]] | None = None
         try:
             while True:
-                many, sql, args = steps.send(rows)
-                if many:
-                    await self.execute_many(conn, sql, args)
-                    rows = []
-                else:
-                    rows = await self.fetch(conn, sql, *args)
+                sql, args = steps.send(rows)
+                rows = await self.fetch(conn, sql, *args)
         except StopIteration as stop:
             result: T = stop.value
             return result
@@ -224,31 +241,32 @@ class SqlStore(TransactionalStore):
                 if not op.done.done():
                     op.done.set_result(answer)
 
-    # -- the statements of a batch, as steps: (many, sql, args) -> rows ----------
+    # -- the statements of a batch, as steps: (sql, args) -> rows ---------------
 
     def _batch_steps(self, batch: list[_Op]) -> Steps[list[Any]]:
-        """Each run of operations of one kind, in the order asked, as few statements.
-        A complete's answer is its (key, outcome, expires) if it held the key."""
+        """The batch as few statements: its completes, its releases, then its claims
+        (so a duplicate claimed beside the run that completes sees it done). A
+        complete's answer is its (key, outcome, expires) if it held the key."""
         now = self.clock()
         if now >= self._next_sweep:
             self._next_sweep = now + self.SWEEP_EVERY
-            yield False, self.sql_sweep, (now,)
-        answers: list[Any] = []
-        start = 0
-        while start < len(batch):
-            kind, stop = batch[start].kind, start
-            while stop < len(batch) and batch[stop].kind == kind:
-                stop += 1
-            rows = [op.args for op in batch[start:stop]]
-            if kind == "claim":
-                answers += yield from self._claim_steps(rows)
-            elif kind == "complete":
-                answers += yield from self._complete_steps(rows)
-            else:
-                yield True, self.sql_release, rows
-                answers += [None] * len(rows)
-            start = stop
-        return answers
+            yield self.sql_sweep, (now,)
+        answers: dict[int, Any] = {}
+        of = {kind: [i for i, op in enumerate(batch) if op.kind == kind] for kind in ("complete", "release", "claim")}
+        for chunk in _chunks(of["complete"], self.CHUNK):
+            done = [batch[i].args for i in chunk]  # (outcome, expires, key, token)
+            values = [v for outcome, expires, key, token in done for v in (key, token, outcome, expires)]
+            rows = yield self.statement("complete", len(chunk)), values
+            stuck = {row[0] for row in rows or ()}
+            for i, (outcome, expires, key, _) in zip(chunk, done):
+                answers[i] = (key, outcome, expires) if key in stuck else None
+        for chunk in _chunks(of["release"], self.CHUNK):
+            yield self.statement("release", len(chunk)), [v for i in chunk for v in batch[i].args]
+            answers.update((i, None) for i in chunk)
+        if of["claim"]:
+            claims = yield from self._claim_steps([batch[i].args for i in of["claim"]])
+            answers.update(zip(of["claim"], claims))
+        return [answers[i] for i in range(len(batch))]
 
     def _claim_steps(self, claims: list[tuple[Any, ...]]) -> Steps[list[Claim]]:
         """Claim keys (key, lease) in few statements. A key asked for twice in one batch
@@ -261,15 +279,13 @@ class SqlStore(TransactionalStore):
         unique = list(first.values())
         taken: set[str] = set()
         for chunk in _chunks(unique, self.CHUNK):
-            if len(chunk) not in self._take_many:
-                self._take_many[len(chunk)] = self._take_sql(len(chunk))
             values = [v for i in chunk for v in (claims[i][0], tokens[i], now + claims[i][1])]
-            rows = yield False, self._take_many[len(chunk)], (*values, now)
+            rows = yield self.statement("take", len(chunk)), (*values, now)
             taken.update(row[0] for row in rows or ())
         records: dict[str, tuple[Any, float]] = {}
         missing = [claims[i][0] for i in unique if tokens[i] not in taken]
         for keys in _chunks(missing, self.CHUNK):
-            rows = yield False, self._select_sql("outcome, expires_at", len(keys)), tuple(keys)
+            rows = yield self.statement("read", len(keys)), tuple(keys)
             records.update((key, (outcome, expires)) for key, outcome, expires in rows or ())
         answers = []
         for i, (key, _) in enumerate(claims):
@@ -279,20 +295,6 @@ class SqlStore(TransactionalStore):
             else:
                 answers.append(_answer(records.get(key), now))
         return answers
-
-    def _complete_steps(self, rows: list[tuple[Any, ...]]) -> Steps[list[Any]]:
-        """Record outcomes; each answer says whether it stuck (the token still held the
-        key), so that only those are answered from memory once committed."""
-        yield True, self.sql_complete, rows
-        held = {key: (token, outcome, expires) for outcome, expires, key, token in rows}
-        stuck: dict[str, tuple[str, str, float]] = {}
-        for keys in _chunks(list(held), self.CHUNK):
-            tokens = yield False, self._select_sql("token", len(keys)), tuple(keys)
-            for key, token in tokens or ():
-                mine, outcome, expires = held[key]
-                if token == mine:
-                    stuck[key] = (key, outcome, expires)
-        return [stuck.get(key) for _, _, key, _ in rows]
 
     def _remember(self, key: str, outcome: str, expires: float) -> None:
         self._done[key] = (outcome, expires)

@@ -9,7 +9,6 @@ file, and `BEGIN IMMEDIATE` makes concurrent transactions take turns.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager
 from functools import partial
 from pathlib import Path
@@ -42,9 +41,6 @@ class SqliteStore(SqlStore):
     async def fetch(self, conn: aiosqlite.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return await fetch_sqlite(conn, sql, *args)
 
-    async def execute_many(self, conn: aiosqlite.Connection, sql: str, rows: Sequence[tuple[Any, ...]]) -> None:
-        await conn.executemany(sql, rows)
-
     async def close(self) -> None:
         await super().close()
         await self._batches.close()
@@ -57,12 +53,8 @@ def _write(begin: str, steps: Steps[list[Any]], conn: sqlite3.Connection) -> lis
     try:
         rows: list[tuple[Any, ...]] | None = None
         while True:
-            many, sql, args = steps.send(rows)
-            if many:
-                conn.executemany(sql, args)
-                rows = []
-            else:
-                rows = conn.execute(sql, args).fetchall()
+            sql, args = steps.send(rows)
+            rows = conn.execute(sql, args).fetchall()
     except StopIteration as stop:
         conn.execute("COMMIT")
         answers: list[Any] = stop.value
