@@ -1,50 +1,56 @@
 """The SQL idempotency stores (SQLite, PostgreSQL) write concurrent claims, completes
-and releases in shared transactions (group commit) and answer keys they saw completed
-from memory; neither changes what a caller is told."""
+and releases in shared transactions (group commit), the Redis store in shared
+pipelines, and the SQL stores answer keys they saw completed from memory; none of it
+changes what a caller is told."""
 
 from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from mailbag.broker.errors import StoreUnavailable
 from mailbag.workers.stores import open_store
-from mailbag.workers.stores.sql import SqlStore
+from tests.workers.conftest import opened_store
 
 
-async def _batches(store: SqlStore) -> list[int]:
-    """Record how many operations each committed batch carried, from now on."""
+@pytest.fixture(params=["sqlite", "postgres", "redis"])
+async def batched_store(request, tmp_path):
+    async with opened_store(request.param, tmp_path, request) as store:
+        yield store
+
+
+def _batches(store) -> list[int]:
+    """Record how many operations each written batch carried, from now on."""
     sizes: list[int] = []
-    write = store.write_batch
+    write = store._batches.write
 
-    async def counted(steps):
-        answers = await write(steps)
+    async def counted(batch):
+        answers = await write(batch)
         sizes.append(len(answers))
         return answers
 
-    store.write_batch = counted  # type: ignore[method-assign]
+    store._batches.write = counted
     return sizes
 
 
-async def test_concurrent_claims_and_completes_share_transactions_and_each_caller_gets_its_own_answer(
-    transactional_store,
-):
+async def test_concurrent_claims_and_completes_share_batches_and_each_caller_gets_its_own_answer(batched_store):
     # Given 200 handlers claiming their keys at once
-    sizes = await _batches(transactional_store)
-    claims = await asyncio.gather(*(transactional_store.claim(f"k{n}", lease=30) for n in range(200)))
+    store = batched_store
+    sizes = _batches(store)
+    claims = await asyncio.gather(*(store.claim(f"k{n}", lease=30) for n in range(200)))
     # Then every key was claimed with a token of its own, in far fewer transactions
     assert [c.status for c in claims] == ["claimed"] * 200
     assert len({c.token for c in claims}) == 200
     assert sum(sizes) == 200 and len(sizes) < 20
     # When they all complete at once, each outcome is recorded for its key
-    await asyncio.gather(
-        *(transactional_store.complete(f"k{n}", c.token, f'{{"n": {n}}}', ttl=60) for n, c in enumerate(claims))
-    )
-    again = await asyncio.gather(*(transactional_store.claim(f"k{n}", lease=30) for n in range(200)))
+    await asyncio.gather(*(store.complete(f"k{n}", c.token, f'{{"n": {n}}}', ttl=60) for n, c in enumerate(claims)))
+    again = await asyncio.gather(*(store.claim(f"k{n}", lease=30) for n in range(200)))
     assert [(c.status, c.outcome) for c in again] == [("done", f'{{"n": {n}}}') for n in range(200)]
 
 
-async def test_duplicates_claimed_in_one_batch_get_one_claim_and_the_rest_wait(transactional_store):
-    answers = await asyncio.gather(*(transactional_store.claim("same", lease=30) for _ in range(20)))
+async def test_duplicates_claimed_in_one_batch_get_one_claim_and_the_rest_wait(batched_store):
+    answers = await asyncio.gather(*(batched_store.claim("same", lease=30) for _ in range(20)))
     assert sorted(a.status for a in answers) == ["busy"] * 19 + ["claimed"]
     assert all(0 < a.retry_in <= 30 for a in answers if a.status == "busy")
 

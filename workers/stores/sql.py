@@ -19,19 +19,17 @@ record never changes before then, whoever holds the database.
 
 from __future__ import annotations
 
-import asyncio
 import time
 from abc import abstractmethod
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Generator, Sequence
-from contextlib import asynccontextmanager, suppress
-from dataclasses import dataclass, field
+from contextlib import asynccontextmanager
 from functools import partial
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from mailbag.broker.errors import StoreUnavailable
 from mailbag.broker.storage import check_identifier
 from mailbag.workers.stores import Claim, Transaction, TransactionalStore, new_token
+from mailbag.workers.stores.batches import Batches, Op
 
 DEFAULT_TABLE = "mailbag_idempotency"
 
@@ -42,15 +40,6 @@ Steps = Generator[tuple[str, Sequence[Any]], list[tuple[Any, ...]] | None, T]
 
 #: a claim whose record vanished between two statements asks again this soon
 _RACE_RETRY = 0.05
-
-
-@dataclass
-class _Op:
-    """One caller's write, waiting for its batch to commit."""
-
-    kind: Literal["claim", "complete", "release"]
-    args: tuple[Any, ...]
-    done: asyncio.Future[Any] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
 
 
 class SqlStore(TransactionalStore):
@@ -73,8 +62,7 @@ class SqlStore(TransactionalStore):
         self.table = check_identifier(table, "idempotency table")
         self.clock = clock
         self._next_sweep = 0.0
-        self._queue: list[_Op] = []
-        self._writer: asyncio.Task[None] | None = None
+        self._batches = Batches(self._write, self.errors, "the idempotency store")
         #: key -> (outcome, expires at) of records this process saw completed
         self._done: OrderedDict[str, tuple[str, float]] = OrderedDict()
         #: (statement, how many keys) -> its text: each size is written once, and the
@@ -154,19 +142,17 @@ class SqlStore(TransactionalStore):
             if known[1] > self.clock():
                 return Claim("done", outcome=known[0])
             del self._done[key]
-        claim: Claim = await self._submit("claim", key, lease)
+        claim: Claim = await self._batches.submit("claim", key, lease)
         return claim
 
     async def complete(self, key: str, token: str, outcome: str, ttl: float) -> None:
-        await self._submit("complete", outcome, self.clock() + ttl, key, token)
+        await self._batches.submit("complete", outcome, self.clock() + ttl, key, token)
 
     async def release(self, key: str, token: str) -> None:
-        await self._submit("release", key, token)
+        await self._batches.submit("release", key, token)
 
     async def close(self) -> None:
-        if self._writer is not None:
-            with suppress(Exception):
-                await self._writer
+        await self._batches.close()
 
     @asynccontextmanager
     async def transaction(self, key: str, ttl: float) -> AsyncIterator[Transaction]:
@@ -207,43 +193,18 @@ class SqlStore(TransactionalStore):
             result: T = stop.value
             return result
 
-    async def _submit(self, kind: Literal["claim", "complete", "release"], *args: Any) -> Any:
-        op = _Op(kind, args)
-        self._queue.append(op)
-        if self._writer is None or self._writer.done():
-            self._writer = asyncio.create_task(self._write_batches())
-        return await op.done
-
-    async def _write_batches(self) -> None:
-        """Write what is queued as one transaction, then what queued meanwhile, until
-        nothing is left. Every caller of a batch gets its answer, or its error, once
-        the batch committed or failed."""
-        while self._queue:
-            batch = [op for op in self._queue if not op.done.cancelled()]
-            self._queue = []
-            try:
-                answers = await self.write_batch(self._batch_steps(batch))
-            except self.errors as exc:
-                error = StoreUnavailable(f"the idempotency store could not write a batch: {exc}")
-                for op in batch:
-                    if not op.done.done():
-                        op.done.set_exception(error)
-                continue
-            except BaseException:
-                for op in (*batch, *self._queue):
-                    op.done.cancel()
-                raise
-            for op, answer in zip(batch, answers):
-                if op.kind == "complete":
-                    if answer is not None:
-                        self._remember(*answer)
-                    answer = None
-                if not op.done.done():
-                    op.done.set_result(answer)
+    async def _write(self, batch: list[Op]) -> list[Any]:
+        """One batch in one transaction; completes that stuck are remembered once it
+        committed."""
+        answers = await self.write_batch(self._batch_steps(batch))
+        for op, answer in zip(batch, answers):
+            if op.kind == "complete" and answer is not None:
+                self._remember(*answer)
+        return answers
 
     # -- the statements of a batch, as steps: (sql, args) -> rows ---------------
 
-    def _batch_steps(self, batch: list[_Op]) -> Steps[list[Any]]:
+    def _batch_steps(self, batch: list[Op]) -> Steps[list[Any]]:
         """The batch as few statements: its completes, its releases, then its claims
         (so a duplicate claimed beside the run that completes sees it done). A
         complete's answer is its (key, outcome, expires) if it held the key."""

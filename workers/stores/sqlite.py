@@ -29,11 +29,11 @@ class SqliteStore(SqlStore):
         super().__init__(table, **kw)
         self.path = str(path)
         self._connections = SqliteConnections(self.path)
-        self._batches = SqliteThread(self.path)
+        self._writer_thread = SqliteThread(self.path)
 
     async def write_batch(self, steps: Steps[list[Any]]) -> list[Any]:
         """The whole batch in one hand-off to the writer's thread."""
-        return await self._batches.run(partial(_write, self.sql_begin, steps))
+        return await self._writer_thread.run(partial(_write, self.sql_begin, steps))
 
     def connection(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
         return self._connections.connection()
@@ -43,7 +43,7 @@ class SqliteStore(SqlStore):
 
     async def close(self) -> None:
         await super().close()
-        await self._batches.close()
+        await self._writer_thread.close()
         await self._connections.close()
 
 
