@@ -58,7 +58,7 @@ class TopicModels:
         """The message for `payload`: a pydantic model, bytes, or a JSON-able value.
         Raises `PayloadRejected` if the topic has a model and the payload does not
         validate against it as a consumer would decode it."""
-        ids = {"id": message_id} if message_id else {}
+        ids: dict[str, Any] = {"id": message_id} if message_id else {}
         try:
             body, content_type, type_name = encode(payload)
             model = self._models.get(topic)
