@@ -9,12 +9,13 @@ A SQLite URL means what it means in SQLAlchemy:
 - `sqlite://` or `sqlite:///:memory:`: in memory, gone with the process.
 
 Every SQLite connection runs in WAL mode (readers never block the writer, and other
-processes on the host share the file) with `synchronous=FULL`: a commit returns once
-the write-ahead log is on disk, so a power cut loses no committed transaction (a
-transactional handler's writes are committed together with the record that acks its
-message). Stores that write a lot batch their statements into one transaction (group
-commit) so the disk flush is paid once per batch, not once per message. A busy
-timeout makes a writer wait its turn instead of failing under contention.
+processes on the host share the file) with `synchronous=FULL` unless its user says
+otherwise: a commit returns once the write-ahead log is on disk, so a power cut loses
+no committed transaction (a transactional handler's writes are committed together
+with the record that acks its message). `synchronous=NORMAL` (the idempotency store's
+ordinary records, see `mailbag.workers.stores.sqlite`) survives a crash of the process
+but may lose the last commits before a power cut or an OS crash. A busy timeout makes
+a writer wait its turn instead of failing under contention.
 
 aiosqlite and asyncpg are imported when a connection is opened, never at `import
 mailbag` time: an application that uses neither does not load them.
@@ -120,6 +121,21 @@ PRAGMAS = (
 )
 
 
+def connect_blocking(path: str, *, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    """A blocking autocommit `sqlite3` connection in WAL mode, for work that runs a
+    whole transaction in one call; `synchronous` and `busy_timeout` as the caller
+    needs (see the module text for what `NORMAL` may lose)."""
+    try:
+        _make_folder(path)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot open the SQLite database {path!r}: {exc}") from None
+    return conn
+
+
 async def open_sqlite(path: str) -> aiosqlite.Connection:
     """An autocommit aiosqlite connection to `path` (its folder created if missing),
     in WAL mode with `synchronous=FULL` and the busy timeout."""
@@ -145,13 +161,14 @@ def _make_folder(path: str) -> None:
 
 
 class SqliteThread:
-    """One blocking `sqlite3` connection (autocommit, the same pragmas) on a thread of
-    its own. `run(work)` runs `work(connection)` there: a batch of statements costs one
-    hand-off between threads, where aiosqlite costs one or more per statement, and on
-    a busy machine each hand-off waits for the scheduler."""
+    """One blocking `sqlite3` connection (`connect_blocking`) on a thread of its own.
+    `run(work)` runs `work(connection)` there: a batch of statements costs one hand-off
+    between threads, where aiosqlite costs one or more per statement, and on a busy
+    machine each hand-off waits for the scheduler."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
         self.path = path
+        self.synchronous = synchronous
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailbag-sqlite")
         self._conn: sqlite3.Connection | None = None
 
@@ -160,14 +177,7 @@ class SqliteThread:
 
     def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
         if self._conn is None:
-            try:
-                _make_folder(self.path)
-                conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-                for pragma in PRAGMAS:
-                    conn.execute(pragma)
-            except (OSError, sqlite3.Error) as exc:
-                raise StoreUnavailable(f"cannot open the SQLite database {self.path!r}: {exc}") from None
-            self._conn = conn
+            self._conn = connect_blocking(self.path, synchronous=self.synchronous)
         return work(self._conn)
 
     async def close(self) -> None:

@@ -98,3 +98,21 @@ async def test_sqlite_records_survive_closing_the_store(tmp_path):
         assert (await reopened.claim("k", lease=30)).status == "done"
     finally:
         await reopened.close()
+
+
+async def test_a_batch_waits_off_the_loop_while_a_transactional_handler_holds_sqlite_s_write_lock(tmp_path):
+    # Given a transactional run holding SQLite's write lock on the store's file
+    store = await open_store(f"sqlite:///{tmp_path}/idem.db")
+    try:
+        async with store.transaction("held", ttl=60) as txn:
+            # When another handler claims its key meanwhile
+            claiming = asyncio.create_task(store.claim("other", lease=30))
+            await asyncio.wait({claiming}, timeout=0.1)  # give the claim its turn on the loop
+            # Then the loop is free: the transaction goes on and commits
+            assert not claiming.done()
+            await txn.record('"booked"')
+        # And the claim gets the lock once it is released
+        assert (await asyncio.wait_for(claiming, 30)).status == "claimed"
+        assert (await store.claim("held", lease=30)).outcome == '"booked"'
+    finally:
+        await store.close()
