@@ -54,6 +54,9 @@ class Batches:
 
     async def _write_all(self) -> None:
         while self._queue:
+            # one turn of the loop first: handlers that are ready to run (deliveries
+            # already received) add their writes to this batch rather than the next
+            await asyncio.sleep(0)
             batch = [op for op in self._queue if not op.done.cancelled()]
             self._queue = []
             try:
