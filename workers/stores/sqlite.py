@@ -32,6 +32,7 @@ from typing import Any
 
 import aiosqlite
 
+from mailbag.broker.errors import StoreError
 from mailbag.broker.storage import SqliteConnections, SqliteThread, connect_blocking, fetch_sqlite, parse_url
 from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore, Steps
 
@@ -89,7 +90,7 @@ class SqliteStore(SqlStore):
         await self._connections.close()
 
 
-class _LockTaken(sqlite3.OperationalError):
+class _LockTaken(StoreError, sqlite3.OperationalError):
     """Another connection holds the write lock; nothing of the batch ran."""
 
 
