@@ -28,20 +28,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import signal
 import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aio_pika
 
-from mailbag.broker import Queue, Topology
 from mailbag.broker.rabbitmq import open_broker
 from mailbag.publishers import Publisher, PublisherSettings
 from mailbag.workers import App, Context, Worker
@@ -50,6 +47,8 @@ from mailbag.workers.stores.memory import MemoryStore
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 from apps import Order, read_reports  # noqa: E402 - the apps module sits beside this script
+from rabbitmq_throughput import Bench as ThroughputBench  # noqa: E402
+from rabbitmq_throughput import body, raw_publish  # noqa: E402
 
 PREFETCH = 100
 
@@ -63,10 +62,6 @@ TARGETS = {
     "faststream_publish": (None, True),
     "latency_p99": (2.0, False),
 }
-
-
-def body(i: int) -> bytes:
-    return json.dumps({"order_id": f"order-{i:08d}", "amount": i, "note": "x" * 150}).encode()
 
 
 class Clock:
@@ -92,41 +87,14 @@ class Clock:
         return self.count / (self.last - self.first)
 
 
-class Bench:
+class Bench(ThroughputBench):
+    """The throughput bench's connections and queues (`fresh`, `filled`, `drop`), with
+    the side-by-side measurements."""
+
     def __init__(self, url: str, count: int, rate: float, latency_count: int) -> None:
-        self.url = url
-        self.count = count
+        super().__init__(url, count)
         self.rate = rate
         self.latency_count = latency_count
-
-    async def __aenter__(self) -> Bench:
-        self.connection = await aio_pika.connect(self.url)
-        self.broker = await open_broker(self.url)
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.broker.close()
-        await self.connection.close()
-
-    # -- queues -----------------------------------------------------------------
-
-    async def fresh(self) -> tuple[str, str]:
-        run = uuid.uuid4().hex[:8]
-        topic, queue = f"bench-{run}", f"bench-{run}.q"
-        await self.broker.declare(Topology(queues=(Queue(queue, (topic,)),)))
-        return topic, queue
-
-    async def filled(self) -> tuple[str, str]:
-        topic, queue = await self.fresh()
-        async with self.connection.channel() as channel:
-            await raw_publish(channel, topic, self.count)
-        return topic, queue
-
-    async def drop(self, topic: str, queue: str) -> None:
-        async with self.connection.channel() as channel:
-            for name in (queue, f"{queue}.dlq", *(f"{queue}.retry.{ms}ms" for ms in (1000, 2000, 4000, 8000))):
-                await channel.queue_delete(name)
-            await channel.exchange_delete(topic)
 
     async def drained(self, consume: Callable[[str, str], Awaitable[float]]) -> float:
         topic, queue = await self.filled()
@@ -140,21 +108,35 @@ class Bench:
     async def raw_drain(self) -> float:
         async def consume(topic: str, queue: str) -> float:
             clock = Clock(self.count)
-            async with self.connection.channel() as channel:
-                await channel.set_qos(prefetch_count=PREFETCH)
-                source = await channel.get_queue(queue)
-
-                async def on_message(m: aio_pika.abc.AbstractIncomingMessage) -> None:
-                    Order.model_validate_json(m.body)
-                    await m.ack()
-                    clock.tick()
-
-                tag = await source.consume(on_message)
-                await clock.done.wait()
-                await source.cancel(tag)
+            await self._raw_consume(queue, lambda m: clock.tick(), clock.done)
             return clock.rate
 
         return await self.drained(consume)
+
+    async def _raw_consume(
+        self,
+        queue: str,
+        seen: Callable[[aio_pika.abc.AbstractIncomingMessage], None],
+        done: asyncio.Event,
+        *,
+        then: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """aio-pika's consume callback: decode, validate, ack, then `seen(message)`;
+        runs `then()` (if given) while consuming, and stops once `done` is set."""
+        async with self.connection.channel() as channel:
+            await channel.set_qos(prefetch_count=PREFETCH)
+            source = await channel.get_queue(queue)
+
+            async def on_message(m: aio_pika.abc.AbstractIncomingMessage) -> None:
+                Order.model_validate_json(m.body)
+                await m.ack()
+                seen(m)
+
+            tag = await source.consume(on_message)
+            if then is not None:
+                await then()
+            await done.wait()
+            await source.cancel(tag)
 
     async def faststream_drain(self) -> float:
         from faststream.rabbit import Channel, RabbitBroker, RabbitQueue
@@ -250,21 +232,14 @@ class Bench:
         topic, queue = await self.fresh()
         latencies: list[float] = []
         done = asyncio.Event()
+
+        def seen(m: aio_pika.abc.AbstractIncomingMessage) -> None:
+            latencies.append(time.time() - float(m.headers["sent"]))  # type: ignore[arg-type]
+            if len(latencies) == self.latency_count:
+                done.set()
+
         try:
-            async with self.connection.channel() as channel:
-                await channel.set_qos(prefetch_count=PREFETCH)
-                source = await channel.get_queue(queue)
-
-                async def on_message(m: aio_pika.abc.AbstractIncomingMessage) -> None:
-                    Order.model_validate_json(m.body)
-                    await m.ack()
-                    latencies.append(time.time() - float(m.headers["sent"]))  # type: ignore[arg-type]
-                    if len(latencies) == self.latency_count:
-                        done.set()
-
-                tag = await source.consume(on_message)
-                await self._steady(topic, done)
-                await source.cancel(tag)
+            await self._raw_consume(queue, seen, done, then=lambda: self._steady(topic, done))
         finally:
             await self.drop(topic, queue)
         return latencies
@@ -307,21 +282,6 @@ class Bench:
                 sends.append(asyncio.ensure_future(exchange.publish(message, routing_key="")))
             await asyncio.gather(*sends)
             await asyncio.wait_for(done.wait(), 60)
-
-
-async def raw_publish(channel: aio_pika.abc.AbstractChannel, exchange: str, count: int) -> None:
-    target = await channel.get_exchange(exchange)
-    await asyncio.gather(
-        *(
-            target.publish(
-                aio_pika.Message(
-                    body(i), delivery_mode=aio_pika.DeliveryMode.PERSISTENT, content_type="application/json"
-                ),
-                routing_key="",
-            )
-            for i in range(count)
-        )
-    )
 
 
 async def run_cli_worker(url: str, topic: str, queue: str, count: int, *args: str) -> float:
