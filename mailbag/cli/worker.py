@@ -2,12 +2,15 @@
 
 Settings come from `MAILBAG_*` environment variables (see `mailbag.workers.WorkerSettings`);
 flags given on the command line win over them. With `--metrics-port` the worker
-records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.endpoints`)."""
+records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.endpoints`).
+With `--processes N` it runs N such workers under a supervisor (`mailbag.workers.supervisor`)."""
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -22,6 +25,7 @@ from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
 from mailbag.workers.shutdown import serve
 from mailbag.workers.stores import store_factory
+from mailbag.workers.supervisor import Supervisor
 
 log = logging.getLogger("mailbag.worker")
 
@@ -32,7 +36,9 @@ def register(subs: argparse._SubParsersAction) -> None:
     add_broker_option(p)
     # unset unless given: the settings read $MAILBAG_BROKER_URL, and know whether a URL was given at all
     p.set_defaults(broker=None)
-    p.add_argument("--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 10)")
+    p.add_argument(
+        "--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 100)"
+    )
     p.add_argument(
         "--prefetch", type=int, metavar="N", help="unsettled deliveries per queue ($MAILBAG_PREFETCH, 2 x concurrency)"
     )
@@ -65,6 +71,12 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-format", choices=("text", "json"), help="log lines as key=value text or JSON ($MAILBAG_LOG_FORMAT, text)"
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="worker processes under one supervisor, for CPU-bound handlers ($MAILBAG_PROCESSES, 1)",
+    )
     p.set_defaults(run=run)
 
 
@@ -80,6 +92,7 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
         "metrics_host": args.metrics_host,
         "log_format": args.log_format,
         "idempotency_url": args.idempotency_url,
+        "processes": args.processes,
     }
     try:
         return WorkerSettings(**{k: v for k, v in flags.items() if v is not None})
@@ -99,6 +112,8 @@ async def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise CliError(str(exc)) from None
     logs.configure(settings.log_level, settings.log_format)
+    if settings.processes > 1:
+        return await supervise(args, settings)
     async with await connect(settings.broker_url) as broker:
         # connected: from here on the libraries' warnings say something about a running worker
         quiet_libraries(logging.NOTSET if settings.log_level.upper() == "DEBUG" else logging.WARNING)
@@ -127,6 +142,26 @@ def _announce(settings: WorkerSettings) -> None:
             "broker memory:// lives in this process: only what its own handlers publish reaches it; "
             "to feed it from `mailbag publish` use a shared broker (--broker amqp://... or MAILBAG_BROKER_URL)"
         )
+
+
+async def supervise(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    """`--processes N`: N copies of this worker under a `Supervisor`. The broker URL
+    goes to them in the environment, so its password never shows in a process list."""
+    argv = [sys.executable, "-m", "mailbag.cli", "worker", args.app]
+    for flag, value in (
+        ("--concurrency", args.concurrency),
+        ("--prefetch", args.prefetch),
+        ("--grace-period", args.grace_period),
+        ("--metrics-host", args.metrics_host),
+        ("--log-format", args.log_format),
+        ("--idempotency-url", args.idempotency_url),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    for queue in args.queue or ():
+        argv += ["--queue", queue]
+    env = {**os.environ, "MAILBAG_BROKER_URL": settings.broker_url}
+    return await Supervisor(argv, settings.processes, env=env, metrics_port=settings.metrics_port).run()
 
 
 @contextmanager
