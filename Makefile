@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test services bench clean
+.PHONY: run test faults services bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,11 @@ services:
 
 test: $(VENV)/.dev-installed services
 	$(BIN)/pytest
+
+# the fault suite alone (tests/faults: stopped brokers, blackholes, kills, a cluster);
+# `make test` runs it too, so CI (.ci/run) does
+faults: $(VENV)/.dev-installed services
+	$(BIN)/pytest tests/faults
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -23,6 +23,12 @@ Settlement:
   queue's `x-delivery-limit` stops a crash loop even when no consumer of ours sees it.
 
 Settlements that publish run to the end even when the calling task is cancelled.
+
+Closing always ends: every broker call on the way out (`basic.cancel`, channel and
+connection close) is bounded by `CLOSE_TIMEOUT`, and a consumer whose connection is
+down skips `basic.cancel` (the broker takes back what was unacked when the connection
+goes anyway). aio-pika's robust objects would otherwise wait for a reconnect that,
+with the broker unreachable, may never come.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
+import yarl
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from tenacity import (
     AsyncRetrying,
@@ -84,6 +91,8 @@ _LOST_WHILE_OPENING = (
 )
 #: seconds between a consumer's failed opening and its next try
 _REOPEN_PAUSE = 0.1
+#: the longest one step of closing (a consumer, the connection) waits for the broker
+CLOSE_TIMEOUT = 2.0
 
 
 class RabbitBroker(Broker):
@@ -187,9 +196,12 @@ class RabbitBroker(Broker):
         if self._closed:
             return
         self._closed = True
-        for consumer in list(self._consumers):
-            await consumer.close()
-        await self._connection.close()
+        await asyncio.gather(*(consumer.close() for consumer in list(self._consumers)))
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._connection.close()
+        except _GONE as exc:
+            log.warning("closing the connection to %s: %r; leaving it", self.url, exc)
 
     # -- internals ------------------------------------------------------------
 
@@ -578,12 +590,13 @@ class _RabbitConsumer(Consumer):
         self._stopped = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        if self._tag is not None and not self._closed:
+        if self._tag is not None and not self._closed and self.broker._connection.connected.is_set():
             self._spawn(self._cancel())
 
     async def _cancel(self) -> None:
         try:
-            await self._source.cancel(self._tag)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._source.cancel(self._tag)
         except _GONE as exc:
             log.debug("cancelling consumer of %s: %r", self.queue, exc)
 
@@ -602,16 +615,33 @@ class _RabbitConsumer(Consumer):
             self._opening.cancel()
         if self._opening is not None:
             await asyncio.gather(self._opening, return_exceptions=True)
-        await asyncio.gather(*self._background, return_exceptions=True)
-        if self._channel is not None:
-            try:
-                await self._channel.close()  # the broker takes back everything unacked
-            except _GONE as exc:
-                log.debug("closing consumer channel of %s: %r", self.queue, exc)
-        self.broker._consumers.discard(self)
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await asyncio.gather(*self._background, return_exceptions=True)
+                if self._channel is not None and self.broker._connection.connected.is_set():
+                    await self._channel.close()  # the broker takes back everything unacked
+        except _GONE as exc:
+            log.warning("closing consumer of %s: %r; its connection returns what it held", self.queue, exc)
+        finally:
+            for task in self._background:
+                task.cancel()  # a dead-letter publish cut short: its message stays unacked and comes back
+            self.broker._consumers.discard(self)
 
 
 _CONNECT_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError)
+
+#: AMQP heartbeat in seconds unless the URL sets `?heartbeat=N`. A connection silent for
+#: three heartbeats and one check counts as dead (about 35 s here; aiormq's own default of
+#: 60 s took over 3 minutes), then the robust connection reconnects.
+DEFAULT_HEARTBEAT = 10
+
+
+def with_heartbeat(url: str) -> str:
+    """`url` with the default heartbeat unless it names one."""
+    parsed = yarl.URL(url)
+    if "heartbeat" in parsed.query:
+        return url
+    return str(parsed.update_query(heartbeat=DEFAULT_HEARTBEAT))
 
 
 async def open_broker(
@@ -625,7 +655,9 @@ async def open_broker(
     """Connect to the RabbitMQ at `url`. The first connection fails fast with
     `BrokerUnavailable` when the broker is down, unless `wait` gives the seconds to keep
     trying (with backoff). Later drops reconnect on their own, every
-    `reconnect_interval` seconds. `publish_timeout` bounds how long a publish waits for
+    `reconnect_interval` seconds; a connection that goes silent (a half-open TCP
+    connection, a blackholed network) is noticed within three heartbeats
+    (`DEFAULT_HEARTBEAT`, or `?heartbeat=N` in the URL). `publish_timeout` bounds how long a publish waits for
     its confirms, a reconnect included."""
     try:
         async for attempt in AsyncRetrying(
@@ -637,7 +669,7 @@ async def open_broker(
         ):
             with attempt:
                 connection = await aio_pika.connect_robust(
-                    url, timeout=connect_timeout, reconnect_interval=reconnect_interval
+                    with_heartbeat(url), timeout=connect_timeout, reconnect_interval=reconnect_interval
                 )
     except aiormq.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(f"RabbitMQ at {mask_url(url)} refused the login; check the user and password") from None

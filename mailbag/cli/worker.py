@@ -7,17 +7,22 @@ records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import logging
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
 from pydantic import ValidationError
 
-from mailbag.broker import connect
+from mailbag.broker import Broker, connect
 from mailbag.cli.common import CliError, add_broker_option, load_app
 from mailbag.workers import Worker, WorkerSettings, logs
 from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
-from mailbag.workers.shutdown import serve
+from mailbag.workers.runtime import CLOSE_TIMEOUT
+from mailbag.workers.shutdown import FORCED_EXIT, serve
+
+log = logging.getLogger("mailbag.worker")
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -78,7 +83,9 @@ async def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     app = load_app(args.app)
     logs.configure(settings.log_level, settings.log_format)
-    async with await connect(settings.broker_url) as broker:
+    broker = await connect(settings.broker_url)
+    worker: Worker | None = None
+    try:
         metrics = Metrics() if settings.metrics_port is not None else None
         try:
             worker = Worker(app, broker, settings=settings, metrics=metrics)
@@ -86,6 +93,19 @@ async def run(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
         with nullcontext() if metrics is None else _serving(worker, metrics, settings):
             return await serve(worker)
+    finally:
+        await _close(broker, forced=worker is not None and worker.forced)
+
+
+async def _close(broker: Broker, *, forced: bool) -> None:
+    """Close the broker within a bound (after a second signal, a short one): the process
+    exits next, and a connection left open returns its unsettled messages as it drops."""
+    bound = FORCED_EXIT / 2 if forced else CLOSE_TIMEOUT
+    try:
+        async with asyncio.timeout(bound):
+            await broker.close()
+    except Exception as exc:
+        log.warning("closing the broker failed or took over %gs: %r; exiting anyway", bound, exc)
 
 
 @contextmanager

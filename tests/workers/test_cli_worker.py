@@ -15,7 +15,7 @@ APP = "tests.workers.proc_app:app"
 
 
 def _env(**more: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "cli", "MAILBAG_TEST_DB": "unused", **more}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "tcli", "MAILBAG_TEST_DB": "unused", **more}
 
 
 def worker(*args: str, **env: str) -> subprocess.CompletedProcess:
