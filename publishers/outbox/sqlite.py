@@ -1,6 +1,9 @@
 """The outbox on SQLite (the standard library's `sqlite3`).
 
-The application calls `add` on its own connection inside its transaction. The relay
+The application calls `add` on its own connection inside its transaction: a `sqlite3`
+connection or cursor (`add` returns the id), or an `aiosqlite` connection, such as the
+`ctx.transaction` of a transactional handler on the SQLite store (`await outbox.add(...)`
+returns the id). Anything else is a `TypeError`, never a silent no-op. The relay
 works on a connection of its own and never holds a write lock while it publishes:
 it reads due rows, publishes them, then marks them sent in a short transaction, so a
 crash in between publishes those rows again (same message ids) and loses none. One
@@ -11,9 +14,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, overload
+
+import aiosqlite
 
 from mailbag.publishers.envelope import TopicModels
 from mailbag.publishers.outbox.base import (
@@ -62,6 +67,21 @@ class SqliteOutbox(Outbox):
         self._lock = asyncio.Lock()
         self._insert = f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
 
+    @overload
+    def add(
+        self,
+        tx: aiosqlite.Connection,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> Awaitable[str]: ...
+
+    @overload
     def add(
         self,
         tx: sqlite3.Connection | sqlite3.Cursor,
@@ -73,9 +93,27 @@ class SqliteOutbox(Outbox):
         correlation_id: str | None = None,
         causation_id: str | None = None,
         message_id: str | None = None,
-    ) -> str:
+    ) -> str: ...
+
+    def add(
+        self,
+        tx: sqlite3.Connection | sqlite3.Cursor | aiosqlite.Connection,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+        message_id: str | None = None,
+    ) -> str | Awaitable[str]:
         """Write the event in the caller's open transaction; it is published once that
-        transaction commits, and never if it rolls back. Returns the message id."""
+        transaction commits, and never if it rolls back. Returns the message id (with an
+        `aiosqlite` connection: an awaitable of it)."""
+        if not isinstance(tx, (sqlite3.Connection, sqlite3.Cursor, aiosqlite.Connection)):
+            raise TypeError(
+                f"outbox.add needs a sqlite3 connection or cursor, or an aiosqlite connection, not {type(tx).__name__}"
+            )
         conn = tx.connection if isinstance(tx, sqlite3.Cursor) else tx
         if conn.isolation_level is None and not conn.in_transaction:
             raise ValueError("outbox.add needs a transaction: this connection is in autocommit mode and none is open")
@@ -88,8 +126,14 @@ class SqliteOutbox(Outbox):
             causation_id=causation_id,
             message_id=message_id,
         )
+        if isinstance(tx, aiosqlite.Connection):
+            return self._add_async(tx, row_values(message), message.id)
         tx.execute(self._insert, row_values(message))
         return message.id
+
+    async def _add_async(self, conn: aiosqlite.Connection, values: Sequence[Any], message_id: str) -> str:
+        await conn.execute(self._insert, values)
+        return message_id
 
     def create_table(self, conn: sqlite3.Connection) -> None:
         """Create the table and its indexes if missing (for the application's migrations;
