@@ -103,14 +103,27 @@ class DynamoDbStore(IdempotencyStore):
             ExpressionAttributeValues={":token": {"S": token}},
         )
 
-    async def _conditional(self, call: Callable[..., Any], **request: Any) -> None:
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        expiry = _expiry(self.clock() + lease)
+        return await self._conditional(
+            self.client.update_item,
+            Key={"pk": {"S": key}},
+            UpdateExpression="SET #exp = :exp, #ttl = :ttl",
+            ConditionExpression="#token = :token AND attribute_not_exists(#outcome)",
+            ExpressionAttributeNames={"#exp": "expires_at", "#ttl": "ttl", "#token": "token", "#outcome": "outcome"},
+            ExpressionAttributeValues={":exp": expiry["expires_at"], ":ttl": expiry["ttl"], ":token": {"S": token}},
+        )
+
+    async def _conditional(self, call: Callable[..., Any], **request: Any) -> bool:
         """Run a write that applies only while our token holds the key; when another
-        run took the key over, there is nothing of ours left to change."""
+        run took the key over, there is nothing of ours left to change (False)."""
         try:
             await asyncio.to_thread(call, TableName=self.table, **request)
         except ClientError as exc:
             if not _failed_condition(exc):
                 raise
+            return False
+        return True
 
 
 def _expiry(at: float) -> dict[str, dict[str, str]]:

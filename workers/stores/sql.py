@@ -54,6 +54,9 @@ class SqlStore(TransactionalStore):
         self.sql_read = f"SELECT outcome, expires_at FROM {t} WHERE key = {p}1"
         self.sql_complete = f"UPDATE {t} SET outcome = {p}1, expires_at = {p}2 WHERE key = {p}3 AND token = {p}4"
         self.sql_release = f"DELETE FROM {t} WHERE key = {p}1 AND token = {p}2"
+        self.sql_extend = (
+            f"UPDATE {t} SET expires_at = {p}1 WHERE key = {p}2 AND token = {p}3 AND outcome IS NULL RETURNING key"
+        )
         self.sql_sweep = f"DELETE FROM {t} WHERE expires_at <= {p}1"
 
     # -- what a backend provides ------------------------------------------------
@@ -90,6 +93,10 @@ class SqlStore(TransactionalStore):
     async def release(self, key: str, token: str) -> None:
         async with self.connection() as conn:
             await self.fetch(conn, self.sql_release, key, token)
+
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        async with self.connection() as conn:
+            return bool(await self.fetch(conn, self.sql_extend, self.clock() + lease, key, token))
 
     @asynccontextmanager
     async def transaction(self, key: str, ttl: float) -> AsyncIterator[Transaction]:

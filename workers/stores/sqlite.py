@@ -4,10 +4,17 @@ Every process on the host that opens the same file shares the records (WAL mode,
 busy timeout instead of errors under contention). In transactional mode the handler
 writes through the store's connection into the same file, and `BEGIN IMMEDIATE`
 makes concurrent transactions take turns.
+
+SQLite has one writer: the store serialises transactional handlers, one transaction at
+a time per store, queued in the process rather than in `busy_timeout` (which would turn
+a long queue into "database is locked" errors). A lock still held by another process
+past the busy timeout raises, and the worker retries the message. For transactional
+handlers that should run concurrently, use PostgreSQL.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -17,6 +24,7 @@ from urllib.parse import urlsplit
 import aiosqlite
 
 from mailbag.broker.url import query_options
+from mailbag.workers.stores import Transaction
 from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore
 
 BUSY_TIMEOUT_MS = 30_000
@@ -30,6 +38,7 @@ class SqliteStore(SqlStore):
         self.path = str(path)
         self._idle: list[aiosqlite.Connection] = []
         self._open: set[aiosqlite.Connection] = set()
+        self._writer = asyncio.Lock()
 
     async def _connect(self) -> aiosqlite.Connection:
         conn = await aiosqlite.connect(self.path, isolation_level=None)
@@ -48,6 +57,12 @@ class SqliteStore(SqlStore):
             await conn.close()
             raise
         self._idle.append(conn)
+
+    @asynccontextmanager
+    async def transaction(self, key: str, ttl: float) -> AsyncIterator[Transaction]:
+        """One transaction at a time (see the module docstring)."""
+        async with self._writer, super().transaction(key, ttl) as txn:
+            yield txn
 
     async def fetch(self, conn: aiosqlite.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         async with conn.execute(sql, args) as cursor:
