@@ -63,6 +63,7 @@ from mailbag.broker.errors import (
     UnknownTopic,
 )
 from mailbag.broker.message import Delivery, Message
+from mailbag.broker.rabbitmq.cluster import FailoverConnection, node_urls
 from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
 from mailbag.broker.rabbitmq.topology import declare_retry_queue, declare_topology, delay_ms, retry_queue_name
 from mailbag.broker.topology import Queue, Topology
@@ -110,6 +111,13 @@ class RabbitBroker(Broker):
         self._retry_queues: set[str] = set()
         self._consumers: set[_RabbitConsumer] = set()
         self._closed = False
+
+    @property
+    def node(self) -> str:
+        """host:port of the RabbitMQ node the connection is on (or is trying to reach)."""
+        if isinstance(self._connection, FailoverConnection):
+            return self._connection.node
+        return f"{self._connection.url.host}:{self._connection.url.port}"
 
     # -- contract -------------------------------------------------------------
 
@@ -262,7 +270,8 @@ class RabbitBroker(Broker):
         if lost:
             problems.append(f"{len(lost)} not confirmed on {where} (nothing moved for {self._publish_timeout:g}s)")
         if problems:
-            raise PublishFailed("; ".join(problems), returned + refused + [m.id for m in lost])
+            unknown = [m.id for m in lost]  # sent, never confirmed: they may be in the queue
+            raise PublishFailed("; ".join(problems), returned + refused + unknown, unknown=unknown)
 
     async def _publish_once(
         self,
@@ -655,10 +664,14 @@ async def open_broker(
     """Connect to the RabbitMQ at `url`. The first connection fails fast with
     `BrokerUnavailable` when the broker is down, unless `wait` gives the seconds to keep
     trying (with backoff). Later drops reconnect on their own, every
-    `reconnect_interval` seconds; a connection that goes silent (a half-open TCP
-    connection, a blackholed network) is noticed within three heartbeats
-    (`DEFAULT_HEARTBEAT`, or `?heartbeat=N` in the URL). `publish_timeout` bounds how long a publish waits for
-    its confirms, a reconnect included."""
+    `reconnect_interval` seconds. A URL may list the nodes of a cluster
+    (`amqp://u:p@node1:5672,node2:5672/vhost`): the first that answers is used, and a
+    reconnect goes to the next node in turn (`cluster.FailoverConnection`). A
+    connection that goes silent (a half-open TCP connection, a blackholed network) is
+    noticed within three heartbeats (`DEFAULT_HEARTBEAT`, or `?heartbeat=N` in the URL).
+    `publish_timeout` bounds how long a publish waits for its confirms, a reconnect
+    included."""
+    nodes = [with_heartbeat(n) for n in node_urls(url)]
     try:
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(wait),
@@ -668,9 +681,7 @@ async def open_broker(
             reraise=True,
         ):
             with attempt:
-                connection = await aio_pika.connect_robust(
-                    with_heartbeat(url), timeout=connect_timeout, reconnect_interval=reconnect_interval
-                )
+                connection = await _connect_any(nodes, connect_timeout, reconnect_interval)
     except aiormq.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(f"RabbitMQ at {mask_url(url)} refused the login; check the user and password") from None
     except _CONNECT_ERRORS as exc:
@@ -681,3 +692,23 @@ async def open_broker(
         ) from None
     channel = await connection.channel(publisher_confirms=True)
     return RabbitBroker(url, connection, channel, publish_timeout)
+
+
+async def _connect_any(nodes: list[str], timeout: float, reconnect_interval: float) -> FailoverConnection:
+    """A connection to the first of `nodes` that answers, failing over between them later."""
+    for i in range(len(nodes)):
+        try:
+            connection = await aio_pika.connect_robust(
+                nodes[i],
+                timeout=timeout,
+                reconnect_interval=reconnect_interval,
+                connection_class=FailoverConnection,
+                nodes=nodes[i:] + nodes[:i],
+            )
+        except _CONNECT_ERRORS:
+            if i == len(nodes) - 1:
+                raise
+        else:
+            assert isinstance(connection, FailoverConnection)
+            return connection
+    raise AssertionError("unreachable")
