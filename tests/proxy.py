@@ -10,12 +10,13 @@ import contextlib
 
 class CuttingProxy:
     """Forwards 127.0.0.1:<port> to the target. `cut()` closes every open connection;
-            `refuse` makes it close new connections at once (a broker that is down but whose
-            port answers); `blackhole` makes it drop every byte both ways while connections
-            stay open, and hold new ones open without forwarding (a network that silently
-            loses packets); `mute` drops only what the target sends back (requests arrive, no
-    answer does: a publish delivered, its confirm lost). `connected` is set whenever a connection is forwarded; `arrivals`
-        counts every connection the proxy accepted, forwarded or not."""
+    `refuse` makes it close new connections at once (a broker that is down but whose
+    port answers); `blackhole` makes it drop every byte both ways while connections
+    stay open, and hold new ones open without forwarding (a network that silently
+    loses packets); `mute` drops only what the target sends back (requests arrive, no
+    answer does: a publish delivered, its confirm lost). `connected` is set whenever a
+    connection is forwarded; `arrivals` counts every connection the proxy accepted,
+    forwarded or not."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)

@@ -472,6 +472,11 @@ class _RabbitConsumer(Consumer):
             try:
                 await asyncio.shield(self._opening)  # a cancelled wait leaves the opening be
                 return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if (self._closed or self._stopped) and task is not None and not task.cancelling():
+                    raise StopAsyncIteration from None  # `close` cut the opening short: the end
+                raise
             except _LOST_WHILE_OPENING as exc:
                 self._opening = None
                 if not warned:

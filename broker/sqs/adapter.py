@@ -255,7 +255,7 @@ class SqsBroker(Broker):
         }
         if visibility is not None:
             params["VisibilityTimeout"] = visibility
-        return (await self.aws.call(self.aws.sqs.receive_message, **params)).get("Messages", [])
+        return (await self.aws.poll(**params)).get("Messages", [])
 
     async def _sweep(self, ref: QueueRef, limit: float) -> list[dict]:
         """Receive up to `limit` ready messages, holding each for the visibility timeout;
@@ -460,7 +460,12 @@ class _SqsConsumer(Consumer):
         self._closed = False
 
     async def __anext__(self) -> Delivery:
-        ref = self._ref or await self._open()
+        try:
+            ref = self._ref or await self._open()
+        except BrokerError:
+            if self._stop.is_set():
+                raise StopAsyncIteration from None  # closed while looking the queue up
+            raise
         while True:
             if self._stop.is_set():
                 raise StopAsyncIteration
@@ -483,7 +488,7 @@ class _SqsConsumer(Consumer):
         if self._ref is None:
             self._ref = ref
             self._deletes = _Deletes(self.broker, ref)
-            if ref.visibility > 0:
+            if ref.visibility > 0 and not self._closed:
                 self._heartbeat = asyncio.create_task(self._beat(ref))
         return self._ref
 
