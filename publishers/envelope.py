@@ -5,11 +5,21 @@ sent (or written to an outbox) rather than dead-lettered by every consumer."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from mailbag.broker import Message
 from mailbag.broker.codec import PayloadError, decode, encode
 from mailbag.publishers.errors import PayloadRejected
+
+
+class MessageFields(TypedDict, total=False):
+    """The optional fields a publish or an outbox row sets on a message."""
+
+    key: str | None
+    headers: Mapping[str, Any] | None
+    correlation_id: str | None
+    causation_id: str | None
+    message_id: str | None
 
 
 class TopicModels:
@@ -48,7 +58,7 @@ class TopicModels:
         """The message for `payload`: a pydantic model, bytes, or a JSON-able value.
         Raises `PayloadRejected` if the topic has a model and the payload does not
         validate against it as a consumer would decode it."""
-        ids = {"id": message_id} if message_id else {}
+        ids: dict[str, Any] = {"id": message_id} if message_id else {}
         try:
             body, content_type, type_name = encode(payload)
             model = self._models.get(topic)

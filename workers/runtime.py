@@ -220,7 +220,8 @@ class Worker:
             self._all_done = asyncio.get_running_loop().create_future()
         forced = asyncio.ensure_future(self._forced.wait())
         try:
-            await asyncio.wait({self._all_done, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {self._all_done, forced}
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         finally:
             forced.cancel()
 
@@ -278,13 +279,14 @@ class Worker:
     async def process(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it. Never raises except on cancellation."""
         message = delivery.message
-        handler, call = self._calls.get((message.topic, delivery.queue), (None, None))
+        found = self._calls.get((message.topic, delivery.queue))
         try:
-            if handler is None:
+            if found is None:
                 await self._refuse(
                     delivery, None, f"no handler for topic {message.topic!r} on queue {delivery.queue!r}"
                 )
                 return
+            handler, call = found
             try:
                 payload = decode(message.body, message.content_type, handler.model)
             except PayloadError as exc:

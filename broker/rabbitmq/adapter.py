@@ -115,9 +115,8 @@ class RabbitBroker(Broker):
     @property
     def node(self) -> str:
         """host:port of the RabbitMQ node the connection is on (or is trying to reach)."""
-        if isinstance(self._connection, FailoverConnection):
-            return self._connection.node
-        return f"{self._connection.url.host}:{self._connection.url.port}"
+        assert isinstance(self._connection, FailoverConnection)  # what `open_broker` makes
+        return self._connection.node
 
     # -- contract -------------------------------------------------------------
 
@@ -369,7 +368,9 @@ class _RabbitDelivery(Delivery):
     async def _basic_ack(self) -> None:
         """Queue the ack frame without waiting for the socket to drain: AMQP does not
         answer an ack, and the wait would cost a loop turn per message."""
-        await self._raw.channel.basic_ack(delivery_tag=self._raw.delivery_tag, wait=False)
+        tag = self._raw.delivery_tag
+        assert tag is not None  # set on every message a consumer receives
+        await self._raw.channel.basic_ack(delivery_tag=tag, wait=False)
 
     async def _ack(self) -> None:
         consumer = self._consumer

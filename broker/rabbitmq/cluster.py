@@ -38,10 +38,10 @@ class FailoverConnection(aio_pika.RobustConnection):
         self._nodes = [URL(n) for n in nodes] or [URL(url)]
         self._at = 0
         self._tried = False
-        super().__init__(url, **kwargs)
+        super().__init__(URL(url), **kwargs)
         self._tried = False  # reading the URL while setting up is not a try
 
-    @property  # type: ignore[override]
+    @property
     def url(self) -> URL:
         """The node to connect to: each read while disconnected after the first is a new
         try (aio-pika reads it once per connection attempt), which goes to the next node."""

@@ -47,7 +47,7 @@ class Outgoing(NamedTuple):
 
     @property
     def id(self) -> str:
-        return self.properties.message_id
+        return self.properties.message_id or ""
 
 
 def to_amqp(message: Message, *, attempt: int | None = None) -> Outgoing:
@@ -139,7 +139,7 @@ def attempt_of(raw: AbstractIncomingMessage) -> int:
     returns (crashes, closed channels) exactly, while a classic queue only says
     `redelivered`, so there a returned message counts as one more try however many
     times it came back."""
-    headers = raw.headers or {}
+    headers: dict[str, Any] = dict(raw.headers or {})
     base = int(headers.get(ATTEMPT, 1))
     returns = headers.get("x-delivery-count")
     if returns is not None:

@@ -10,7 +10,9 @@ run holds the key is postponed (no attempt used) until that lease would run out,
 whole seconds: a live run has renewed it by then, or finished; a dead run's lease has
 expired and the duplicate takes over. So a killed worker's claims free up within one
 lease, at the cost of a delivery or two each. A failed run releases its claim, so its
-retry runs.
+retry runs. A host that kills its runs at a known time (a Lambda invocation at its
+timeout) sets `run_ends_by`: the lease then ends no later than that plus
+`LEASE_SLACK`, so a run killed with its host holds its key no longer than that.
 
 Transactional handlers (`transactional=True`) get `ctx.transaction`: the record
 commits in the same database transaction as their writes, so a crash anywhere before
@@ -32,7 +34,9 @@ import contextlib
 import json
 import logging
 import math
+import time
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from typing import Any, TypeVar
 
 from pydantic_core import to_jsonable_python
@@ -46,6 +50,11 @@ from mailbag.workers.stores import Claim, IdempotencyStore, TransactionalStore
 
 log = logging.getLogger("mailbag.worker")
 
+#: seconds a lease outlasts `run_ends_by`: room for clocks of hosts sharing a store
+LEASE_SLACK = 2.0
+#: the monotonic time by which the current run is over for sure, or None; tasks
+#: started after it is set inherit it
+run_ends_by: ContextVar[float | None] = ContextVar("run_ends_by", default=None)
 #: tries at recording the outcome of a run that succeeded, before giving up on the record
 COMPLETE_TRIES = 5
 
@@ -67,7 +76,7 @@ class Idempotency:
         key = f"{handler.queue}:{handler.topic}:{ctx.delivery.message.id if how is True else how(ctx.payload)}"
         if handler.transactional:
             return await self._in_transaction(ctx, call_next, key)
-        claim = await _store_step("claiming the key", lambda: self.store.claim(key, self.lease))
+        claim = await _store_step("claiming the key", lambda: self.store.claim(key, self._lease()))
         if claim.status != "claimed":
             return _settled_before(claim, ctx)
         heartbeat = asyncio.ensure_future(self._heartbeat(ctx, key, claim.token))
@@ -101,13 +110,21 @@ class Idempotency:
                 raise
             raise StoreError(f"idempotency store failed in the handler's transaction: {_what(exc)}") from exc
 
+    def _lease(self) -> float:
+        """How long a claim (or a renewal) holds its key: the lease, and no longer than
+        the run can live."""
+        ends_by = run_ends_by.get()
+        if ends_by is None:
+            return self.lease
+        return min(self.lease, max(0.0, ends_by - time.monotonic()) + LEASE_SLACK)
+
     async def _heartbeat(self, ctx: Context, key: str, token: str) -> None:
         """Renew the run's lease every third of it until cancelled. A renewal that fails
         is tried again at the next beat; a lease lost to another run is logged."""
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                held = await self.store.extend(key, token, self.lease)
+                held = await self.store.extend(key, token, self._lease())
             except Exception as exc:
                 log.warning("could not renew the idempotency lease", extra=_where(ctx, error=_what(exc)))
                 continue
