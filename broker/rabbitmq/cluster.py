@@ -2,14 +2,15 @@
 lists the nodes of a cluster, and the connection fails over between them.
 
 aio-pika's robust connection reconnects to the one URL it was given. `FailoverConnection`
-gives it a different node on each try instead: a connection that drops (its node
-stopped) or an attempt that fails (the next node is down too) moves on to the next node
-in turn, so the client lands on a surviving one. Queues and consumers are restored
+moves it on instead: a connection that drops (its node stopped) or an attempt that
+fails (the next node is down too) goes on to the next node in turn, so the client
+lands on a surviving one. Queues and consumers are restored
 there as after any reconnect; quorum queues keep their messages across the failover.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -37,18 +38,11 @@ class FailoverConnection(aio_pika.RobustConnection):
     def __init__(self, url: str | URL, *, nodes: Sequence[str] = (), **kwargs: Any) -> None:
         self._nodes = [URL(n) for n in nodes] or [URL(url)]
         self._at = 0
-        self._tried = False
         super().__init__(URL(url), **kwargs)
-        self._tried = False  # reading the URL while setting up is not a try
 
     @property
     def url(self) -> URL:
-        """The node to connect to: each read while disconnected after the first is a new
-        try (aio-pika reads it once per connection attempt), which goes to the next node."""
-        if getattr(self, "transport", None) is None:
-            if self._tried:
-                self._at = (self._at + 1) % len(self._nodes)
-            self._tried = True
+        """The node the connection is on, or tries next."""
         return self._nodes[self._at]
 
     @url.setter
@@ -57,9 +51,22 @@ class FailoverConnection(aio_pika.RobustConnection):
         if len(self._nodes) == 1:
             self._nodes = [URL(value)]
 
-    async def _on_connected(self) -> None:
-        self._tried = False
-        await super()._on_connected()
+    def _next_node(self) -> None:
+        self._at = (self._at + 1) % len(self._nodes)
+
+    async def _RobustConnection__connect_transport(self) -> None:
+        """aio-pika's one connection attempt (a private hook, the only one every attempt
+        goes through): an attempt that fails moves on to the next node."""
+        try:
+            await super()._RobustConnection__connect_transport()  # type: ignore[misc]
+        except BaseException:
+            self._next_node()
+            raise
+
+    async def _on_connection_close(self, closing: asyncio.Future[Any]) -> None:
+        """A connection that drops (its node stopped) reconnects to the next node."""
+        self._next_node()
+        await super()._on_connection_close(closing)
 
     @property
     def node(self) -> str:

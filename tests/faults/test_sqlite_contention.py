@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from mailbag.broker import Message, RetryPolicy
 from mailbag.broker.rabbitmq import open_broker
 from mailbag.workers import App, Context, Worker
@@ -17,6 +19,7 @@ from tests.rabbitmq.service import amqp_url, remove_declared
 MESSAGES, CONCURRENCY, WORK = 60, 40, 1.0
 
 
+@pytest.mark.timeout(300)  # a minute of serialised work, more on a busy machine
 async def test_sixty_one_second_transactional_handlers_at_concurrency_40_are_all_applied_once(tmp_path):
     # Given a worker at concurrency 40 on RabbitMQ with the SQLite store, and a
     # transactional handler that writes a ledger row and holds its transaction for 1 s
