@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -20,7 +22,7 @@ from mailbag.workers import Worker, WorkerSettings, logs
 from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
 from mailbag.workers.runtime import CLOSE_TIMEOUT
-from mailbag.workers.shutdown import FORCED_EXIT, serve
+from mailbag.workers.shutdown import serve
 
 log = logging.getLogger("mailbag.worker")
 
@@ -97,13 +99,26 @@ async def run(args: argparse.Namespace) -> int:
         with nullcontext() if metrics is None else _serving(worker, metrics, settings):
             return await serve(worker)
     finally:
-        await _close(broker, forced=worker is not None and worker.forced)
+        if worker is not None and worker.forced:
+            _exit_now()
+        await _close(broker)
 
 
-async def _close(broker: Broker, *, forced: bool) -> None:
-    """Close the broker within a bound (after a second signal, a short one): the process
-    exits next, and a connection left open returns its unsettled messages as it drops."""
-    bound = FORCED_EXIT / 2 if forced else CLOSE_TIMEOUT
+def _exit_now() -> None:
+    """After a second signal: exit at once, status 1, without closing anything more or
+    waiting for the interpreter's teardown (threads, tasks). The broker takes back what
+    the dropped connections held unsettled."""
+    log.warning("exiting now (second signal)")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+async def _close(broker: Broker) -> None:
+    """Close the broker within a bound: the process exits next, and a connection left
+    open returns its unsettled messages as it drops."""
+    bound = CLOSE_TIMEOUT
     try:
         async with asyncio.timeout(bound):
             await broker.close()

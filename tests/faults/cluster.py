@@ -129,6 +129,16 @@ class Cluster:
                     return next(n for n in self.nodes if n.name == parts[1])
         raise RuntimeError(f"no node knows the leader of {queue}")
 
+    def queue_status(self, queue: str) -> str:
+        """The queue's leader, members and online members as some running node sees them."""
+        for node in self.nodes:
+            try:
+                listed = self.ctl(node, "list_queues", "name", "leader", "members", "online", timeout=30)
+            except (RuntimeError, subprocess.TimeoutExpired):
+                continue
+            return next((line for line in listed.splitlines() if line.startswith(queue)), f"{queue}: not listed")
+        return "no node answers"
+
     def stop(self) -> None:
         """Stop every node that still runs, then remove the cluster's files."""
         for node in self.nodes:
