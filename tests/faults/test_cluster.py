@@ -65,4 +65,5 @@ async def _progress(workload: Workload, cluster: Cluster, broker: RabbitBroker, 
         await workload.progress(30, timeout=90, what=what)
     except AssertionError as exc:
         status = await asyncio.to_thread(cluster.queue_status, workload.queue)
-        raise AssertionError(f"{exc}; the worker is on {broker.node}; queue (leader, members, online): {status}")
+        where = f"the worker is on {broker.node}; queue (leader, members, online): {status}"
+        raise AssertionError(f"{exc}; {where}") from exc
