@@ -129,15 +129,23 @@ class Cluster:
                     return next(n for n in self.nodes if n.name == parts[1])
         raise RuntimeError(f"no node knows the leader of {queue}")
 
-    def queue_status(self, queue: str) -> str:
-        """The queue's leader, members and online members as some running node sees them."""
+    def queue_status(self, queue: str) -> list[str]:
+        """[name, leader, members, online members] of a quorum queue, as a running node sees it."""
         for node in self.nodes:
             try:
                 listed = self.ctl(node, "list_queues", "name", "leader", "members", "online", timeout=30)
             except (RuntimeError, subprocess.TimeoutExpired):
                 continue
-            return next((line for line in listed.splitlines() if line.startswith(queue)), f"{queue}: not listed")
-        return "no node answers"
+            for line in listed.splitlines():
+                fields = line.split("\t")
+                if fields[0] == queue:
+                    return fields
+        return [queue, "not listed"]
+
+    def all_online(self, queue: str) -> bool:
+        """Every member of the quorum queue is online (caught up), so one may stop."""
+        status = self.queue_status(queue)
+        return len(status) == 4 and status[2].count("@") == status[3].count("@") == len(self.nodes)
 
     def stop(self) -> None:
         """Stop every node that still runs, then remove the cluster's files."""

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from mailbag.broker.rabbitmq import RabbitBroker, open_broker
+from tests.conformance.env import eventually
 from tests.faults.cluster import Cluster
 from tests.faults.workload import Workload
 from tests.names import run_name
@@ -32,7 +33,8 @@ async def test_clients_fail_over_when_their_node_and_then_the_quorum_leader_stop
         pub_broker = await open_broker(cluster.url(), reconnect_interval=0.5, publish_timeout=5)
         async with workload.running(worker_broker, pub_broker) as verdict:
             await workload.progress(30, timeout=60, what="30 messages handled")
-            # When the node the worker is connected to stops
+            # When the node the worker is connected to stops (all the queue's members caught up)
+            await _all_online(cluster, workload.queue)
             first = next(n for n in cluster.nodes if n.address == worker_broker.node)
             await asyncio.to_thread(cluster.stop_node, first)
             stopped = time.monotonic()
@@ -42,6 +44,7 @@ async def test_clients_fail_over_when_their_node_and_then_the_quorum_leader_stop
             print(f"worker failed over from {first.address} to {worker_broker.node}; progress again after {took:.1f}s")
             # (and is back, so the queue keeps a majority) and then the quorum leader stops
             await asyncio.to_thread(cluster.start_node, first)
+            await _all_online(cluster, workload.queue)
             leader = await asyncio.to_thread(cluster.leader, workload.queue)
             await asyncio.to_thread(cluster.stop_node, leader)
             stopped = time.monotonic()
@@ -67,3 +70,13 @@ async def _progress(workload: Workload, cluster: Cluster, broker: RabbitBroker, 
         status = await asyncio.to_thread(cluster.queue_status, workload.queue)
         where = f"the worker is on {broker.node}; queue (leader, members, online): {status}"
         raise AssertionError(f"{exc}; {where}") from exc
+
+
+async def _all_online(cluster: Cluster, queue: str) -> None:
+    """Wait until every member of the quorum queue is online: stopping one before a
+    restarted member has caught up would leave no majority, which is not the fault here."""
+
+    async def online() -> bool:
+        return await asyncio.to_thread(cluster.all_online, queue)
+
+    await eventually(online, timeout=120, what=f"every member of {queue} to be online")
