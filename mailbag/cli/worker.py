@@ -2,7 +2,8 @@
 
 Settings come from `MAILBAG_*` environment variables (see `mailbag.workers.WorkerSettings`);
 flags given on the command line win over them. With `--metrics-port` the worker
-records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.endpoints`)."""
+records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.endpoints`).
+With `--processes N` it runs N such workers under a supervisor (`mailbag.workers.supervisor`)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
 from mailbag.workers.runtime import CLOSE_TIMEOUT
 from mailbag.workers.shutdown import serve
+from mailbag.workers.supervisor import Supervisor
 
 log = logging.getLogger("mailbag.worker")
 
@@ -33,7 +35,9 @@ def register(subs: argparse._SubParsersAction) -> None:
     add_broker_option(p)
     # unset unless given: the settings read $MAILBAG_BROKER_URL, and know whether a URL was given at all
     p.set_defaults(broker=None)
-    p.add_argument("--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 10)")
+    p.add_argument(
+        "--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 100)"
+    )
     p.add_argument(
         "--prefetch", type=int, metavar="N", help="unsettled deliveries per queue ($MAILBAG_PREFETCH, 2 x concurrency)"
     )
@@ -60,6 +64,12 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-format", choices=("text", "json"), help="log lines as key=value text or JSON ($MAILBAG_LOG_FORMAT, text)"
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="worker processes under one supervisor, for CPU-bound handlers ($MAILBAG_PROCESSES, 1)",
+    )
     p.set_defaults(run=run)
 
 
@@ -74,6 +84,7 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
         "metrics_port": args.metrics_port,
         "metrics_host": args.metrics_host,
         "log_format": args.log_format,
+        "processes": args.processes,
     }
     try:
         return WorkerSettings(**{k: v for k, v in flags.items() if v is not None})
@@ -88,6 +99,8 @@ async def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     app = load_app(args.app)
     logs.configure(settings.log_level, settings.log_format)
+    if settings.processes > 1:
+        return await supervise(args, settings)
     broker = await connect(settings.broker_url)
     worker: Worker | None = None
     try:
@@ -124,6 +137,25 @@ async def _close(broker: Broker) -> None:
             await broker.close()
     except Exception as exc:
         log.warning("closing the broker failed or took over %gs: %r; exiting anyway", bound, exc)
+
+
+async def supervise(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    """`--processes N`: N copies of this worker under a `Supervisor`. The broker URL
+    goes to them in the environment, so its password never shows in a process list."""
+    argv = [sys.executable, "-m", "mailbag.cli", "worker", args.app]
+    for flag, value in (
+        ("--concurrency", args.concurrency),
+        ("--prefetch", args.prefetch),
+        ("--grace-period", args.grace_period),
+        ("--metrics-host", args.metrics_host),
+        ("--log-format", args.log_format),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    for queue in args.queue or ():
+        argv += ["--queue", queue]
+    env = {**os.environ, "MAILBAG_BROKER_URL": settings.broker_url}
+    return await Supervisor(argv, settings.processes, env=env, metrics_port=settings.metrics_port).run()
 
 
 @contextmanager
