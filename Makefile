@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test lint services bench clean constraints
+.PHONY: run test faults lint services bench clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ lint: $(VENV)/.dev-installed
 
 test: lint services
 	$(BIN)/pytest
+
+# the fault suite alone (tests/faults: stopped brokers, blackholes, kills) with the
+# three-node cluster failover test; `make test` runs all of it but the cluster test
+faults: $(VENV)/.dev-installed services
+	$(BIN)/pytest tests/faults -m "cluster or not cluster"
 
 # the exact versions the container image installs (see Dockerfile): every dependency
 # of mailbag[redis,postgres] resolved for the image's Python 3.12 on any platform

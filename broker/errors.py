@@ -8,7 +8,7 @@ families: `BrokerError` (the broker layer), `PublishError` (publishing,
 lowest layer, so every package can derive from it.
 """
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 
@@ -89,16 +89,20 @@ class UnknownTopic(BrokerError, KeyError):
 
 
 class PublishFailed(BrokerError):
-    """The broker refused or did not confirm some messages; `message_ids` names them."""
+    """The broker refused or did not confirm some messages; `message_ids` names them.
+    Of those, `unknown` names the ones whose outcome is unknown (sent, never confirmed:
+    they may have been delivered, so republish them only under the same id); the rest
+    the broker refused (safe to republish). The others of the call were confirmed."""
 
     #: ids named in the error's text; the rest are counted (all are in `message_ids`)
     SHOWN = 5
 
-    def __init__(self, message: str, message_ids: list[str]) -> None:
+    def __init__(self, message: str, message_ids: list[str], unknown: Sequence[str] = ()) -> None:
         shown = ", ".join(message_ids[: self.SHOWN])
         more = len(message_ids) - self.SHOWN
         super().__init__(f"{message}: {shown}" + (f" and {more} more" if more > 0 else ""))
         self.message_ids = list(message_ids)
+        self.unknown = [i for i in message_ids if i in set(unknown)]
 
 
 class MessageTooLarge(BrokerError, ValueError):

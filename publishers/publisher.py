@@ -131,21 +131,26 @@ class Publisher:
                     with tracing.publishing(self.broker, run[0].topic, run) as traced:
                         await self._publish_run(traced)
                 except PublishError as exc:
-                    confirmed.update(m.id for m in run if m.id not in exc.failed)
-                    exc.failed = [i for i in ids if i not in confirmed]
+                    unconfirmed = set(exc.unconfirmed)
+                    confirmed.update(m.id for m in run if m.id not in unconfirmed)
+                    unknown = set(exc.unknown)
+                    exc.unknown = [i for i in ids if i in unknown]
+                    exc.failed = [i for i in ids if i not in confirmed and i not in unknown]
                     exc.sent = [i for i in ids if i in confirmed]
                     raise
                 for m in run:
                     confirmed.add(m.id)
                     futures[m.id].set_result(None)
             outcomes = await asyncio.gather(*(asyncio.shield(f) for f in joined.values()), return_exceptions=True)
-            lost = [i for i, outcome in zip(joined, outcomes) if isinstance(outcome, BaseException)]
+            lost = {i: o for i, o in zip(joined, outcomes) if isinstance(o, BaseException)}
             if lost:
-                first = next(o for o in outcomes if isinstance(o, BaseException))
+                first = next(iter(lost.values()))
+                unknown = {i for i, o in lost.items() if isinstance(o, PublishError) and i in o.unknown}
                 raise PublishError(
                     f"a concurrent publish of the same id failed: {_describe(first)}",
-                    [i for i in ids if i in lost],
+                    [i for i in ids if i in lost and i not in unknown],
                     [i for i in ids if i not in lost],
+                    [i for i in ids if i in unknown],
                 ) from first
         except BaseException as exc:
             _settle(futures, confirmed, exc)
@@ -156,25 +161,69 @@ class Publisher:
         return ids
 
     async def _publish_run(self, run: list[Message]) -> None:
+        """Publish one topic's batch, retrying what is not confirmed until the deadline.
+        An attempt that outlives `attempt_timeout` is not cancelled (that would cut the
+        adapter's own reconnect short): its messages count as unknown, and the next try
+        waits for it to end first and takes its outcome, so one message is never in two
+        publishes at once."""
         topic = run[0].topic
         pending = run
+        #: ids sent by an attempt that did not end in a confirm or a refusal
+        unknown: set[str] = set()
+        straggler: asyncio.Future[None] | None = None
+
+        def outcome_of(task: asyncio.Future[None], sent: list[Message]) -> None:
+            """Narrow `pending` by how one attempt ended; re-raise its failure."""
+            nonlocal pending
+            exc = task.exception()
+            if exc is None:
+                pending = []
+                unknown.difference_update(m.id for m in sent)
+                return
+            if isinstance(exc, PublishFailed):
+                left = set(exc.message_ids)
+                unknown.difference_update(m.id for m in sent if m.id not in left)
+                unknown.update(exc.unknown)
+                pending = [m for m in pending if m.id in left or m not in sent]
+            elif not isinstance(exc, PERMANENT):
+                unknown.update(m.id for m in sent)  # it may have got out before the fault
+            raise exc
 
         async def attempt() -> None:
-            nonlocal pending
+            nonlocal straggler
+            if straggler is not None:  # the last attempt outlived its timeout: its outcome first
+                await asyncio.wait({straggler})
+                task, straggler = straggler, None
+                try:
+                    outcome_of(task, pending)
+                except Exception:
+                    pass
+                if not pending:
+                    self.breaker.succeeded()
+                    return
             if not self.breaker.allow():
                 wait = self.breaker.retry_after()
                 raise CircuitOpen(
-                    f"circuit open after repeated broker faults; next try in {wait:.1f}s", [m.id for m in pending], wait
+                    f"circuit open after repeated broker faults; next try in {wait:.1f}s",
+                    [m.id for m in pending if m.id not in unknown],
+                    wait,
+                    unknown=[m.id for m in pending if m.id in unknown],
                 )
+            sent = pending
+            task = asyncio.ensure_future(self._publish_once(topic, sent))
             try:
-                await asyncio.wait_for(self._publish_once(topic, pending), self.settings.attempt_timeout)
+                done, _ = await asyncio.wait({task}, timeout=self.settings.attempt_timeout)
             except asyncio.CancelledError:
                 self.breaker.abandoned()
+                task.cancel()
                 raise
-            except PublishFailed as exc:
-                pending = [m for m in pending if m.id in set(exc.message_ids)] or pending
+            if not done:
+                straggler = task
+                unknown.update(m.id for m in sent)
                 self.breaker.failed()
-                raise
+                raise TimeoutError(f"no confirm within {self.settings.attempt_timeout:g}s")
+            try:
+                outcome_of(task, sent)
             except Exception as exc:
                 if is_transient(exc):
                     self.breaker.failed()
@@ -182,6 +231,13 @@ class Publisher:
                     self.breaker.abandoned()
                 raise
             self.breaker.succeeded()
+
+        def error(reason: str) -> PublishError:
+            return PublishError(
+                reason,
+                [m.id for m in pending if m.id not in unknown],
+                unknown=[m.id for m in pending if m.id in unknown],
+            )
 
         s = self.settings
         retrying = AsyncRetrying(
@@ -198,17 +254,23 @@ class Publisher:
             raise
         except RetryError as exc:
             cause = exc.last_attempt.exception()
-            raise PublishError(
-                f"broker did not confirm within {s.deadline:g}s: {_describe(cause)}", [m.id for m in pending]
-            ) from cause
+            raise error(f"broker did not confirm within {s.deadline:g}s: {_describe(cause)}") from cause
         except Exception as exc:
-            raise PublishError(f"broker refused the publish: {_describe(exc)}", [m.id for m in pending]) from exc
+            raise error(f"broker refused the publish: {_describe(exc)}") from exc
+        finally:
+            if straggler is not None:  # still running: it ends by the adapter's own timeout
+                straggler.add_done_callback(_retrieve)
 
     async def _publish_once(self, topic: str, messages: list[Message]) -> None:
         if self.settings.declare_topics and topic not in self._declared:
             await self.broker.declare(Topology(topics=(topic,)))
             self._declared.add(topic)
         await self.broker.publish(topic, messages)
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 def _settle(futures: dict[str, asyncio.Future[None]], confirmed: set[str], exc: BaseException) -> None:
@@ -220,7 +282,10 @@ def _settle(futures: dict[str, asyncio.Future[None]], confirmed: set[str], exc: 
             fut.set_result(None)
             continue
         if isinstance(exc, PublishError):
-            fut.set_exception(PublishError(exc.reason, [message_id]))
+            unknown = message_id in exc.unknown
+            fut.set_exception(
+                PublishError(exc.reason, [] if unknown else [message_id], unknown=[message_id] if unknown else [])
+            )
         else:
             fut.set_exception(
                 PublishError(f"the publish this call joined was interrupted ({type(exc).__name__})", [message_id])

@@ -1,6 +1,6 @@
 """Fixtures shared across the test packages: moto's AWS in this process, plain boto3
 clients to look at what the code under test made there, and a RabbitMQ left as the
-run found it."""
+run found it: the names this run declared are deleted at the end, no others."""
 
 import asyncio
 import sys
@@ -10,6 +10,7 @@ import pytest
 from moto import mock_aws
 
 from tests.moto_server import REGION, dummy_aws_credentials
+from tests.names import RUN_PREFIX
 from tests.rabbitmq.service import amqp_url, vhost_names
 
 
@@ -38,20 +39,29 @@ async def _delete(queues: set[str], exchanges: set[str]) -> None:
         channel = await connection.channel()
         for name in sorted(queues):
             await channel.queue_delete(name)
-        for name in sorted(n for n in exchanges if not n.startswith("amq.")):
+        for name in sorted(exchanges):
             await channel.exchange_delete(name)
+
+
+def delete_run_names(prefix: str) -> None:
+    """Delete the queues and exchanges on the test vhost whose names start with `prefix`
+    (one run's names), and nothing else: other sessions may share the vhost."""
+    found = vhost_names()
+    if found is None:
+        return
+    queues, exchanges = ({n for n in names if n.startswith(prefix)} for names in found)
+    if queues or exchanges:
+        asyncio.run(_delete(queues, exchanges))
 
 
 @pytest.fixture(scope="session", autouse=True)
 def rabbitmq_left_as_found():
-    """Deletes the RabbitMQ queues and exchanges that appeared during the run. Tests
-    remove what they declare, but one that stops half way leaves its queues behind,
-    and a node that collects hundreds of queues per run slows until it stops answering."""
-    before = vhost_names()
+    """Deletes the RabbitMQ queues and exchanges this run left behind: only names with
+    the run's prefix. Tests remove what they declare, but one that stops half way
+    leaves its queues behind, and a node that collects hundreds of queues per run slows
+    until it stops answering."""
     yield
-    after = vhost_names() if before is not None else None
-    if after is not None:
-        try:
-            asyncio.run(_delete(after[0] - before[0], after[1] - before[1]))
-        except Exception as exc:  # hygiene only: the run's results stand
-            print(f"\nleft RabbitMQ queues behind: {exc!r}", file=sys.stderr)
+    try:
+        delete_run_names(RUN_PREFIX)
+    except Exception as exc:  # hygiene only: the run's results stand
+        print(f"\nleft RabbitMQ queues behind: {exc!r}", file=sys.stderr)

@@ -1,5 +1,6 @@
 """A TCP proxy in front of a broker (RabbitMQ, or moto_server for SNS/SQS) that drops
-every connection on command, to show what clients do when the network fails under them."""
+every connection on command, or blackholes them (open, silent), to show what clients do
+when the network fails under them."""
 
 from __future__ import annotations
 
@@ -10,13 +11,21 @@ import contextlib
 class CuttingProxy:
     """Forwards 127.0.0.1:<port> to the target. `cut()` closes every open connection;
     `refuse` makes it close new connections at once (a broker that is down but whose
-    port answers). `connected` is set whenever a connection is forwarded."""
+    port answers); `blackhole` makes it drop every byte both ways while connections
+    stay open, and hold new ones open without forwarding (a network that silently
+    loses packets); `mute` drops only what the target sends back (requests arrive, no
+    answer does: a publish delivered, its confirm lost). `connected` is set whenever a
+    connection is forwarded; `arrivals` counts every connection the proxy accepted,
+    forwarded or not."""
 
     def __init__(self, target_host: str, target_port: int) -> None:
         self.target = (target_host, target_port)
         self.port = 0
         self.refuse = False
+        self.blackhole = False
+        self.mute = False
         self.accepted = 0
+        self.arrivals = 0
         self.refused = asyncio.Event()
         self.connected = asyncio.Event()
         self._server: asyncio.Server | None = None
@@ -48,9 +57,14 @@ class CuttingProxy:
         await self.stop()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.arrivals += 1
         if self.refuse:
             writer.transport.abort()
             self.refused.set()
+            return
+        if self.blackhole:
+            self._writers.add(writer)
+            await self._pipe(reader, None)
             return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
@@ -60,19 +74,23 @@ class CuttingProxy:
         self._writers.update((writer, up_writer))
         self.accepted += 1
         self.connected.set()
-        for src, dst in ((reader, up_writer), (up_reader, writer)):
-            task = asyncio.ensure_future(self._pipe(src, dst))
+        for src, dst, back in ((reader, up_writer, False), (up_reader, writer, True)):
+            task = asyncio.ensure_future(self._pipe(src, dst, back))
             self._pipes.add(task)
             task.add_done_callback(self._pipes.discard)
 
-    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    async def _pipe(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter | None, back: bool = False) -> None:
+        """Copy `src` to `dst`, or drop it while blackholed (or muted, on the way `back`)."""
         try:
             while data := await src.read(65536):
+                if self.blackhole or dst is None or (back and self.mute):
+                    continue
                 dst.write(data)
                 await dst.drain()
         except (ConnectionError, OSError):
             pass
         finally:
-            self._writers.discard(dst)
-            with contextlib.suppress(Exception):
-                dst.transport.abort()
+            if dst is not None:
+                self._writers.discard(dst)
+                with contextlib.suppress(Exception):
+                    dst.transport.abort()

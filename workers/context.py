@@ -1,7 +1,13 @@
-"""What a handler sees of its delivery, and how it publishes follow-up events."""
+"""What a handler sees of its delivery, and how it publishes follow-up events.
+
+A follow-up's id is derived from the incoming message's id, the handler and the
+follow-up's position in the run (the first, the second, ...): a retried or redelivered
+handler that publishes the same events publishes them under the same ids, so an
+idempotent consumer downstream drops the duplicates."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,13 +21,14 @@ class Context:
     records this message as the cause and (with tracing on) continues its trace, so a
     flow can be followed across services."""
 
-    __slots__ = ("_broker", "delivery", "extras", "handler", "payload")
+    __slots__ = ("_broker", "_follow_ups", "delivery", "extras", "handler", "payload")
 
     def __init__(self, delivery: Delivery, broker: Broker, handler: Any, payload: Any = None) -> None:
         self.delivery = delivery
         self.payload = payload
         self.handler = handler
         self._broker = broker
+        self._follow_ups = 0
         #: a place for middleware to leave things for handlers (e.g. a transaction)
         self.extras: dict[str, Any] = {}
 
@@ -60,9 +67,12 @@ class Context:
     def follow_up(
         self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
     ) -> Message:
-        """The message `publish` would send: correlated with, and caused by, this one."""
+        """The next message `publish` would send: correlated with, and caused by, this
+        one, with the id of this position in the run (see the module docstring)."""
         body, content_type, type_name = encode(payload)
+        self._follow_ups += 1
         return Message(
+            id=follow_up_id(self.message_id, f"{self.queue}/{self.handler.name}", self._follow_ups),
             topic=topic,
             body=body,
             content_type=content_type,
@@ -80,3 +90,12 @@ class Context:
         with tracing.publishing(self._broker, topic, [message]) as traced:
             await self._broker.publish(topic, traced)
         return message.id
+
+
+#: the namespace of follow-up ids (UUID version 5 of incoming id, handler, position)
+FOLLOW_UPS = uuid.UUID("6f1b7d2e-4a53-5c8e-9b0f-3d2a1c4e5f60")
+
+
+def follow_up_id(message_id: str, handler: str, position: int) -> str:
+    """The id of the `position`-th follow-up (from 1) a handler publishes for a message."""
+    return uuid.uuid5(FOLLOW_UPS, f"{message_id}\x00{handler}\x00{position}").hex

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from mailbag.broker import Broker, Delivery, tracing
@@ -36,6 +36,10 @@ from mailbag.workers.settings import WorkerSettings
 from mailbag.workers.stores import IdempotencyStore, TransactionalStore, open_store
 
 log = logging.getLogger("mailbag.worker")
+
+#: the longest a stop waits for the consumers to close, and then for the store: a broker
+#: or database that does not answer must not keep a stopping worker alive
+CLOSE_TIMEOUT = 2.0
 
 
 class Worker:
@@ -176,13 +180,18 @@ class Worker:
         for runner in self._runners:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
-        for consumer in self._consumers:
-            await consumer.close()  # what was taken and not settled goes back
+        # what was taken and not settled goes back
+        await _within(asyncio.gather(*(c.close() for c in self._consumers)), "closing the consumers")
         self._consumers.clear()
         self._fetchers.clear()
         self._runners.clear()
-        await self._close_store()
+        await _within(self._close_store(), "closing the idempotency store")
         self._stopped.set()
+
+    @property
+    def forced(self) -> bool:
+        """True once `force()` was called."""
+        return self._forced.is_set()
 
     @property
     def stopping(self) -> bool:
@@ -199,6 +208,10 @@ class Worker:
     def force(self) -> None:
         """Cut the grace period short: a stop in progress cancels in-flight handlers now."""
         self._forced.set()
+
+    async def wait_forced(self) -> None:
+        """Return once `force()` was called."""
+        await self._forced.wait()
 
     async def __aenter__(self) -> Worker:
         await self.start()
@@ -374,6 +387,16 @@ class _Inbox:
                 runner.set_result(None)
                 self._waking = True
                 return
+
+
+async def _within(step: Awaitable[Any], what: str) -> None:
+    """Run one step of a stop for at most `CLOSE_TIMEOUT` seconds; past that, log and
+    go on (a connection that is left returns its messages when the process ends)."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await step
+    except Exception as exc:
+        log.warning("%s failed or took over %gs: %r; going on", what, CLOSE_TIMEOUT, exc)
 
 
 async def wait_first(*events: asyncio.Event) -> None:

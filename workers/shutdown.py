@@ -1,6 +1,8 @@
 """Graceful shutdown on signals: SIGTERM or SIGINT stops fetching and gives in-flight
 handlers the grace period; unfinished ones are cancelled and their messages released
-back to the broker. A second signal cuts the grace period short."""
+back to the broker. A second signal cuts the grace period short: the stop then gets
+`FORCED_EXIT` seconds more, and whatever is still unsettled goes back to the broker when
+the process's connections drop."""
 
 from __future__ import annotations
 
@@ -14,6 +16,8 @@ from mailbag.workers.runtime import Worker, wait_first
 log = logging.getLogger("mailbag.worker")
 
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
+#: after a second signal, the seconds a stop in progress gets before it is abandoned
+FORCED_EXIT = 1.0
 
 
 async def serve(worker: Worker) -> int:
@@ -44,7 +48,16 @@ async def serve(worker: Worker) -> int:
         await wait_first(stopping, worker.failed)
         if worker.failed.is_set() and not received:
             log.error("a consumer failed: stopping, in-flight handlers get %gs", worker.grace_period)
-        await worker.stop()
+        stop = asyncio.ensure_future(worker.stop())
+        forced = asyncio.ensure_future(worker.wait_forced())
+        try:
+            await asyncio.wait({stop, forced}, return_when=asyncio.FIRST_COMPLETED)
+            if not stop.done() and not (await asyncio.wait({stop}, timeout=FORCED_EXIT))[0]:
+                log.warning("the stop did not end %gs after the second signal; abandoning it", FORCED_EXIT)
+                stop.cancel()
+            await asyncio.gather(stop, return_exceptions=True)
+        finally:
+            forced.cancel()
     finally:
         for sig in SIGNALS:
             loop.remove_signal_handler(sig)

@@ -23,6 +23,12 @@ Settlement:
   queue's `x-delivery-limit` stops a crash loop even when no consumer of ours sees it.
 
 Settlements that publish run to the end even when the calling task is cancelled.
+
+Closing always ends: every broker call on the way out (`basic.cancel`, channel and
+connection close) is bounded by `CLOSE_TIMEOUT`, and a consumer whose connection is
+down skips `basic.cancel` (the broker takes back what was unacked when the connection
+goes anyway). aio-pika's robust objects would otherwise wait for a reconnect that,
+with the broker unreachable, may never come.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from urllib.parse import unquote, urlsplit
 
 import aio_pika
 import aiormq
+import yarl
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from tenacity import (
     AsyncRetrying,
@@ -58,6 +65,7 @@ from mailbag.broker.errors import (
     UnknownTopic,
 )
 from mailbag.broker.message import Delivery, Message
+from mailbag.broker.rabbitmq.cluster import FailoverConnection, node_urls
 from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
 from mailbag.broker.rabbitmq.topology import (
     declare_retry_queue,
@@ -92,6 +100,8 @@ _LOST_WHILE_OPENING = (
 )
 #: seconds between a consumer's failed opening and its next try
 _REOPEN_PAUSE = 0.1
+#: the longest one step of closing (a consumer, the connection) waits for the broker
+CLOSE_TIMEOUT = 2.0
 
 
 class RabbitBroker(Broker):
@@ -109,6 +119,12 @@ class RabbitBroker(Broker):
         self._retry_queues: set[str] = set()
         self._consumers: set[_RabbitConsumer] = set()
         self._closed = False
+
+    @property
+    def node(self) -> str:
+        """host:port of the RabbitMQ node the connection is on (or is trying to reach)."""
+        assert isinstance(self._connection, FailoverConnection)  # what `open_broker` makes
+        return self._connection.node
 
     # -- contract -------------------------------------------------------------
 
@@ -212,9 +228,12 @@ class RabbitBroker(Broker):
         if self._closed:
             return
         self._closed = True
-        for consumer in list(self._consumers):
-            await consumer.close()
-        await self._connection.close()
+        await asyncio.gather(*(consumer.close() for consumer in list(self._consumers)))
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._connection.close()
+        except _GONE as exc:
+            log.warning("closing the connection to %s: %r; leaving it", self.url, exc)
 
     async def delete_declared(self) -> None:
         """Delete every queue (retry and dead-letter queues included) and exchange this
@@ -288,7 +307,8 @@ class RabbitBroker(Broker):
         if lost:
             problems.append(f"{len(lost)} not confirmed on {where} (nothing moved for {self._publish_timeout:g}s)")
         if problems:
-            raise PublishFailed("; ".join(problems), returned + refused + [m.id for m in lost])
+            unknown = [m.id for m in lost]  # sent, never confirmed: they may be in the queue
+            raise PublishFailed("; ".join(problems), returned + refused + unknown, unknown=unknown)
 
     async def _publish_once(
         self,
@@ -491,6 +511,11 @@ class _RabbitConsumer(Consumer):
             try:
                 await asyncio.shield(self._opening)  # a cancelled wait leaves the opening be
                 return
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if (self._closed or self._stopped) and task is not None and not task.cancelling():
+                    raise StopAsyncIteration from None  # `close` cut the opening short: the end
+                raise
             except _LOST_WHILE_OPENING as exc:
                 self._opening = None
                 if not warned:
@@ -618,12 +643,13 @@ class _RabbitConsumer(Consumer):
         self._stopped = True
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
-        if self._tag is not None and not self._closed:
+        if self._tag is not None and not self._closed and self.broker._connection.connected.is_set():
             self._spawn(self._cancel())
 
     async def _cancel(self) -> None:
         try:
-            await self._source.cancel(self._tag)
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await self._source.cancel(self._tag)
         except _GONE as exc:
             log.debug("cancelling consumer of %s: %r", self.queue, exc)
 
@@ -642,13 +668,17 @@ class _RabbitConsumer(Consumer):
             self._opening.cancel()
         if self._opening is not None:
             await asyncio.gather(self._opening, return_exceptions=True)
-        await asyncio.gather(*self._background, return_exceptions=True)
-        if self._channel is not None:
-            try:
-                await self._channel.close()  # the broker takes back everything unacked
-            except _GONE as exc:
-                log.debug("closing consumer channel of %s: %r", self.queue, exc)
-        self.broker._consumers.discard(self)
+        try:
+            async with asyncio.timeout(CLOSE_TIMEOUT):
+                await asyncio.gather(*self._background, return_exceptions=True)
+                if self._channel is not None and self.broker._connection.connected.is_set():
+                    await self._channel.close()  # the broker takes back everything unacked
+        except _GONE as exc:
+            log.warning("closing consumer of %s: %r; its connection returns what it held", self.queue, exc)
+        finally:
+            for task in self._background:
+                task.cancel()  # a dead-letter publish cut short: its message stays unacked and comes back
+            self.broker._consumers.discard(self)
 
 
 _CONNECT_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError)
@@ -670,6 +700,20 @@ _OPTIONS = frozenset(p.name for p in aio_pika.RobustConnection.PARAMETERS) | {
 }
 
 
+#: AMQP heartbeat in seconds unless the URL sets `?heartbeat=N`. A connection silent for
+#: three heartbeats and one check counts as dead (about 35 s here; aiormq's own default of
+#: 60 s took over 3 minutes), then the robust connection reconnects.
+DEFAULT_HEARTBEAT = 10
+
+
+def with_heartbeat(url: str) -> str:
+    """`url` with the default heartbeat unless it names one."""
+    parsed = yarl.URL(url)
+    if "heartbeat" in parsed.query:
+        return url
+    return str(parsed.update_query(heartbeat=DEFAULT_HEARTBEAT))
+
+
 async def open_broker(
     url: str,
     *,
@@ -681,9 +725,15 @@ async def open_broker(
     """Connect to the RabbitMQ at `url`. The first connection fails fast with
     `BrokerUnavailable` when the broker is down, unless `wait` (or the URL's `?wait=`)
     gives the seconds to keep trying (with backoff). Later drops reconnect on their own,
-    every `reconnect_interval` seconds. `publish_timeout` bounds how long a publish waits
-    for its confirms, a reconnect included. An unknown URL option is a `BrokerUrlError`."""
+    every `reconnect_interval` seconds. A URL may list the nodes of a cluster
+    (`amqp://u:p@node1:5672,node2:5672/vhost`): the first that answers is used, and a
+    reconnect goes to the next node in turn (`cluster.FailoverConnection`). A
+    connection that goes silent (a half-open TCP connection, a blackholed network) is
+    noticed within three heartbeats (`DEFAULT_HEARTBEAT`, or `?heartbeat=N` in the URL).
+    `publish_timeout` bounds how long a publish waits for its confirms, a reconnect
+    included. An unknown URL option is a `BrokerUrlError`."""
     wait = _wait_of(url, check_options(url, _OPTIONS), wait)
+    nodes = [with_heartbeat(n) for n in node_urls(url)]
     try:
         async for attempt in AsyncRetrying(
             stop=stop_after_delay(wait),
@@ -692,9 +742,7 @@ async def open_broker(
             reraise=True,
         ):
             with attempt:
-                connection = await aio_pika.connect_robust(
-                    url, timeout=connect_timeout, reconnect_interval=reconnect_interval
-                )
+                connection = await _connect_any(nodes, connect_timeout, reconnect_interval)
     except aiormq.exceptions.ProbableAuthenticationError:
         raise BrokerUnavailable(f"RabbitMQ at {mask_url(url)} refused the login; check the user and password") from None
     except _REFUSED:
@@ -733,3 +781,23 @@ def _wait_of(url: str, options: dict[str, str], given: float | None) -> float:
     if seconds < 0:
         raise BrokerUrlError(f"{mask_url(url)}: wait must be >= 0, got {raw!r}")
     return seconds
+
+
+async def _connect_any(nodes: list[str], timeout: float, reconnect_interval: float) -> FailoverConnection:
+    """A connection to the first of `nodes` that answers, failing over between them later."""
+    for i in range(len(nodes)):
+        try:
+            connection = await aio_pika.connect_robust(
+                nodes[i],
+                timeout=timeout,
+                reconnect_interval=reconnect_interval,
+                connection_class=FailoverConnection,
+                nodes=nodes[i:] + nodes[:i],
+            )
+        except _CONNECT_ERRORS:
+            if i == len(nodes) - 1:
+                raise
+        else:
+            assert isinstance(connection, FailoverConnection)
+            return connection
+    raise AssertionError("unreachable")

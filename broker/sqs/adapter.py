@@ -486,7 +486,12 @@ class _SqsConsumer(Consumer):
         self._closed = False
 
     async def __anext__(self) -> Delivery:
-        ref = self._ref or await self._open()
+        try:
+            ref = self._ref or await self._open()
+        except BrokerError:
+            if self._stop.is_set():
+                raise StopAsyncIteration from None  # closed while looking the queue up
+            raise
         while True:
             if self._stop.is_set():
                 raise StopAsyncIteration
@@ -509,7 +514,7 @@ class _SqsConsumer(Consumer):
         if self._ref is None:
             self._ref = ref
             self._deletes = _Deletes(self.broker, ref)
-            if ref.visibility > 0:
+            if ref.visibility > 0 and not self._closed:
                 self._heartbeat = asyncio.create_task(self._beat(ref))
         return self._ref
 

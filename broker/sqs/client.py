@@ -1,11 +1,13 @@
 """The boto3 side of the SNS/SQS adapter: one SNS and one SQS client per broker, and
 a thread pool that runs their blocking calls off the event loop.
 
-Long polls run on threads of their own (`poll`), outside the pool: a poll holds its
-thread for up to `wait` seconds, and a closing broker (or an exiting process) must not
-wait for it, while other calls never queue behind one. Errors leave here as
-`BrokerError`s: `BrokerUnavailable` when AWS cannot be reached, `AwsError` (with the
-AWS error code) when it answered no.
+Long polls run on threads of their own (`poll`), outside the pool, and the HTTP
+connection pool has room for them on top of the other calls: a poll holds its thread
+and a connection for up to `wait` seconds, a closing broker (or an exiting process)
+must not wait for it, and the calls of `call` (publishes, deletes, visibility
+heartbeats) never queue behind one. Errors leave here as `BrokerError`s:
+`BrokerUnavailable` when AWS cannot be reached, `AwsError` (with the AWS error code)
+when it answered no, `BrokerClosed` after `close`.
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, NoRegionError
 
-from mailbag.broker.errors import BrokerError, BrokerUnavailable, BrokerUrlError
+from mailbag.broker.errors import BrokerClosed, BrokerError, BrokerUnavailable, BrokerUrlError
+
+#: HTTP connections kept for long polls (one per consumer) besides the pool's calls
+MAX_POLLS = 1024
 
 
 class AwsError(BrokerError):
@@ -38,7 +43,8 @@ class AwsClients:
 
     def __init__(self, *, region: str | None, endpoint: str | None, threads: int, where: str) -> None:
         self.where = where
-        config = Config(max_pool_connections=threads, retries={"mode": "standard", "max_attempts": 5})
+        # connections open as needed: room for every poller besides the other calls
+        config = Config(max_pool_connections=threads + MAX_POLLS, retries={"mode": "standard", "max_attempts": 5})
         session = boto3.session.Session()
         try:
             self.sns = session.client("sns", region_name=region, endpoint_url=endpoint, config=config)
@@ -48,14 +54,26 @@ class AwsClients:
                 f"no AWS region for {where}: add ?region=... to the URL or set AWS_DEFAULT_REGION"
             ) from None
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="mailbag-sqs")
+        self._closed = False
 
     async def call(self, method: Callable[..., Any], **params: Any) -> Any:
+        self._check_open()
         loop = asyncio.get_running_loop()
-        return await self._answer(loop.run_in_executor(self._pool, functools.partial(method, **params)))
+        try:
+            pending = loop.run_in_executor(self._pool, functools.partial(method, **params))
+        except RuntimeError:
+            self._check_open()  # the pool shut down under this call
+            raise
+        return await self._answer(pending)
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise BrokerClosed(f"broker {self.where} is closed")
 
     async def poll(self, method: Callable[..., Any], **params: Any) -> Any:
         """`call` on a daemon thread of its own: cancelling the await abandons the call,
         and neither `close` nor the interpreter's exit waits for it to end."""
+        self._check_open()
         loop = asyncio.get_running_loop()
         answer: asyncio.Future[Any] = loop.create_future()
 
@@ -95,6 +113,7 @@ class AwsClients:
             raise BrokerUnavailable(f"cannot reach AWS at {self.where}: {exc}") from None
 
     def close(self) -> None:
+        self._closed = True
         self._pool.shutdown(wait=True)
         self.sns.close()
         self.sqs.close()

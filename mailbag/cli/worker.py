@@ -8,10 +8,11 @@ With `--processes N` it runs N such workers under a supervisor (`mailbag.workers
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 from pydantic import ValidationError
@@ -23,6 +24,7 @@ from mailbag.cli.common import CliError, add_broker_option, load_app, quiet_libr
 from mailbag.workers import Worker, WorkerSettings, logs
 from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
+from mailbag.workers.runtime import CLOSE_TIMEOUT
 from mailbag.workers.shutdown import serve
 from mailbag.workers.stores import store_factory
 from mailbag.workers.supervisor import Supervisor
@@ -114,7 +116,9 @@ async def run(args: argparse.Namespace) -> int:
     logs.configure(settings.log_level, settings.log_format)
     if settings.processes > 1:
         return await supervise(args, settings)
-    async with await connect(settings.broker_url) as broker:
+    broker = await connect(settings.broker_url)
+    worker: Worker | None = None
+    try:
         # connected: from here on the libraries' warnings say something about a running worker
         quiet_libraries(logging.NOTSET if settings.log_level.upper() == "DEBUG" else logging.WARNING)
         try:  # opened here, not by the worker, so a store that cannot open is the one line printed
@@ -131,7 +135,11 @@ async def run(args: argparse.Namespace) -> int:
             with nullcontext() if metrics is None else _serving(worker, metrics, settings):
                 return await serve(worker)
         finally:
-            await store.close()
+            if worker is not None and worker.forced:
+                _exit_now()
+            await _close("idempotency store", store.close)
+    finally:
+        await _close("broker", broker.close)
 
 
 def _announce(settings: WorkerSettings) -> None:
@@ -142,6 +150,27 @@ def _announce(settings: WorkerSettings) -> None:
             "broker memory:// lives in this process: only what its own handlers publish reaches it; "
             "to feed it from `mailbag publish` use a shared broker (--broker amqp://... or MAILBAG_BROKER_URL)"
         )
+
+
+def _exit_now() -> None:
+    """After a second signal: exit at once, status 1, without closing anything more or
+    waiting for the interpreter's teardown (threads, tasks). The broker takes back what
+    the dropped connections held unsettled."""
+    log.warning("exiting now (second signal)")
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1)
+
+
+async def _close(what: str, close: Callable[[], Awaitable[None]]) -> None:
+    """Close within a bound: the process exits next, and a connection left open returns
+    its unsettled messages as it drops."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await close()
+    except Exception as exc:
+        log.warning("closing the %s failed or took over %gs: %r; exiting anyway", what, CLOSE_TIMEOUT, exc)
 
 
 async def supervise(args: argparse.Namespace, settings: WorkerSettings) -> int:

@@ -78,10 +78,10 @@ class Relay:
         except PublishError as exc:
             if exc.sent:
                 await claim.sent(exc.sent)
-            failed = set(exc.failed)
+            failed = set(exc.unconfirmed)  # republished under the same ids either way
             attempts = max(r.attempts for r in claim.rows if r.message.id in failed)
             retry_in = exc.retry_after if isinstance(exc, CircuitOpen) else self.settings.backoff(attempts + 1)
-            await claim.failed(exc.failed, str(exc), retry_in)
+            await claim.failed(exc.unconfirmed, str(exc), retry_in)
             log.warning("outbox publish failed, %d row(s) retry in %.1fs: %s", len(failed), retry_in, exc)
             return len(exc.sent)
         await claim.sent([r.message.id for r in claim.rows])

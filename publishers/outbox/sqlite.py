@@ -1,21 +1,24 @@
 """The outbox on SQLite.
 
-The application calls `add` on its own `sqlite3` connection inside its transaction.
-The relay works on a connection of its own (aiosqlite, opened by
-`mailbag.broker.storage`) and never holds a write lock while it publishes: it reads
-due rows, publishes them, then marks them sent in a short transaction, so a crash in
-between publishes those rows again (same message ids) and loses none. One relay per
-database: SQLite has no row locks to share the rows between relays.
+The application calls `add` on its own connection inside its transaction: a `sqlite3`
+connection or cursor (`add` returns the id), or an `aiosqlite` connection, such as the
+`ctx.transaction` of a transactional handler on the SQLite store (`await outbox.add(...)`
+returns the id). Anything else is a `TypeError`, never a silent no-op. The relay works
+on a connection of its own (aiosqlite, opened by `mailbag.broker.storage`) and never
+holds a write lock while it publishes: it reads due rows, publishes them, then marks
+them sent in a short transaction, so a crash in between publishes those rows again
+(same message ids) and loses none. One relay per database: SQLite has no row locks to
+share the rows between relays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any, Unpack
+from typing import Any, Unpack, overload
 
 import aiosqlite
 
@@ -55,28 +58,62 @@ class SqliteOutbox(Outbox):
         self.poll_interval = poll_interval
         self._conn: aiosqlite.Connection | None = None
 
+    @overload
+    def add(
+        self, tx: aiosqlite.Connection, topic: str, payload: Any, **fields: Unpack[MessageFields]
+    ) -> Awaitable[str]: ...
+
+    @overload
     def add(
         self, tx: sqlite3.Connection | sqlite3.Cursor, topic: str, payload: Any, **fields: Unpack[MessageFields]
-    ) -> str:
+    ) -> str: ...
+
+    def add(
+        self,
+        tx: sqlite3.Connection | sqlite3.Cursor | aiosqlite.Connection,
+        topic: str,
+        payload: Any,
+        **fields: Unpack[MessageFields],
+    ) -> str | Awaitable[str]:
         """Write the event in the caller's open transaction; it is published once that
-        transaction commits, and never if it rolls back. Returns the message id."""
+        transaction commits, and never if it rolls back. Returns the message id (with an
+        `aiosqlite` connection: an awaitable of it)."""
+        if not isinstance(tx, (sqlite3.Connection, sqlite3.Cursor, aiosqlite.Connection)):
+            raise TypeError(
+                f"outbox.add needs a sqlite3 connection or cursor, or an aiosqlite connection, not {type(tx).__name__}"
+            )
         conn = tx.connection if isinstance(tx, sqlite3.Cursor) else tx
         if conn.isolation_level is None and not conn.in_transaction:
             raise ConfigurationError(
                 "outbox.add needs a transaction: this connection is in autocommit mode and none is open"
             )
         message = self.message(topic, payload, **fields)
+        if isinstance(tx, aiosqlite.Connection):
+            return self._add_async(tx, row_values(message), message.id)
         try:
             tx.execute(self.insert_sql, row_values(message))
         except sqlite3.OperationalError as exc:
             if "no such table" not in str(exc):
                 raise
             # first use: the table joins the caller's transaction, and commits with the row
-            for statement in self._schema().split(";"):
-                if statement.strip():
-                    tx.execute(statement)
+            for statement in self._schema_statements():
+                tx.execute(statement)
             tx.execute(self.insert_sql, row_values(message))
         return message.id
+
+    async def _add_async(self, conn: aiosqlite.Connection, values: Sequence[Any], message_id: str) -> str:
+        try:
+            await conn.execute(self.insert_sql, values)
+        except sqlite3.OperationalError as exc:
+            if "no such table" not in str(exc):
+                raise
+            for statement in self._schema_statements():  # first use, as in `add`
+                await conn.execute(statement)
+            await conn.execute(self.insert_sql, values)
+        return message_id
+
+    def _schema_statements(self) -> list[str]:
+        return [s for s in self._schema().split(";") if s.strip()]
 
     def create_table(self, conn: sqlite3.Connection) -> None:
         """Create the table and its indexes if missing, and commit (for the application's

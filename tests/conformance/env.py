@@ -7,7 +7,6 @@ that defines `BACKENDS`, a list of `Backend`. Nothing else changes.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from typing import Any
 
 from mailbag.broker import Broker, Delivery, Queue, RetryPolicy, Subscription, Topology
 from mailbag.broker.base import Consumer
+from tests.names import run_name
 
 
 @dataclass(frozen=True)
@@ -33,10 +33,10 @@ class Env:
     broker: Broker
     features: Features
     advance: Callable[[float], Awaitable[None]]
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    run_id: str = field(default_factory=lambda: run_name("t"))
 
     def name(self, base: str) -> str:
-        return f"t{self.run_id}-{base}"
+        return f"{self.run_id}-{base}"
 
     def queue(self, base: str, *subscriptions: str | Subscription, **settings: Any) -> Queue:
         merged = {**self.features.queue_defaults, **settings}

@@ -404,3 +404,31 @@ async def test_remove_deletes_what_declare_created(env):
     if before is not None:  # a broker that can list its queues lists them no more
         assert {q.name, q.dead_letter_queue} <= set(before)
         assert not {q.name, q.dead_letter_queue} & set(after or [])
+
+
+@pytest.mark.parametrize("closing", ["consumer", "broker"])
+@pytest.mark.parametrize("after_ms", [0, 1, 10, 50])
+async def test_a_consumer_closed_at_any_moment_ends_cleanly(env, closing, after_ms):
+    # Given a consumer whose first __anext__ is under way (opening, polling or handing out)
+    topic = env.name("orders")
+    q = env.queue("closing", topic)
+    await env.declare(q)
+    sent = _msgs(topic, 3)
+    await env.broker.publish(topic, sent)
+    consumer = env.broker.consume(q.name, prefetch=5)
+    first = asyncio.ensure_future(consumer.__anext__())
+    # When the consumer (or the whole broker) is closed that many milliseconds later:
+    # the moment is what is under test, not a wait for something to happen
+    await asyncio.sleep(after_ms / 1000)
+    await (consumer.close() if closing == "consumer" else env.broker.close())
+    # Then the pending call ends with a delivery or the end of the stream, nothing else
+    try:
+        got = await asyncio.wait_for(first, 30)
+    except StopAsyncIteration:
+        got = None
+    assert got is None or got.message.id in {m.id for m in sent}
+    if closing == "consumer":
+        # and what it took comes back: nothing is lost
+        async with env.broker.consume(q.name, prefetch=5) as again:
+            rest = await drain(again, 3)
+        assert {d.message.id for d in rest} == {m.id for m in sent}

@@ -5,7 +5,6 @@ name prefix and removes what it created."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ import pytest
 
 from mailbag.broker import Broker, connect
 from tests.moto_server import REGION, delete_prefixed, dummy_aws_credentials, shared_moto_server
+from tests.names import run_name
 from tests.rabbitmq.service import amqp_url
 
 
@@ -34,7 +34,7 @@ class Target:
 
 @asynccontextmanager
 async def target(name: str) -> AsyncIterator[Target]:
-    prefix = f"f{uuid.uuid4().hex[:8]}-"
+    prefix = f"{run_name('f')}-"
     if name == "memory":
         url = "memory://"
     elif name == "rabbitmq":

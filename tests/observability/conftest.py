@@ -4,7 +4,6 @@ free port of 127.0.0.1 (memory or RabbitMQ), and reading those endpoints over HT
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from urllib.error import HTTPError
@@ -19,6 +18,7 @@ from mailbag.workers import Worker, WorkerSettings
 from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
 from tests.moto_server import moto_server  # noqa: F401  (fixture for the SNS/SQS tests)
+from tests.names import run_name
 from tests.observability import obs_app
 from tests.rabbitmq.service import amqp_url, remove_declared
 
@@ -85,7 +85,7 @@ class Observed:
 @asynccontextmanager
 async def observed(broker: Broker, backend: str, gate: asyncio.Event | None = None) -> AsyncIterator[Observed]:
     """`obs_app` running on `broker` with metrics polled every 0.5 s, served on a free port."""
-    run = uuid.uuid4().hex[:8]
+    run = run_name("o")
     app = obs_app.build(run, DELAYS[backend], gate)
     metrics = Metrics()
     settings = WorkerSettings(idempotency_url="memory://", metrics_interval=0.5, retry_jitter=False, grace_period=5)

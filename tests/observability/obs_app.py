@@ -34,7 +34,7 @@ def build(run: str, delay: float = 0.05, gate: asyncio.Event | None = None) -> A
 
 
 def topic(run: str) -> str:
-    return f"o{run}.jobs"
+    return f"{run}.jobs"
 
 
 def app() -> App:

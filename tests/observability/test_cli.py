@@ -10,13 +10,13 @@ import signal
 import socket
 import subprocess
 import sys
-import uuid
 from pathlib import Path
 
 from mailbag.broker import Message
 from mailbag.broker.rabbitmq import open_broker
 from mailbag.cli import main
 from tests.conformance.env import eventually
+from tests.names import run_name
 from tests.observability import obs_app
 from tests.observability.conftest import sample, scrape
 from tests.rabbitmq.service import amqp_url, remove_declared
@@ -42,7 +42,7 @@ def mailbag(*args: str, **env: str) -> subprocess.CompletedProcess:
 
 
 async def test_worker_serves_metrics_and_probes_and_health_follows_readiness(tmp_path):
-    run = uuid.uuid4().hex[:8]
+    run = run_name("o")
     port = free_port()
     broker = await open_broker(amqp_url())
     log_file = (tmp_path / "worker.log").open("w+")

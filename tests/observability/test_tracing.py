@@ -12,7 +12,6 @@ import asyncio
 import importlib
 import sqlite3
 import sys
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 
@@ -41,6 +40,7 @@ from mailbag.workers.saga import Orchestrator
 from mailbag.workers.saga.store import open_store
 from tests.conformance.env import eventually
 from tests.moto_server import REGION, delete_prefixed, dummy_aws_credentials, shared_moto_server
+from tests.names import run_name
 from tests.rabbitmq.service import amqp_url, remove_declared
 
 BACKENDS = ["memory", "rabbitmq", "sqs"]
@@ -88,7 +88,7 @@ def without_opentelemetry() -> Iterator[None]:
 @asynccontextmanager
 async def opened(backend: str) -> AsyncIterator[tuple[Broker, str]]:
     """A broker and a name prefix for this test; what the test declared is removed after."""
-    prefix = f"tr{uuid.uuid4().hex[:8]}-"
+    prefix = f"{run_name('tr')}-"
     if backend == "memory":
         async with MemoryBroker() as broker:
             yield broker, prefix

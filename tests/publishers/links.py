@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from mailbag.broker import Broker, Queue, Topology
 from mailbag.broker.memory import MemoryBroker
+from tests.names import run_name
 from tests.proxy import CuttingProxy
 from tests.publishers.faults import Cuttable
 
@@ -27,10 +28,10 @@ class Link:
     restore: Callable[[], None]
     #: how another process reaches the broker directly (memory: a broker of its own)
     url: str = "memory://"
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+    run_id: str = field(default_factory=lambda: run_name("p"))
 
     def name(self, base: str) -> str:
-        return f"p{self.run_id}-{base}"
+        return f"{self.run_id}-{base}"
 
     async def queue(self, topic: str, **settings: object) -> Queue:
         queue = Queue(self.name(f"q-{topic}"), (topic,), **settings)

@@ -10,11 +10,12 @@ import asyncpg
 import pytest
 from pydantic import BaseModel
 
-from mailbag.broker import Queue, Topology
+from mailbag.broker import Message, Queue, RetryPolicy, Topology
 from mailbag.broker.memory import MemoryBroker
 from mailbag.publishers import BreakerPolicy, PayloadRejected, Publisher, PublisherSettings
 from mailbag.publishers.outbox import PostgresOutbox, Relay, RelaySettings, SqliteOutbox
-from mailbag.workers import App, Worker
+from mailbag.workers import App, Context, Worker
+from mailbag.workers.stores.sqlite import SqliteStore
 from tests.conformance.env import eventually
 from tests.publishers.databases import PG_DSN
 from tests.publishers.faults import Recording
@@ -282,3 +283,45 @@ async def test_postgres_add_creates_the_table_on_first_use(pg_schema):
         assert await conn.fetchval(f"SELECT count(*) FROM {pg_schema}.orders") == 0
     finally:
         await conn.close()
+
+
+async def test_a_transactional_handler_writes_the_sqlite_outbox_in_its_own_transaction(tmp_path):
+    # Given a transactional handler on the SQLite store that adds an event to an outbox in
+    # the same file through `ctx.transaction` (an aiosqlite connection), and fails its first run
+    path = str(tmp_path / "shop.db")
+    outbox = SqliteOutbox(path)
+    with sqlite3.connect(path) as conn:
+        outbox.create_table(conn)
+    store = SqliteStore(path)
+    await store.setup()
+    broker = MemoryBroker()
+    app = App("shop")
+    ids: list[str] = []
+
+    @app.handler("orders", queue="ship.q", transactional=True, retry=RetryPolicy(max_attempts=3, initial_delay=0.01))
+    async def ship(payload: dict, ctx: Context) -> None:
+        ids.append(await outbox.add(ctx.transaction, "shipped", {"order_id": payload["order_id"]}))
+        if ctx.attempt == 1:
+            raise ConnectionError("carrier timed out")
+
+    # When an order is handled (the first run rolls back, the second commits)
+    async with Worker(app, broker, store=store):
+        await broker.publish("orders", [Message("orders", b'{"order_id": "o-1"}')])
+
+        async def settled() -> bool:
+            s = await broker.stats("ship.q")
+            return (s.ready, s.in_flight, s.delayed) == (0, 0, 0)
+
+        await eventually(settled, what="the order to be handled")
+    # Then the outbox holds the event of the committed run only: written, not a silent no-op
+    with sqlite3.connect(path) as conn:
+        rows = conn.execute("SELECT message_id FROM mailbag_outbox").fetchall()
+    assert len(ids) == 2 and rows == [(ids[1],)]
+    await store.close()
+    await broker.close()
+
+
+async def test_add_refuses_what_is_not_a_sqlite_connection(tmp_path):
+    outbox = SqliteOutbox(str(tmp_path / "x.db"))
+    with pytest.raises(TypeError, match="sqlite3 connection or cursor, or an aiosqlite connection"):
+        outbox.add(object(), "orders", {"n": 1})  # type: ignore[call-overload]

@@ -1,9 +1,8 @@
-import uuid
-
 import pytest
 
 from mailbag.broker import Queue, RetryPolicy, Topology
 from mailbag.broker.rabbitmq import open_broker
+from tests.names import run_name
 from tests.proxy import CuttingProxy
 from tests.rabbitmq.service import HOST, PORT, amqp_url, remove_declared
 
@@ -16,8 +15,8 @@ def url() -> str:
 @pytest.fixture
 def names():
     """Unique names for this test's topics and queues."""
-    run = uuid.uuid4().hex[:8]
-    return lambda base: f"r{run}-{base}"
+    stem = run_name("r")
+    return lambda base: f"{stem}-{base}"
 
 
 @pytest.fixture

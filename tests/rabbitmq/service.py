@@ -3,8 +3,10 @@ vhost (`mailbag-tests`, or `MAILBAG_TEST_VHOST`), so the suite never touches wha
 users of the broker keep on theirs. `scripts/services.sh` creates the vhost once when it
 is missing; it is never created or deleted per run.
 
-Tests isolate themselves by unique names and remove what they declared afterwards
-(`remove_declared`).
+Every name a test run declares starts with the run's own prefix (`tests.names`), so two
+pytest sessions sharing the vhost never touch each other's names: tests remove what
+they declared (`remove_declared`), and the session's cleanup deletes only names with
+its prefix (`tests/conftest.py`).
 """
 
 from __future__ import annotations

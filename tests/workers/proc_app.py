@@ -20,19 +20,19 @@ def build(run: str) -> App:
     application = App(f"proc{run}")
     work = float(os.environ.get("MAILBAG_TEST_WORK", "0.01"))
 
-    @application.handler(f"t{run}.book", queue=f"t{run}.book", transactional=True, retry=RETRY)
+    @application.handler(f"{run}.book", queue=f"{run}.book", transactional=True, retry=RETRY)
     async def book(payload: dict, ctx: Context) -> None:
         """Writes in the idempotency transaction: exactly once across crashes."""
         await ctx.transaction.execute("INSERT INTO ledger VALUES (?, ?)", (payload["n"], os.getpid()))
         await asyncio.sleep(work)
 
-    @application.handler(f"t{run}.tally", queue=f"t{run}.tally", idempotency=False, retry=RETRY)
+    @application.handler(f"{run}.tally", queue=f"{run}.tally", idempotency=False, retry=RETRY)
     def tally(payload: dict) -> None:
         """No idempotency: every run shows in the ledger, so a double run is visible."""
         time.sleep(work)
         record(payload["n"])
 
-    @application.handler(f"t{run}.charge", queue=f"t{run}.charge", retry=RETRY)
+    @application.handler(f"{run}.charge", queue=f"{run}.charge", retry=RETRY)
     def charge(payload: dict) -> None:
         """Idempotent by message id, side effect outside the store."""
         time.sleep(work)

@@ -16,7 +16,7 @@ APP = "tests.workers.proc_app:app"
 
 def _env(**more: str) -> dict[str, str]:
     inherited = {k: v for k, v in os.environ.items() if k != "MAILBAG_BROKER_URL"}
-    return {**inherited, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "cli", "MAILBAG_TEST_DB": "unused", **more}
+    return {**inherited, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "tcli", "MAILBAG_TEST_DB": "unused", **more}
 
 
 def worker(*args: str, **env: str) -> subprocess.CompletedProcess:

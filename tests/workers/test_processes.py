@@ -11,7 +11,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import uuid
 from collections import Counter
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 
 from mailbag.broker import Message, connect
 from tests.conformance.env import eventually
+from tests.names import run_name
 from tests.rabbitmq.service import amqp_url, remove_declared
 from tests.workers.conftest import require
 from tests.workers.proc_app import build
@@ -51,7 +51,7 @@ class Run:
 
     def __init__(self, url: str, tmp_path: Path) -> None:
         self.url = url
-        self.id = uuid.uuid4().hex[:8]
+        self.id = run_name("t")
         self.app = build(self.id)
         self.db = tmp_path / "ledger.sqlite3"
         self.logs = tmp_path
@@ -62,7 +62,7 @@ class Run:
             db.execute("CREATE TABLE ledger (n INTEGER NOT NULL, pid INTEGER NOT NULL)")
 
     def queue(self, handler: str) -> str:
-        return f"t{self.id}.{handler}"
+        return f"{self.id}.{handler}"
 
     def start(self, handler: str, *, concurrency: int = 8, grace: float = 30, work: float = 0.01) -> subprocess.Popen:
         log = open(self.logs / f"worker-{len(self.procs)}.log", "w")

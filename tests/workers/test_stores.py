@@ -46,6 +46,18 @@ async def _claimable(store, key, lease):
     return claim.status == "claimed"
 
 
+async def test_extend_renews_only_a_running_claim_held_by_its_token(store):
+    claim = await store.claim("k", lease=1)
+    assert await store.extend("k", claim.token, lease=30)
+    busy = await store.claim("k", lease=30)
+    assert busy.status == "busy" and busy.retry_in > 20, "the lease was renewed to 30 s"
+    assert not await store.extend("k", "not-the-token", lease=30)
+    await store.complete("k", claim.token, '"done"', ttl=60)
+    assert not await store.extend("k", claim.token, lease=30), "a done record has no lease to renew"
+    assert (await store.claim("k", lease=30)).status == "done"
+    assert not await store.extend("never-claimed", "any", lease=30)
+
+
 async def test_a_done_record_expires_after_its_ttl(store):
     claim = await store.claim("k", lease=30)
     await store.complete("k", claim.token, "null", ttl=0.05)

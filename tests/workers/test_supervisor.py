@@ -22,7 +22,7 @@ class Supervised:
     """A `mailbag worker --processes N` process and the lines it (and its children) print."""
 
     def __init__(self, *args: str) -> None:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "sup", "MAILBAG_TEST_DB": "unused"}
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "tsup", "MAILBAG_TEST_DB": "unused"}
         env["MAILBAG_BROKER_URL"] = "memory://"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mailbag.cli", "worker", APP, "--queue", "tsup.tally", *args],
@@ -120,7 +120,7 @@ def test_processes_below_one_is_refused_in_one_line():
         capture_output=True,
         text=True,
         timeout=60,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "sup", "MAILBAG_TEST_DB": "unused"},
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "tsup", "MAILBAG_TEST_DB": "unused"},
         cwd=ROOT,
     )
     assert result.returncode == 2

@@ -5,9 +5,10 @@
    measure     - only for a worker given `Metrics`: next, so the handler's time
    covers the whole chain;
 1. correlation - outermost otherwise, so every log line below carries the message's ids;
-2. idempotency - a duplicate returns its recorded outcome before anything else runs,
+2. retry       - turns a failure into a backoff retry or a dead letter: a handler's, and
+   the idempotency store's (always retried), so a store fault never dead-letters;
+3. idempotency - a duplicate returns its recorded outcome before the handler runs,
    and a failed run's claim is released whatever failed below;
-3. retry       - turns a failure into a backoff retry or a dead letter;
 4. breaker     - inside retry, so it sees the raw failures it counts; an open circuit
    postpones, which retry lets through;
 5. timeout     - innermost of the built-ins: the budget is the handler's alone;
@@ -49,8 +50,8 @@ def default_chain(
         Tracing(),
         *([Measure(metrics)] if metrics is not None else []),
         Correlation(),
-        Idempotency(store, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease),
         Retry(queue_policies, jitter=None if settings.retry_jitter else (lambda ceiling: ceiling)),
+        Idempotency(store, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease),
         Breakers(BreakerPolicy(settings.breaker_failures, settings.breaker_reset_after), breakers, clock.now),
         Timeout(settings.handler_timeout, clock),
         *own,

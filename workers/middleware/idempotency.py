@@ -2,30 +2,47 @@
 
 The key is the message id, or the handler's `idempotency=` function of the payload,
 scoped by queue and topic (one message fanned out to two queues is two jobs). The
-first run claims the key with a lease, runs, and records its outcome (the handler's
-return value as JSON) for `ttl` seconds. A duplicate returns the recorded outcome
-without calling the handler. A duplicate that arrives while the first run still holds
-its lease is postponed (no attempt used) and looks again within `RECHECK` seconds; a lease that runs out
-belongs to a run that died, and the next delivery takes over. A failed run releases
-its claim, so its retry runs. A host that kills its runs at a known time (a Lambda
-invocation at its timeout) sets `run_ends_by`: the lease then ends that much later
-plus `LEASE_SLACK`, so a run killed with its host holds its key no longer than that.
+first run claims the key with a short lease (`lease`, 30 s by default), renews it
+every third of the lease while the handler runs (a heartbeat), and records its outcome
+(the handler's return value as JSON) for `ttl` seconds. A duplicate returns the
+recorded outcome without calling the handler. A duplicate that arrives while the first
+run holds the key is postponed (no attempt used) until that lease would run out, in
+whole seconds: a live run has renewed it by then, or finished; a dead run's lease has
+expired and the duplicate takes over. So a killed worker's claims free up within one
+lease, at the cost of a delivery or two each. A failed run releases its claim, so its
+retry runs. A host that kills its runs at a known time (a Lambda invocation at its
+timeout) sets `run_ends_by`: the lease then ends no later than that plus
+`LEASE_SLACK`, so a run killed with its host holds its key no longer than that.
 
 Transactional handlers (`transactional=True`) get `ctx.transaction`: the record
 commits in the same database transaction as their writes, so a crash anywhere before
 the commit leaves neither, and a crash after it leaves both.
+
+The store failing (a locked SQLite file, a dropped PostgreSQL or Redis connection) is
+not the message's fault: claiming, opening or committing the transaction raise
+`StoreError`, which the retry middleware (outside this one) always retries under the
+handler's policy. Recording the outcome of a run that succeeded outside a transaction
+is retried here, a few times with backoff, without running the handler again; if the
+store stays down the message is acked anyway (its effect happened) and the loss of the
+record is logged.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
+import math
 import time
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, TypeVar
 
 from pydantic_core import to_jsonable_python
+from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
+from mailbag.broker.errors import StoreError
 from mailbag.workers.context import Context
 from mailbag.workers.errors import Postpone
 from mailbag.workers.middleware import Call
@@ -33,13 +50,15 @@ from mailbag.workers.stores import Claim, IdempotencyStore, TransactionalStore
 
 log = logging.getLogger("mailbag.worker")
 
-#: the longest a duplicate waits before it looks at the first run's record again
-RECHECK = 1.0
 #: seconds a lease outlasts `run_ends_by`: room for clocks of hosts sharing a store
 LEASE_SLACK = 2.0
 #: the monotonic time by which the current run is over for sure, or None; tasks
 #: started after it is set inherit it
 run_ends_by: ContextVar[float | None] = ContextVar("run_ends_by", default=None)
+#: tries at recording the outcome of a run that succeeded, before giving up on the record
+COMPLETE_TRIES = 5
+
+T = TypeVar("T")
 
 
 class Idempotency:
@@ -57,43 +76,120 @@ class Idempotency:
         key = f"{handler.queue}:{handler.topic}:{ctx.delivery.message.id if how is True else how(ctx.payload)}"
         if handler.transactional:
             return await self._in_transaction(ctx, call_next, key)
-        claim = await self.store.claim(key, self._lease(handler.timeout))
+        claim = await _store_step("claiming the key", lambda: self.store.claim(key, self._lease()))
         if claim.status != "claimed":
             return _settled_before(claim, ctx)
+        heartbeat = asyncio.ensure_future(self._heartbeat(ctx, key, claim.token))
         try:
             result = await call_next(ctx)
         except BaseException:
-            await self.store.release(key, claim.token)
+            await _stopped(heartbeat)
+            await self._release(ctx, key, claim.token)
             raise
-        await self.store.complete(key, claim.token, _dump(result), self.ttl)
+        await _stopped(heartbeat)
+        await self._complete(ctx, key, claim.token, _dump(result))
         return result
-
-    def _lease(self, timeout: float | None) -> float:
-        """How long a claim holds its key: long enough for the handler's timeout, and
-        no longer than the run can live."""
-        lease = self.lease if timeout is None else max(self.lease, 2 * timeout)
-        ends_by = run_ends_by.get()
-        if ends_by is not None:
-            lease = min(lease, max(0.0, ends_by - time.monotonic()) + LEASE_SLACK)
-        return lease
 
     async def _in_transaction(self, ctx: Context, call_next: Call, key: str) -> Any:
         assert isinstance(self.store, TransactionalStore)  # checked when the worker starts
-        async with self.store.transaction(key, self.ttl) as txn:
-            if txn.claim.status != "claimed":
-                return _settled_before(txn.claim, ctx)
-            ctx.extras["transaction"] = txn.connection
-            result = await call_next(ctx)
-            await txn.record(_dump(result))
-            return result
+        ran = False
+        try:
+            async with self.store.transaction(key, self.ttl) as txn:
+                if txn.claim.status != "claimed":
+                    return _settled_before(txn.claim, ctx)
+                ctx.extras["transaction"] = txn.connection
+                ran = True
+                result = await call_next(ctx)
+                ran = False  # from here on, failures are the store's
+                await txn.record(_dump(result))
+                return result
+        except Postpone:
+            raise
+        except Exception as exc:
+            if ran:
+                raise
+            raise StoreError(f"idempotency store failed in the handler's transaction: {_what(exc)}") from exc
+
+    def _lease(self) -> float:
+        """How long a claim (or a renewal) holds its key: the lease, and no longer than
+        the run can live."""
+        ends_by = run_ends_by.get()
+        if ends_by is None:
+            return self.lease
+        return min(self.lease, max(0.0, ends_by - time.monotonic()) + LEASE_SLACK)
+
+    async def _heartbeat(self, ctx: Context, key: str, token: str) -> None:
+        """Renew the run's lease every third of it until cancelled. A renewal that fails
+        is tried again at the next beat; a lease lost to another run is logged."""
+        while True:
+            await asyncio.sleep(self.lease / 3)
+            try:
+                held = await self.store.extend(key, token, self._lease())
+            except Exception as exc:
+                log.warning("could not renew the idempotency lease", extra=_where(ctx, error=_what(exc)))
+                continue
+            if not held:
+                log.warning(
+                    "the idempotency lease ran out under a running handler; another run may take the message",
+                    extra=_where(ctx),
+                )
+                return
+
+    async def _release(self, ctx: Context, key: str, token: str) -> None:
+        """Drop a failed run's claim; if the store cannot, its lease runs out instead."""
+        try:
+            await self.store.release(key, token)
+        except Exception as exc:
+            log.warning(
+                "could not release the idempotency claim; it expires with its lease",
+                extra=_where(ctx, error=_what(exc)),
+            )
+
+    async def _complete(self, ctx: Context, key: str, token: str, outcome: str) -> None:
+        """Record a successful run's outcome, retrying the store, never the handler."""
+        try:
+            async for attempt in AsyncRetrying(
+                stop=stop_after_attempt(COMPLETE_TRIES), wait=wait_exponential(multiplier=0.1, max=2.0), reraise=True
+            ):
+                with attempt:
+                    if attempt.retry_state.attempt_number > 1:
+                        log.warning("recording the outcome again", extra=_where(ctx, action="complete retry"))
+                    await self.store.complete(key, token, outcome, self.ttl)
+        except Exception as exc:
+            log.error(
+                "handled, but the outcome could not be recorded: a duplicate may run again",
+                extra=_where(ctx, error=_what(exc)),
+            )
+
+
+async def _store_step(what: str, step: Callable[[], Awaitable[T]]) -> T:
+    """Run one store call; a failure becomes `StoreError`, which is always retried."""
+    try:
+        return await step()
+    except Exception as exc:
+        raise StoreError(f"idempotency store failed {what}: {_what(exc)}") from exc
 
 
 def _settled_before(claim: Claim, ctx: Context) -> Any:
     """The recorded outcome of a duplicate, or `Postpone` while the first run is on."""
     if claim.status == "busy":
-        raise Postpone(min(RECHECK, claim.retry_in), "the same message is being handled elsewhere")
+        raise Postpone(math.ceil(claim.retry_in), "the same message is being handled elsewhere")
     log.info("duplicate skipped", extra={"message_id": ctx.message_id, "queue": ctx.queue, "attempt": ctx.attempt})
     return json.loads(claim.outcome or "null")
+
+
+async def _stopped(task: asyncio.Future[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def _where(ctx: Context, **more: Any) -> dict[str, Any]:
+    return {"message_id": ctx.message_id, "queue": ctx.queue, "attempt": ctx.attempt, **more}
+
+
+def _what(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _dump(result: Any) -> str:

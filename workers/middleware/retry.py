@@ -7,6 +7,9 @@
 - the last attempt, or an error that is not retryable -> `Reject`, raised from the
   error so the dead letter carries its type, text and traceback.
 
+A `StoreError` (the idempotency store failed, not the handler) is retryable whatever
+the handler's `retry_on` says: the message did nothing wrong.
+
 The schedule is the handler's `retry` policy, else its queue's (topology). Outcomes
 that already say what to do (`Reject`, `RetryLater`, `Postpone`) pass through.
 """
@@ -18,6 +21,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from mailbag.broker import RetryPolicy
+from mailbag.broker.errors import StoreError
 from mailbag.workers.context import Context
 from mailbag.workers.errors import Postpone, Reject, RetryLater
 from mailbag.workers.middleware import Call
@@ -41,7 +45,7 @@ class Retry:
             raise
         except Exception as exc:
             error = f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, ctx.handler.retry_on):
+            if not isinstance(exc, (*ctx.handler.retry_on, StoreError)):
                 raise Reject(f"not retryable: {error}") from exc
             policy = self.policy(ctx)
             if ctx.attempt >= policy.max_attempts:

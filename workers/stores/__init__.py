@@ -1,7 +1,7 @@
 """Idempotency stores: where a worker records which messages it has handled, so a
 duplicate delivery returns the recorded outcome instead of running the handler again.
 
-The contract is `IdempotencyStore` (claim / complete / release); `TransactionalStore`
+The contract is `IdempotencyStore` (claim / complete / release / extend); `TransactionalStore`
 adds a transaction the handler writes in, which commits the record with its writes.
 One module per backend: `memory`, `sqlite` (the default on one host), `redis`,
 `postgres`, `dynamodb`; `open_store(url)` picks one by URL scheme. The SQL-specific
@@ -55,6 +55,12 @@ class IdempotencyStore(ABC):
     @abstractmethod
     async def release(self, key: str, token: str) -> None:
         """Drop the claim of a run that failed, so the next delivery runs again."""
+
+    @abstractmethod
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        """Renew the lease of the run holding `token` to `lease` seconds from now (the
+        worker's heartbeat, so a short lease outlives a long run). False when the run no
+        longer holds the key (its lease ran out and another run took it over)."""
 
     async def close(self) -> None:  # noqa: B027 - stores without connections need nothing
         """Close connections. Idempotent."""

@@ -5,15 +5,18 @@ One item per key: `pk`, `token`, `outcome` (absent while running), `expires_at`
 (seconds, float) and `ttl` (whole seconds, DynamoDB's own TTL attribute, which
 deletes expired items eventually). Claiming is a conditional put that only replaces
 a missing or expired item; completing and releasing are conditional on the token.
-The table (on-demand, TTL on) is created when missing. boto3 calls run in a thread.
+The table (on-demand, TTL on) is created when missing. boto3 calls run on the store's
+own thread pool, so they never wait behind sync handlers in the default executor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -25,6 +28,8 @@ from mailbag.broker.url import mask_url, query_options
 from mailbag.workers.stores import Claim, IdempotencyStore, new_token
 
 _RACE_RETRY = 0.05
+#: threads for the store's boto3 calls (one per call in flight)
+THREADS = 16
 
 
 def _failed_condition(exc: ClientError) -> bool:
@@ -36,6 +41,7 @@ class DynamoDbStore(IdempotencyStore):
         self.client = client
         self.table = table
         self.clock = clock
+        self._pool = ThreadPoolExecutor(max_workers=THREADS, thread_name_prefix="mailbag-dynamodb")
 
     def ensure_table(self) -> None:
         try:
@@ -56,7 +62,7 @@ class DynamoDbStore(IdempotencyStore):
         )
 
     async def claim(self, key: str, lease: float) -> Claim:
-        return await asyncio.to_thread(self._claim, key, lease)
+        return await self._run(self._claim, key, lease)
 
     def _claim(self, key: str, lease: float) -> Claim:
         now, token = self.clock(), new_token()
@@ -104,14 +110,34 @@ class DynamoDbStore(IdempotencyStore):
             ExpressionAttributeValues={":token": {"S": token}},
         )
 
-    async def _conditional(self, call: Callable[..., Any], **request: Any) -> None:
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        expiry = _expiry(self.clock() + lease)
+        return await self._conditional(
+            self.client.update_item,
+            Key={"pk": {"S": key}},
+            UpdateExpression="SET #exp = :exp, #ttl = :ttl",
+            ConditionExpression="#token = :token AND attribute_not_exists(#outcome)",
+            ExpressionAttributeNames={"#exp": "expires_at", "#ttl": "ttl", "#token": "token", "#outcome": "outcome"},
+            ExpressionAttributeValues={":exp": expiry["expires_at"], ":ttl": expiry["ttl"], ":token": {"S": token}},
+        )
+
+    async def _run(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, functools.partial(call, *args, **kwargs))
+
+    async def close(self) -> None:
+        self._pool.shutdown(wait=False)
+
+    async def _conditional(self, call: Callable[..., Any], **request: Any) -> bool:
         """Run a write that applies only while our token holds the key; when another
-        run took the key over, there is nothing of ours left to change."""
+        run took the key over, there is nothing of ours left to change (False)."""
         try:
-            await asyncio.to_thread(call, TableName=self.table, **request)
+            await self._run(call, TableName=self.table, **request)
         except ClientError as exc:
             if not _failed_condition(exc):
                 raise
+            return False
+        return True
 
 
 def _expiry(at: float) -> dict[str, dict[str, str]]:
@@ -126,7 +152,8 @@ async def open_store(url: str) -> DynamoDbStore:
     client = boto3.client("dynamodb", region_name=options.get("region"), endpoint_url=options.get("endpoint_url"))
     store = DynamoDbStore(client, table)
     try:
-        await asyncio.to_thread(store.ensure_table)
+        await store._run(store.ensure_table)
     except (BotoCoreError, ClientError) as exc:
+        await store.close()
         raise StoreUnavailable(f"cannot use DynamoDB table {table!r}: {exc}") from None
     return store

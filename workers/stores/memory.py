@@ -46,6 +46,13 @@ class MemoryStore(IdempotencyStore):
         if record is not None and record[0] == token:
             del self.records[key]
 
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        record = self.records.get(key)
+        if record is None or record[0] != token or record[1] is not None:
+            return False
+        self.records[key] = (token, None, self.clock() + lease)
+        return True
+
     def sweep(self) -> int:
         """Forget expired records; returns how many."""
         now = self.clock()

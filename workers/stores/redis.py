@@ -37,6 +37,17 @@ end
 return 0
 """
 
+_EXTEND = """
+local current = redis.call('GET', KEYS[1])
+if current then
+  local record = cjson.decode(current)
+  if record['token'] == ARGV[1] and record['outcome'] == cjson.null then
+    return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  end
+end
+return 0
+"""
+
 #: a claim whose record vanished between two commands asks again this soon
 _RACE_RETRY = 0.05
 
@@ -47,6 +58,7 @@ class RedisStore(IdempotencyStore):
         self.prefix = prefix
         self._complete = client.register_script(_COMPLETE)
         self._release = client.register_script(_RELEASE)
+        self._extend = client.register_script(_EXTEND)
         self._batches = Batches(self._write, (RedisError, OSError), "the Redis idempotency store")
 
     async def claim(self, key: str, lease: float) -> Claim:
@@ -59,6 +71,9 @@ class RedisStore(IdempotencyStore):
 
     async def release(self, key: str, token: str) -> None:
         await self._batches.submit("release", self.prefix + key, token)
+
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        return bool(await self._extend(keys=[self.prefix + key], args=[token, _ms(lease)]))
 
     async def close(self) -> None:
         await self._batches.close()

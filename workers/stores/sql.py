@@ -75,6 +75,9 @@ class SqlStore(TransactionalStore):
         )
         self.sql_complete = f"UPDATE {t} SET outcome = {p}1, expires_at = {p}2 WHERE key = {p}3 AND token = {p}4"
         self.sql_sweep = f"DELETE FROM {t} WHERE expires_at <= {p}1"
+        self.sql_extend = (
+            f"UPDATE {t} SET expires_at = {p}1 WHERE key = {p}2 AND token = {p}3 AND outcome IS NULL RETURNING key"
+        )
 
     def statement(self, name: str, n: int) -> str:
         """The text of statement `name` for `n` keys (see `_write_sql`)."""
@@ -153,6 +156,10 @@ class SqlStore(TransactionalStore):
 
     async def close(self) -> None:
         await self._batches.close()
+
+    async def extend(self, key: str, token: str, lease: float) -> bool:
+        async with self.connection() as conn:
+            return bool(await self.fetch(conn, self.sql_extend, self.clock() + lease, key, token))
 
     @asynccontextmanager
     async def transaction(self, key: str, ttl: float) -> AsyncIterator[Transaction]:

@@ -5,6 +5,12 @@ busy timeout instead of errors under contention; see `mailbag.broker.storage`). 
 transactional mode the handler writes through the store's connection into the same
 file, and `BEGIN IMMEDIATE` makes concurrent transactions take turns.
 
+SQLite has one writer: the store serialises transactional handlers, one transaction at
+a time per store, queued in the process rather than in `busy_timeout` (which would turn
+a long queue into "database is locked" errors). A lock still held by another process
+past the busy timeout raises, and the worker retries the message. For transactional
+handlers that should run concurrently, use PostgreSQL.
+
 Records of ordinary (not transactional) handlers are written in batches (see `sql`)
 with `synchronous=NORMAL`: a commit is in the write-ahead log, safe from a crash of
 the process, but the log is flushed to disk only at checkpoints. What a power cut or
@@ -25,7 +31,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from contextlib import AbstractAsyncContextManager, suppress
+from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, suppress
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -34,6 +41,7 @@ import aiosqlite
 
 from mailbag.broker.errors import StoreError
 from mailbag.broker.storage import SqliteConnections, SqliteThread, connect_blocking, fetch_sqlite, parse_url
+from mailbag.workers.stores import Transaction
 from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore, Steps
 
 
@@ -52,6 +60,7 @@ class SqliteStore(SqlStore):
         self.path = str(path)
         self._connections = SqliteConnections(self.path)
         self._writer_thread = SqliteThread(self.path, synchronous=self.SYNCHRONOUS)
+        self._one_writer = asyncio.Lock()
         self._inline: sqlite3.Connection | None = None
         self._since_checkpoint = 0
         self._checkpoint: asyncio.Future[None] | None = None
@@ -71,6 +80,12 @@ class SqliteStore(SqlStore):
             self._since_checkpoint = 0
             self._checkpoint = asyncio.ensure_future(self._writer_thread.run(_checkpoint))
         return answers
+
+    @asynccontextmanager
+    async def transaction(self, key: str, ttl: float) -> AsyncIterator[Transaction]:
+        """One transaction at a time (see the module docstring)."""
+        async with self._one_writer, super().transaction(key, ttl) as txn:
+            yield txn
 
     def connection(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
         return self._connections.connection()

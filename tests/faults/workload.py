@@ -1,0 +1,110 @@
+"""The fault scenarios' workload and checker: a publisher sends numbered messages (each
+under its own id) while a worker's transactional handler writes one ledger row per
+message in the SQLite store's transaction. The checker classifies every message:
+confirmed or not, handled or lost, applied once or twice."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mailbag.broker import Broker, RetryPolicy
+from mailbag.publishers import Publisher, PublishError, PublisherSettings
+from mailbag.workers import App, Context, Worker
+from mailbag.workers.stores.sqlite import SqliteStore
+from tests.conformance.env import eventually
+
+
+@dataclass
+class Verdict:
+    confirmed: list[int]
+    unconfirmed: list[int]
+    rows: list[int]
+    lost: list[int] = field(init=False)
+    twice: list[int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.lost = sorted(set(self.confirmed) - set(self.rows))
+        self.twice = sorted(n for n, times in Counter(self.rows).items() if times > 1)
+
+    def __str__(self) -> str:
+        handled = len(set(self.unconfirmed) & set(self.rows))
+        return (
+            f"published {len(self.confirmed) + len(self.unconfirmed)}, confirmed {len(self.confirmed)}, "
+            f"unconfirmed {len(self.unconfirmed)} (of which handled {handled}); "
+            f"lost {len(self.lost)}, applied twice {len(self.twice)}"
+        )
+
+
+class Workload:
+    def __init__(self, stem: str, tmp_path: Path, kind: str = "classic") -> None:
+        self.stem = stem
+        self.topic = f"{stem}.orders"
+        self.queue = f"{stem}.orders.q"
+        self.app = App("faults")
+        self.store = SqliteStore(tmp_path / "idem.sqlite3")
+        self.confirmed: list[int] = []
+        self.unconfirmed: list[int] = []
+        self._producing = asyncio.Event()
+        retry = RetryPolicy(max_attempts=20, initial_delay=0.2)
+
+        @self.app.handler(self.topic, queue=self.queue, kind=kind, transactional=True, retry=retry)
+        async def book(payload: dict, ctx: Context) -> None:
+            await ctx.transaction.execute("INSERT INTO ledger VALUES (?)", (payload["n"],))
+
+    async def ledger(self) -> list[int]:
+        async with self.store.connection() as conn:
+            return [r[0] for r in await self.store.fetch(conn, "SELECT n FROM ledger")]
+
+    async def handled(self) -> int:
+        return len(set(await self.ledger()))
+
+    async def progress(self, more: int, timeout: float, what: str) -> None:
+        """Wait until `more` messages beyond those handled now are handled."""
+        goal = await self.handled() + more
+
+        async def reached() -> bool:
+            return await self.handled() >= goal
+
+        await eventually(reached, timeout=timeout, what=what)
+
+    @asynccontextmanager
+    async def running(self, worker_broker: Broker, publisher_broker: Broker) -> AsyncIterator[Callable[[], Verdict]]:
+        """Run the worker and the publisher; on leaving, stop publishing, wait until every
+        confirmed message is handled and hand back the verdict (through the yielded call)."""
+        await self.store.setup()
+        async with self.store.connection() as conn:
+            await conn.execute("CREATE TABLE IF NOT EXISTS ledger (n INTEGER NOT NULL)")
+        await worker_broker.declare(self.app.topology)
+        publisher = Publisher(publisher_broker, settings=PublisherSettings(deadline=20, attempt_timeout=5))
+        verdict: list[Verdict] = []
+        self._producing.set()
+        async with Worker(self.app, worker_broker, store=self.store, concurrency=8):
+            producer = asyncio.create_task(self._produce(publisher))
+            try:
+                yield lambda: verdict[0]
+            finally:
+                self._producing.clear()
+                await producer
+
+            async def all_confirmed_handled() -> bool:
+                return set(self.confirmed) <= set(await self.ledger())
+
+            await eventually(all_confirmed_handled, timeout=90, what="every confirmed message to be handled")
+        verdict.append(Verdict(self.confirmed, self.unconfirmed, await self.ledger()))
+        await self.store.close()
+
+    async def _produce(self, publisher: Publisher) -> None:
+        n = 0
+        while self._producing.is_set():
+            try:
+                await publisher.publish(self.topic, {"n": n}, message_id=f"{self.stem}-{n}")
+                self.confirmed.append(n)
+            except PublishError:
+                self.unconfirmed.append(n)
+            n += 1
+            await asyncio.sleep(0.02)  # the publishing rate: about 50 a second

@@ -1,0 +1,16 @@
+"""Names for what a test run declares on shared services. Every name starts with the
+run's own prefix, so two pytest sessions sharing a RabbitMQ vhost (or a moto server)
+never touch each other's names, and a session's cleanup deletes only its own."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+
+#: this pytest session's name prefix: every broker name the run declares starts with it
+RUN_PREFIX = f"mbt{secrets.token_hex(3)}-"
+
+
+def run_name(tag: str) -> str:
+    """A fresh name stem for one test: the run's prefix, `tag`, a random part."""
+    return f"{RUN_PREFIX}{tag}{uuid.uuid4().hex[:8]}"
