@@ -90,7 +90,7 @@ class MemoryBroker(Broker):
                 routes = self._topics.setdefault(topic, [])
                 routes[:] = [(s, q) for s, q in routes if q is not state] + [(state.spec, state)]  # type: ignore[list-item]
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         self._check_open()
         routes = self._topics.get(topic)
         if routes is None:
@@ -98,12 +98,15 @@ class MemoryBroker(Broker):
         for m in messages:
             if m.topic != topic:
                 raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
+        routed: set[str] = set()
         for spec, state in routes:
             subs = [s for s in spec.subscriptions if s.topic == topic]
             for m in messages:
                 if any(s.matches(m.headers) for s in subs):
                     state.ready.append(_Entry(m))
+                    routed.add(m.id)
             state.notify()
+        self.unrouted.note(topic, [m.id for m in messages if m.id not in routed], mandatory=mandatory)
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         self._check_open()

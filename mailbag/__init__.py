@@ -13,6 +13,7 @@ from mailbag.broker import (
     RetryPolicy,
     Subscription,
     Topology,
+    Unroutable,
     connect,
     mask_url,
 )
@@ -35,6 +36,7 @@ __all__ = [
     "RetryPolicy",
     "Subscription",
     "Topology",
+    "Unroutable",
     "Worker",
     "connect",
     "mask_url",

@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_d
 
 from mailbag.broker import Broker, BrokerClosed, BrokerError, Message, MessageTooLarge, PublishFailed, Topology, tracing
 from mailbag.broker.breaker import BreakerPolicy, CircuitBreaker
-from mailbag.broker.errors import TopologyError, UnknownTopic
+from mailbag.broker.errors import TopologyError, UnknownTopic, Unroutable
 from mailbag.publishers.envelope import TopicModels
 from mailbag.publishers.errors import CircuitOpen, PublishError
 
@@ -23,7 +23,7 @@ log = logging.getLogger("mailbag.publisher")
 
 #: faults that say something about this message or this program, not about the broker's
 #: health: retrying cannot help, and they do not count against the circuit
-PERMANENT = (BrokerClosed, MessageTooLarge, TopologyError, UnknownTopic, ValueError, TypeError)
+PERMANENT = (BrokerClosed, MessageTooLarge, TopologyError, UnknownTopic, Unroutable, ValueError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,11 @@ class Publisher:
 
     Every call returns the message ids once the broker confirmed them, or raises
     `PublishError` naming the ones it did not (`CircuitOpen` when it failed fast,
-    `PayloadRejected` when validation refused it). Safe to share between the tasks of
-    one event loop."""
+    `PayloadRejected` when validation refused it). A message no queue takes is
+    published and dropped (see `Broker.publish`), unless `mandatory` is set (here for
+    every call, or per call): then the call raises `Unroutable` naming the topic, at
+    once and without touching the circuit. Safe to share between the tasks of one
+    event loop."""
 
     def __init__(
         self,
@@ -71,8 +74,10 @@ class Publisher:
         app: Any = None,
         models: Mapping[str, Any] | None = None,
         settings: PublisherSettings | None = None,
+        mandatory: bool = False,
     ) -> None:
         self.broker = broker
+        self.mandatory = mandatory
         self.settings = settings or PublisherSettings()
         self.models = TopicModels(models, app)
         self.breaker = CircuitBreaker(self.settings.breaker, name="publish")
@@ -88,6 +93,7 @@ class Publisher:
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
         message_id: str | None = None,
+        mandatory: bool | None = None,
     ) -> str:
         """Publish one payload (pydantic model, dict or other JSON-able value, or bytes);
         returns its message id. Giving `message_id` makes the call idempotent for
@@ -95,7 +101,7 @@ class Publisher:
         message = self.models.message(
             topic, payload, key=key, headers=headers, correlation_id=correlation_id, message_id=message_id
         )
-        (message_id,) = await self.send([message])
+        (message_id,) = await self.send([message], mandatory=mandatory)
         return message_id
 
     async def publish_many(
@@ -106,15 +112,16 @@ class Publisher:
         key: str | None = None,
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
+        mandatory: bool | None = None,
     ) -> list[str]:
         """Publish several payloads to one topic in one confirmed batch; all are
         validated before any is sent. Returns their ids in order."""
         messages = [
             self.models.message(topic, p, key=key, headers=headers, correlation_id=correlation_id) for p in payloads
         ]
-        return await self.send(messages)
+        return await self.send(messages, mandatory=mandatory)
 
-    async def send(self, messages: Sequence[Message]) -> list[str]:
+    async def send(self, messages: Sequence[Message], *, mandatory: bool | None = None) -> list[str]:
         """Publish prepared messages (the outbox relay's way in), in order: consecutive
         messages of one topic go as one batch. An id already being published by another
         task is not sent again; this call waits for that publish and shares its outcome."""
@@ -129,7 +136,7 @@ class Publisher:
             for run in _runs_by_topic(own):
                 try:
                     with tracing.publishing(self.broker, run[0].topic, run) as traced:
-                        await self._publish_run(traced)
+                        await self._publish_run(traced, self.mandatory if mandatory is None else mandatory)
                 except PublishError as exc:
                     confirmed.update(m.id for m in run if m.id not in exc.failed)
                     exc.failed = [i for i in ids if i not in confirmed]
@@ -155,7 +162,7 @@ class Publisher:
                 del self._in_flight[i]
         return ids
 
-    async def _publish_run(self, run: list[Message]) -> None:
+    async def _publish_run(self, run: list[Message], mandatory: bool) -> None:
         topic = run[0].topic
         pending = run
 
@@ -167,7 +174,7 @@ class Publisher:
                     f"circuit open after repeated broker faults; next try in {wait:.1f}s", [m.id for m in pending], wait
                 )
             try:
-                await asyncio.wait_for(self._publish_once(topic, pending), self.settings.attempt_timeout)
+                await asyncio.wait_for(self._publish_once(topic, pending, mandatory), self.settings.attempt_timeout)
             except asyncio.CancelledError:
                 self.breaker.abandoned()
                 raise
@@ -194,7 +201,7 @@ class Publisher:
             async for try_ in retrying:
                 with try_:
                     await attempt()
-        except CircuitOpen:
+        except (CircuitOpen, Unroutable):
             raise
         except RetryError as exc:
             cause = exc.last_attempt.exception()
@@ -204,11 +211,11 @@ class Publisher:
         except Exception as exc:
             raise PublishError(f"broker refused the publish: {_describe(exc)}", [m.id for m in pending]) from exc
 
-    async def _publish_once(self, topic: str, messages: list[Message]) -> None:
+    async def _publish_once(self, topic: str, messages: list[Message], mandatory: bool) -> None:
         if self.settings.declare_topics and topic not in self._declared:
             await self.broker.declare(Topology(topics=(topic,)))
             self._declared.add(topic)
-        await self.broker.publish(topic, messages)
+        await self.broker.publish(topic, messages, mandatory=mandatory)
 
 
 def _settle(futures: dict[str, asyncio.Future[None]], confirmed: set[str], exc: BaseException) -> None:

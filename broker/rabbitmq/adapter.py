@@ -3,10 +3,12 @@
 One robust connection per broker; it reconnects by itself and consumers resume on it.
 Publishing goes through one channel with publisher confirms, pipelined: every message
 of a call is in flight at once and the call returns when the broker has confirmed
-them all. `mandatory` is set, so a message no queue takes comes back and the call
-fails naming it (aio-pika hands a returned message back as a result, it does not
-raise). What a dropped connection left unconfirmed is sent again once it is back (a
-duplicate at worst); a publish fails only when nothing moved for `publish_timeout`.
+them all. `mandatory` is always set on the wire, so a message no queue takes comes
+back (aio-pika hands it back as a result, it does not raise): `publish` counts it as
+unrouted, or raises `Unroutable` when the caller asked for `mandatory`; `send` and
+settlements fail with `PublishFailed` (the target queue is gone). What a dropped
+connection left unconfirmed is sent again once it is back (a duplicate at worst); a
+publish fails only when nothing moved for `publish_timeout`.
 Each consumer has a channel of its own with `prefetch` as its QoS.
 
 Settlement:
@@ -122,13 +124,14 @@ class RabbitBroker(Broker):
             self._retry_queues.update(retry_queue_name(spec.name, delay_ms(d)) for d in spec.retry.delays)
         self._topics.update(topology.topics)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         self._check_open()
         for m in messages:
             if m.topic != topic:
                 raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
         await self._check_topic(topic)
-        await self._confirmed(topic, "", [to_amqp(m) for m in messages], f"topic {topic!r}")
+        returned = await self._confirmed(topic, "", [to_amqp(m) for m in messages], f"topic {topic!r}", routed=False)
+        self.unrouted.note(topic, returned, mandatory=mandatory)
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         """A delay goes through the queue's retry queue of that delay, like a retry."""
@@ -225,12 +228,15 @@ class RabbitBroker(Broker):
                 raise UnknownTopic(f"topic {topic!r} is not declared") from None
             self._topics.add(topic)
 
-    async def _confirmed(self, exchange: str, routing_key: str, messages: list[Outgoing], where: str) -> None:
+    async def _confirmed(
+        self, exchange: str, routing_key: str, messages: list[Outgoing], where: str, *, routed: bool = True
+    ) -> list[str]:
         """Publish all at once and wait for every confirm. What the connection lost is
         published again once it is back (a duplicate at worst). Gives up when nothing
         moved (no confirm, no reconnect) for the publish timeout, and raises
-        `PublishFailed` naming what the broker returned (no queue took it), refused, or
-        never confirmed."""
+        `PublishFailed` naming what the broker refused or never confirmed, and what it
+        returned (no queue took it) when `routed` asks that every message be taken.
+        Returns the ids of the returned messages."""
         returned: list[str] = []
         refused: list[str] = []
         for _ in range(_PUBLISH_ROUNDS):
@@ -243,14 +249,15 @@ class RabbitBroker(Broker):
                 break
             messages = lost
         problems = []
-        if returned:
+        if returned and routed:
             problems.append(f"{len(returned)} unroutable on {where} (no queue is bound, or none of its filters match)")
         if refused:
             problems.append(f"{len(refused)} refused (nacked) by the broker on {where}")
         if lost:
             problems.append(f"{len(lost)} not confirmed on {where} (nothing moved for {self._publish_timeout:g}s)")
         if problems:
-            raise PublishFailed("; ".join(problems), returned + refused + [m.id for m in lost])
+            raise PublishFailed("; ".join(problems), (returned if routed else []) + refused + [m.id for m in lost])
+        return returned
 
     async def _publish_once(
         self,

@@ -45,9 +45,9 @@ from mailbag.broker.errors import (
 )
 from mailbag.broker.message import Delivery, Message, new_message_id
 from mailbag.broker.sqs.client import AwsClients
-from mailbag.broker.sqs.mapping import SQS_MAX_BYTES
+from mailbag.broker.sqs.mapping import SQS_MAX_BYTES, policy_matches
 from mailbag.broker.sqs.marshal import from_wire, to_wire
-from mailbag.broker.sqs.topology import QueueRef, Resources
+from mailbag.broker.sqs.topology import ROUTES_TTL, QueueRef, Resources, TopicRef
 from mailbag.broker.topology import Topology
 from mailbag.broker.url import mask_url, query_options
 
@@ -60,6 +60,8 @@ SEND_ATTEMPTS = 3
 #: longest `DelaySeconds` SQS allows
 MAX_DELAY_SECONDS = 900
 _SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
+#: seconds a topic seen without a taker is trusted before its subscriptions are listed again
+RELIST_UNROUTED = 1.0
 _TOKEN = re.compile(r"^[!-~]{1,128}$")
 
 
@@ -80,13 +82,19 @@ class SqsBroker(Broker):
         self._check_open()
         await self._resources.declare(topology)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        """SNS accepts what no subscription takes and drops it silently, so the topic's
+        subscriptions and filter policies are checked here (listed again at most every
+        `ROUTES_TTL` seconds, and at once before a message is called unroutable)."""
         self._check_open()
         for m in messages:
             if m.topic != topic:
                 raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
         ref = await self._resources.topic(topic)
         entries = [_entry(m, "Message", SNS_MAX_BYTES, f"SNS topic {topic!r}", ref.fifo, m.id) for m in messages]
+        unrouted = await self._unrouted(ref, messages, mandatory)
+        if unrouted and mandatory:
+            entries = [e for e in entries if e.message_id not in unrouted]
         await self._send_batches(
             self.aws.sns.publish_batch,
             {"TopicArn": ref.arn},
@@ -95,6 +103,19 @@ class SqsBroker(Broker):
             SNS_MAX_BYTES,
             ordered=ref.fifo,
         )
+        self.unrouted.note(topic, [m.id for m in messages if m.id in unrouted], mandatory=mandatory)
+
+    async def _unrouted(self, ref: TopicRef, messages: Sequence[Message], mandatory: bool) -> set[str]:
+        """Ids of the messages no subscription of the topic takes. Subscriptions are
+        listed again before a message is called unroutable: at once when mandatory,
+        else when what is known is older than `RELIST_UNROUTED` seconds."""
+        missed: set[str] = set()
+        for max_age in (ROUTES_TTL, 0.0 if mandatory else RELIST_UNROUTED):
+            policies = await self._resources.routes(ref, max_age=max_age)
+            missed = {m.id for m in messages if not any(policy_matches(p, m.headers) for p in policies)}
+            if not missed:
+                break
+        return missed
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         """`delay` becomes SQS `DelaySeconds`, rounded up: at most 900 s, and only on

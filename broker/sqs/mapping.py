@@ -111,3 +111,28 @@ def filter_policy(match: Mapping[str, tuple[str, ...]]) -> dict[str, list[Any]]:
         rules += [{"numeric": ["=", float(v)]} for v in values if _NUMBER.match(v)]
         policy[key] = rules
     return policy
+
+
+def policy_matches(policy: Mapping[str, Any] | None, headers: Mapping[str, Any]) -> bool:
+    """Whether an SNS filter policy on message attributes admits a message with these
+    headers: every key present, its value equal to one of the listed strings or
+    numerically equal to a `{"numeric": ["=", x]}` rule. A rule of any other shape (a
+    policy someone else wrote) counts as a match, so a routable message is never taken
+    for an unroutable one."""
+    if not policy:
+        return True
+    for key, rules in policy.items():
+        if key not in headers:
+            return False
+        value = headers[key]
+        if not any(_rule_admits(rule, value) for rule in (rules if isinstance(rules, list) else [rules])):
+            return False
+    return True
+
+
+def _rule_admits(rule: Any, value: Any) -> bool:
+    if isinstance(rule, str):
+        return isinstance(value, str) and value == rule
+    if isinstance(rule, dict) and list(rule) == ["numeric"] and rule["numeric"][:1] == ["="]:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value == rule["numeric"][1]
+    return isinstance(rule, dict) or value == rule

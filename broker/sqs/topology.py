@@ -12,6 +12,7 @@ mapping itself lives in `mailbag.broker.sqs.mapping`, shared with the CloudForma
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +37,8 @@ from mailbag.broker.sqs.mapping import (
 from mailbag.broker.topology import Queue, Subscription, Topology
 
 _MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+#: seconds a topic's subscriptions are trusted before they are listed again
+ROUTES_TTL = 30.0
 _QUEUE_EXISTS = ("QueueAlreadyExists", "QueueNameExists")
 
 
@@ -74,6 +77,8 @@ class Resources:
         self._queues: dict[str, QueueRef] = {}
         self._topics: dict[str, TopicRef] = {}
         self._topic_arns: dict[str, str] = {}
+        #: topic name -> (when listed, the filter policy of each SQS subscription, None for none)
+        self._routes: dict[str, tuple[float, list[dict[str, Any] | None]]] = {}
 
     # -- names ----------------------------------------------------------------
 
@@ -92,6 +97,7 @@ class Resources:
             await self._admit(queue, [topics[t].arn for t in spec.topics])
             for sub in spec.subscriptions:
                 await self._subscribe(topics[sub.topic], queue, sub)
+                self._routes.pop(sub.topic, None)
 
     async def _ensure_topic(self, name: str, fifo: bool) -> TopicRef:
         existing = await self._find_topic(name)
@@ -209,6 +215,31 @@ class Resources:
             params["NextToken"] = page["NextToken"]
 
     # -- lookup ---------------------------------------------------------------
+
+    async def routes(self, topic: TopicRef, *, max_age: float = ROUTES_TTL) -> list[dict[str, Any] | None]:
+        """The filter policy of each SQS queue subscribed to `topic` (None: no filter),
+        listed again when what is known is older than `max_age` seconds: SNS drops what
+        no subscription takes without a word, so the adapter checks this itself."""
+        cached = self._routes.get(topic.name)
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        policies: list[dict[str, Any] | None] = []
+        params: dict[str, Any] = {"TopicArn": topic.arn}
+        while True:
+            page = await self.aws.call(self.aws.sns.list_subscriptions_by_topic, **params)
+            for sub in page.get("Subscriptions", []):
+                if sub["Protocol"] != "sqs" or not sub["SubscriptionArn"].startswith("arn:"):
+                    continue  # another protocol, or pending confirmation
+                attrs = await self.aws.call(
+                    self.aws.sns.get_subscription_attributes, SubscriptionArn=sub["SubscriptionArn"]
+                )
+                policy = attrs.get("Attributes", {}).get("FilterPolicy")
+                policies.append(json.loads(policy) if policy else None)
+            if not page.get("NextToken"):
+                break
+            params["NextToken"] = page["NextToken"]
+        self._routes[topic.name] = (time.monotonic(), policies)
+        return policies
 
     async def topic(self, name: str) -> TopicRef:
         ref = await self._find_topic(name)

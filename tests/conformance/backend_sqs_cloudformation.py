@@ -15,6 +15,7 @@ from moto import mock_aws
 from mailbag.broker import Broker, Message, Topology
 from mailbag.broker.base import Consumer, QueueStats
 from mailbag.broker.sqs import open_broker
+from mailbag.broker.unroutable import Unrouted
 from mailbag.deploy.cloudformation import template
 from tests.cloudformation.stack import deploy
 from tests.conformance.env import Backend, Env, Features
@@ -41,8 +42,12 @@ class StackBroker(Broker):
         await asyncio.to_thread(deploy, self.cfn, self.stack, template(merged, prefix=self.prefix))
         self.topology = merged
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        await self.broker.publish(topic, messages)
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        await self.broker.publish(topic, messages, mandatory=mandatory)
+
+    @property
+    def unrouted(self) -> Unrouted:  # type: ignore[override]
+        return self.broker.unrouted
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         await self.broker.send(queue, messages, delay=delay)
