@@ -13,10 +13,11 @@ Each consumer has a channel of its own with `prefetch` as its QoS.
 
 Settlement:
 - `ack` acks;
-- `retry(delay)` publishes a copy carrying attempt + 1 to the retry queue of that delay
-  (declared on first use when the policy did not name it; delays are whole
-  milliseconds) or, for no delay, to the back of the work queue, and acks the original
-  only once the copy is confirmed: a crash in between duplicates, never loses;
+- `retry(delay)` publishes a copy carrying attempt + 1 through the fixed binary delay
+  levels (`mailbag.broker.rabbitmq.delays`: 10 ms steps, never early, at most 10 ms
+  plus a hop per level late) or, for no delay, to the back of the work queue, and acks
+  the original only once the copy is confirmed: a crash in between duplicates, never
+  loses; `postpone(delay)` does the same with the attempt unchanged;
 - on an ordered queue `retry` keeps the message unacked in the consumer and hands it
   out again after the delay, ahead of the rest of its key, which waits;
 - `dead_letter` publishes a stamped copy to the dead-letter queue, then acks;
@@ -58,8 +59,9 @@ from mailbag.broker.errors import (
     UnknownTopic,
 )
 from mailbag.broker.message import Delivery, Message
+from mailbag.broker.rabbitmq import delays
 from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
-from mailbag.broker.rabbitmq.topology import declare_retry_queue, declare_topology, delay_ms, retry_queue_name
+from mailbag.broker.rabbitmq.topology import declare_topology
 from mailbag.broker.topology import Queue, Topology
 from mailbag.broker.url import mask_url
 
@@ -86,6 +88,8 @@ _LOST_WHILE_OPENING = (
 )
 #: seconds between a consumer's failed opening and its next try
 _REOPEN_PAUSE = 0.1
+#: seconds an exhausted message is held before it goes back, while it cannot be dead-lettered
+RETURN_PAUSE = 1.0
 
 
 class RabbitBroker(Broker):
@@ -100,7 +104,9 @@ class RabbitBroker(Broker):
         self._dead_letter_queues: set[str] = set()
         self._topics: set[str] = set()
         self._known_queues: set[str] = set()
-        self._retry_queues: set[str] = set()
+        #: queue kinds whose delay levels are declared, and queues bound to them
+        self._delay_kinds: set[str] = set()
+        self._delay_targets: set[str] = set()
         self._consumers: set[_RabbitConsumer] = set()
         self._closed = False
 
@@ -115,13 +121,15 @@ class RabbitBroker(Broker):
                 raise TopologyError(
                     f"{spec.dead_letter_queue!r} is already declared as a queue, not a dead-letter queue"
                 )
+        for kind in sorted({spec.kind for spec in topology.queues}):
+            await self._delay_levels(kind)
         async with self._scratch() as channel:
             await declare_topology(channel, topology)
         for spec in topology.queues:
             self._specs[spec.name] = spec
             self._dead_letter_queues.add(spec.dead_letter_queue)
             self._known_queues.update((spec.name, spec.dead_letter_queue))
-            self._retry_queues.update(retry_queue_name(spec.name, delay_ms(d)) for d in spec.retry.delays)
+            self._delay_targets.add(spec.name)
         self._topics.update(topology.topics)
 
     async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
@@ -134,13 +142,16 @@ class RabbitBroker(Broker):
         self.unrouted.note(topic, returned, mandatory=mandatory)
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
-        """A delay goes through the queue's retry queue of that delay, like a retry."""
+        """A delay goes through the delay levels, like a retry."""
         self._check_open()
         if delay < 0:
             raise ValueError(f"send delay must be >= 0, got {delay}")
         await self._check_queue(queue)
-        target = await self._retry_queue(self._specs.get(queue) or Queue(queue), delay) if delay > 0 else queue
-        await self._confirmed("", target, [to_amqp(m) for m in messages], f"queue {target!r}")
+        if delay <= 0:
+            await self._confirmed("", queue, [to_amqp(m) for m in messages], f"queue {queue!r}")
+            return
+        outgoing = [to_amqp(m, extra_headers={delays.TARGET: queue}) for m in messages]
+        await self._delayed(queue, outgoing, delay)
 
     def consume(self, queue: str, prefetch: int = 10) -> Consumer:
         self._check_open()
@@ -157,10 +168,7 @@ class RabbitBroker(Broker):
             raise UnknownQueue(f"queue {queue!r} is not declared")
         spec = self._specs.get(queue)
         dead = await self._count(spec.dead_letter_queue if spec else f"{queue}.dlq")
-        delayed = 0
-        for name in sorted(q for q in self._retry_queues if q.startswith(f"{queue}.retry.")):
-            delayed += await self._count(name) or 0
-        return QueueStats(queue, ready, None, delayed, dead or 0)
+        return QueueStats(queue, ready, None, None, dead or 0)  # delay queues are shared: delayed unknown
 
     async def browse(self, queue: str, limit: int = 100) -> list[Message]:
         """Gets up to `limit` messages unacked and closes the channel, which puts them
@@ -297,13 +305,26 @@ class RabbitBroker(Broker):
                 returned.append(m.id)
         return lost, stuck
 
-    async def _retry_queue(self, spec: Queue, delay: float) -> str:
-        name = retry_queue_name(spec.name, delay_ms(delay))
-        if name not in self._retry_queues:
+    async def _delay_levels(self, kind: str) -> None:
+        if kind not in self._delay_kinds:
             async with self._scratch() as channel:
-                await declare_retry_queue(channel, spec, delay_ms(delay))
-            self._retry_queues.add(name)
-        return name
+                await delays.declare_levels(channel, kind)
+            self._delay_kinds.add(kind)
+
+    async def _delayed(self, queue: str, messages: list[Outgoing], delay: float) -> None:
+        """Publish messages carrying `delays.TARGET` through the delay levels of the
+        queue's kind; they reach `queue` after `delay` seconds."""
+        count = delays.units(delay)
+        kind = self._specs[queue].kind if queue in self._specs else "classic"
+        await self._delay_levels(kind)
+        if queue not in self._delay_targets:
+            async with self._scratch() as channel:
+                await delays.bind_target(channel, queue, kind)
+            self._delay_targets.add(queue)
+        prefix = delays.prefix_for(kind)
+        await self._confirmed(
+            delays.entry(prefix, count), delays.routing_key(count), messages, f"the delay levels for {queue!r}"
+        )
 
     async def _republish(self, queue: str, message: Outgoing) -> None:
         await self._confirmed("", queue, [message], f"queue {queue!r}")
@@ -372,22 +393,41 @@ class _RabbitDelivery(Delivery):
         spec = consumer.spec
         if spec is not None and self.attempt >= spec.retry.max_attempts:
             await consumer.settle(self, self._to_dead_letter_queue(h.DELIVERY_LIMIT_EXCEEDED, None))
-        elif spec is not None and spec.ordered:
-            consumer.hold(self, delay)
         else:
-            await consumer.settle(self, self._requeue(delay))
+            await self._again(delay, self.attempt + 1)
+
+    async def _postpone(self, delay: float) -> None:
+        await self._again(delay, self.attempt)
+
+    async def _again(self, delay: float, attempt: int) -> None:
+        consumer = self._consumer
+        if consumer.spec is not None and consumer.spec.ordered:
+            consumer.hold(self, delay, attempt)
+        else:
+            await consumer.settle(self, self._requeue(delay, attempt))
+
+    async def _release(self) -> None:
+        """Nack with requeue: the broker puts the message back where it was."""
+        self._consumer.finished(self)
+        if self.stale():
+            return  # its channel is gone, so the broker has it back already
+        try:
+            await self._raw.channel.basic_nack(delivery_tag=self._raw.delivery_tag, requeue=True, wait=False)
+        except _GONE as exc:
+            log.debug("releasing %s: %r (its channel is gone, so it is back)", self.message.id, exc)
 
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         if self.queue in self._consumer.broker._dead_letter_queues:
             raise TopologyError(f"{self.queue!r} is a dead-letter queue; it has no dead-letter queue of its own")
         await self._consumer.settle(self, self._to_dead_letter_queue(reason, error))
 
-    async def _requeue(self, delay: float) -> None:
+    async def _requeue(self, delay: float, attempt: int) -> None:
         broker = self._consumer.broker
-        target = self.queue
         if delay > 0:
-            target = await broker._retry_queue(self._consumer.spec or Queue(self.queue), delay)
-        await broker._republish(target, republished(self._raw, {ATTEMPT: self.attempt + 1}))
+            copy = republished(self._raw, self.message, {ATTEMPT: attempt, delays.TARGET: self.queue})
+            await broker._delayed(self.queue, [copy], delay)
+        else:
+            await broker._republish(self.queue, republished(self._raw, self.message, {ATTEMPT: attempt}))
         await self._basic_ack()
 
     async def _to_dead_letter_queue(
@@ -398,7 +438,7 @@ class _RabbitDelivery(Delivery):
             self.message.topic, self.queue, self.attempt if attempts is None else attempts, reason, error
         )
         target = spec.dead_letter_queue if spec else f"{self.queue}.dlq"
-        await self._consumer.broker._republish(target, republished(self._raw, stamp))
+        await self._consumer.broker._republish(target, republished(self._raw, self.message, stamp))
         await self._basic_ack()
 
 
@@ -484,9 +524,18 @@ class _RabbitConsumer(Consumer):
     async def _on_message(self, raw: AbstractIncomingMessage) -> None:
         if self._closed:
             return  # closing the channel puts it back
-        delivery = _RabbitDelivery(self, raw, from_amqp(raw), attempt_of(raw))
-        if self.spec is not None and delivery.attempt > self.spec.retry.max_attempts:
-            self._spawn(self._exhausted(delivery))
+        message = from_amqp(raw)
+        try:
+            attempt, returns = attempt_of(raw)
+        except ValueError as exc:  # a plain client's header we cannot read: never runs, never stalls
+            unread = _RabbitDelivery(self, raw, message, 1)
+            self._spawn(self._dead_letter_unrun(unread, f"unreadable reserved header: {exc}", exc, 1))
+            return
+        delivery = _RabbitDelivery(self, raw, message, attempt)
+        # back from the broker more often than the queue allows: its handler keeps crashing
+        # the worker. A first delivery always runs, whatever attempt its headers claim.
+        if self.spec is not None and returns and attempt > self.spec.retry.max_attempts:
+            self._spawn(self._dead_letter_unrun(delivery, h.DELIVERY_LIMIT_EXCEEDED, None, attempt - 1))
             return
         if self._ordered:
             if delivery.key in self._busy:
@@ -495,13 +544,17 @@ class _RabbitConsumer(Consumer):
             self._busy.add(delivery.key)
         self._push(delivery)
 
-    async def _exhausted(self, delivery: _RabbitDelivery) -> None:
-        """A message back more often than the queue allows (its handler keeps crashing
-        the worker): dead-letter it without running the handler again."""
+    async def _dead_letter_unrun(
+        self, delivery: _RabbitDelivery, reason: str, error: BaseException | None, attempts: int
+    ) -> None:
+        """Dead-letter a message without handing it out. If that fails (the dead-letter
+        queue is gone) it goes back to the queue after `RETURN_PAUSE`."""
         try:
-            await delivery._to_dead_letter_queue(h.DELIVERY_LIMIT_EXCEEDED, None, attempts=delivery.attempt - 1)
+            await delivery._to_dead_letter_queue(reason, error, attempts=attempts)
         except (*_GONE, PublishFailed) as exc:
-            log.warning("could not dead-letter exhausted message %s: %r", delivery.message.id, exc)
+            log.warning("could not dead-letter message %s (%s), it goes back: %r", delivery.message.id, reason, exc)
+            await asyncio.sleep(RETURN_PAUSE)
+            await delivery._release()
 
     def _push(self, delivery: _RabbitDelivery) -> None:
         self._ready.append(delivery)
@@ -547,11 +600,11 @@ class _RabbitConsumer(Consumer):
                 f"to {self.queue!r} (a copy may already be published)"
             ) from exc
 
-    def hold(self, delivery: _RabbitDelivery, delay: float) -> None:
-        """Hand the same message out again after `delay`, its key held meanwhile."""
+    def hold(self, delivery: _RabbitDelivery, delay: float, attempt: int) -> None:
+        """Hand the same message out again after `delay` as `attempt`, its key held meanwhile."""
         self.check_live(delivery)
         self._held.discard(delivery)
-        again = _RabbitDelivery(self, delivery._raw, delivery.message, delivery.attempt + 1)
+        again = _RabbitDelivery(self, delivery._raw, delivery.message, attempt)
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle
 

@@ -2,7 +2,7 @@
 
 topic -> SNS topic; queue -> SQS queue whose policy admits only its topics
 (`aws:SourceArn`), subscribed with raw delivery and an optional filter policy on message
-attributes; dead-letter queue -> `RedrivePolicy` with maxReceiveCount = max attempts;
+attributes; dead-letter queue -> `RedrivePolicy` with maxReceiveCount = max attempts plus headroom;
 ordered queue -> FIFO queue (and FIFO topics feeding it). Every AWS name is the broker's
 prefix plus ours with '.' turned into '_' (SNS and SQS names allow no dots), plus
 `.fifo` where FIFO; each queue carries its own name in the `mailbag-name` tag. The
@@ -23,13 +23,16 @@ from mailbag.broker.sqs.mapping import (
     POLICY_SID,
     QUEUE_NAME_MAX,
     TOPIC_NAME_MAX,
+    TOPICS_TAG,
     admit_topics_statement,
     aws_name,
     check_collisions,
     check_prefix,
     fifo_topics,
     filter_policy,
+    max_attempts_of,
     queue_attributes,
+    queue_tags,
     redrive_policy,
     subscription_attributes,
     topic_attributes,
@@ -51,7 +54,7 @@ class QueueRef:
     arn: str
     fifo: bool
     visibility: int
-    #: receives before SQS redrives to the dead-letter queue; None for a queue without one
+    #: the queue's max attempts (SQS redrives with some headroom past it); None for a queue without a DLQ
     max_attempts: int | None
     dead_letter: QueueRef | None
     topics: tuple[str, ...] = ()
@@ -134,7 +137,10 @@ class Resources:
             try:
                 url = (
                     await self.aws.call(
-                        self.aws.sqs.create_queue, QueueName=aws_name, Attributes=wanted, tags={NAME_TAG: name}
+                        self.aws.sqs.create_queue,
+                        QueueName=aws_name,
+                        Attributes=wanted,
+                        tags=queue_tags(name, redrive[0].topics if redrive else ()),
                     )
                 )["QueueUrl"]
             except AwsError as exc:
@@ -300,14 +306,16 @@ class Resources:
             dlq_url = (await self.aws.call(self.aws.sqs.get_queue_url, QueueName=dlq_aws_name))["QueueUrl"]
             dlq_name = dlq_aws_name[len(self.prefix) :].removesuffix(".fifo")
             dead_letter = await self._ref(dlq_name, dlq_url)
+        tags = (await self.aws.call(self.aws.sqs.list_queue_tags, QueueUrl=url)).get("Tags", {})
         return QueueRef(
             name=name,
             url=url,
             arn=attrs["QueueArn"],
             fifo=attrs.get("FifoQueue", "false").lower() == "true",
             visibility=int(attrs.get("VisibilityTimeout", self.visibility)),
-            max_attempts=int(redrive["maxReceiveCount"]) if redrive else None,
+            max_attempts=max_attempts_of(redrive) if redrive else None,
             dead_letter=dead_letter,
+            topics=tuple(tags.get(TOPICS_TAG, "").split()),
         )
 
     async def _attributes(self, url: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ import re
 from typing import Any
 
 from mailbag.broker.sqs.mapping import (
-    NAME_TAG,
     QUEUE_NAME_MAX,
     SQS_MAX_BYTES,
     TOPIC_NAME_MAX,
@@ -25,6 +24,7 @@ from mailbag.broker.sqs.mapping import (
     check_prefix,
     fifo_topics,
     queue_attributes,
+    queue_tags,
     redrive_policy,
     subscription_attributes,
     topic_attributes,
@@ -90,7 +90,7 @@ class _Builder:
         dead_letters: list[str] = []
         for spec in self.topology.queues:
             dlq = self._queue(spec.dead_letter_queue, spec.ordered, None)
-            queue = self._queue(spec.name, spec.ordered, redrive_policy(_arn(dlq), spec))
+            queue = self._queue(spec.name, spec.ordered, redrive_policy(_arn(dlq), spec), spec.topics)
             queues.append(queue)
             dead_letters.append(dlq)
             if not spec.subscriptions:
@@ -154,7 +154,7 @@ class _Builder:
         self.outputs[f"{logical}Arn"] = {"Description": f"ARN of topic {name}", "Value": {"Ref": logical}}
         return logical
 
-    def _queue(self, name: str, fifo: bool, redrive: dict[str, Any] | None) -> str:
+    def _queue(self, name: str, fifo: bool, redrive: dict[str, Any] | None, topics: tuple[str, ...] = ()) -> str:
         logical = self._id("Queue", name)
         if fifo:
             standard = aws_name(self.prefix, name, False, QUEUE_NAME_MAX)
@@ -169,7 +169,7 @@ class _Builder:
             "Properties": {
                 "QueueName": aws_name(self.prefix, name, fifo, QUEUE_NAME_MAX),
                 **attributes,
-                "Tags": [{"Key": NAME_TAG, "Value": name}],
+                "Tags": [{"Key": key, "Value": value} for key, value in queue_tags(name, topics).items()],
             },
         }
         kind = "dead-letter queue" if redrive is None else "queue"

@@ -11,6 +11,7 @@ from pydantic import BaseModel
 
 from mailbag.broker import Message, RetryPolicy
 from mailbag.broker import headers as h
+from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
 from mailbag.workers import App, Context, RetryLater, WorkerSettings
 from mailbag.workers.aws_lambda import handler_for
 from tests.aws.events import (
@@ -219,7 +220,7 @@ async def test_a_redelivered_record_runs_its_handler_once_with_the_dynamodb_stor
 async def test_retries_stop_at_the_queues_max_receive_count_and_the_message_lands_in_the_dlq(
     broker, sqs, prefix, lambda_for, failure, reason
 ):
-    # Given a handler that always fails, on a queue whose redrive maxReceiveCount is 3
+    # Given a handler that always fails, on a queue of 3 attempts (its redrive maxReceiveCount has headroom)
     app = App("shop")
     runs: list[int] = []
 
@@ -233,7 +234,7 @@ async def test_retries_stop_at_the_queues_max_receive_count_and_the_message_land
     await broker.declare(app.topology)
     url = queue_url(sqs, f"{prefix}shop_orders")
     redrive = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
-    assert json.loads(redrive)["maxReceiveCount"] == 3
+    assert json.loads(redrive)["maxReceiveCount"] == 3 + REDRIVE_HEADROOM
     sent = order(1)
     await broker.publish(TOPIC, [sent])
     handler = lambda_for(app)
@@ -310,3 +311,34 @@ def test_the_lambda_runtimes_log_handler_gets_redaction_and_ids(monkeypatch):
     # Then what reaches that handler is redacted
     logging.getLogger("mailbag.test").warning("connecting to %s", "amqp://svc:hunter2@rabbit/")
     assert stream.getvalue() == "connecting to amqp://svc:***@rabbit/\n"
+
+
+async def test_a_fifo_follower_held_back_behind_a_failing_head_is_charged_no_attempt(broker, sqs, prefix, lambda_for):
+    # Given an ordered queue of 3 attempts; the head of a group always fails, the record after it fails once
+    runs: list[tuple[str, int]] = []
+    app = App("shop")
+
+    @app.handler(TOPIC, queue="shop.ledger", ordered=True, retry=QUICK)
+    async def book(entry: dict, ctx: Context) -> None:
+        runs.append((entry["name"], ctx.attempt))
+        if entry["name"] == "head" or ctx.attempt == 1:
+            raise ConnectionError(f"{entry['name']} fails")
+
+    await broker.declare(app.topology)
+    await broker.publish(
+        TOPIC, [Message(TOPIC, json.dumps({"name": n}).encode(), ordering_key="k") for n in ("head", "follower")]
+    )
+    url = queue_url(sqs, f"{prefix}shop_ledger.fifo")
+    handler = lambda_for(app)
+    # When SQS hands the group to the function batch after batch, as the event source mapping does
+    for _ in range(6):
+        if ("follower", 2) in runs:
+            break
+        head_alive = sum(r[0] == "head" for r in runs) < 3
+        event = receive_event(sqs, url, 2 if head_alive else 1, timeout=10)  # the whole group while it has two
+        settle_like_lambda(sqs, url, event, await invoke(handler, event))
+    # Then the head ran exactly 3 times and was dead-lettered, and the follower started at attempt 1
+    assert [r for r in runs if r[0] == "head"] == [("head", 1), ("head", 2), ("head", 3)]
+    assert [r for r in runs if r[0] == "follower"] == [("follower", 1), ("follower", 2)]
+    dlq = queue_url(sqs, f"{prefix}shop_ledger_dlq.fifo")
+    assert visible_count(sqs, dlq) == 1

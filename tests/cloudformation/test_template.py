@@ -3,6 +3,7 @@
 import pytest
 
 from mailbag.broker import Queue, Topology, TopologyError
+from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
 from mailbag.deploy.cloudformation import template
 from tests.cloudformation.topologies import everything
 
@@ -37,10 +38,10 @@ def test_fifo_topics_and_queues_redrive_and_names_follow_the_adapter():
     assert ledger["FifoQueue"] is True and ledger["ContentBasedDeduplication"] is False
     assert ledger["RedrivePolicy"] == {
         "deadLetterTargetArn": {"Fn::GetAtt": ["QueueLedgerV1Dlq", "Arn"]},
-        "maxReceiveCount": 3,
+        "maxReceiveCount": 3 + REDRIVE_HEADROOM,
     }
     assert ledger["Tags"] == [{"Key": "mailbag-name", "Value": "ledger.v1"}]
-    assert queues["dev-audit"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 7
+    assert queues["dev-audit"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 7 + REDRIVE_HEADROOM
     assert queues["dev-eu_orders"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"] == {
         "Fn::GetAtt": ["QueueEuParked", "Arn"]
     }

@@ -37,7 +37,7 @@ async def remove_declared(broker) -> None:
     connection = await aio_pika.connect(amqp_url())
     async with connection:
         channel = await connection.channel()
-        queues = set(broker._specs) | broker._dead_letter_queues | broker._retry_queues | broker._known_queues
+        queues = set(broker._specs) | broker._dead_letter_queues | broker._known_queues
         for name in sorted(queues):
             await channel.queue_delete(name)
         for topic in sorted(broker._topics):
