@@ -2,7 +2,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: run test services bench clean
+.PHONY: run test lint services bench clean constraints
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,20 @@ run: $(VENV)/.installed
 services:
 	bash scripts/services.sh
 
-test: $(VENV)/.dev-installed services
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	MYPY=$(abspath $(BIN))/mypy bash scripts/typecheck.sh
+
+test: lint services
 	$(BIN)/pytest
+
+# the exact versions the container image installs (see Dockerfile): every dependency
+# of mailbag[redis,postgres] resolved for the image's Python 3.12 on any platform
+constraints: | $(BIN)/python
+	$(BIN)/pip install --quiet 'uv>=0.4'
+	$(BIN)/uv pip compile pyproject.toml --extra redis --extra postgres --universal --python-version 3.12 \
+		--upgrade --custom-compile-command 'make constraints' --output-file docker/constraints.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache

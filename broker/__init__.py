@@ -1,8 +1,12 @@
 """The pluggable broker layer: the message envelope, the `Broker` contract, topology,
-URL handling, and one adapter module per backend (`memory`, `rabbitmq`, `sqs`).
+URL handling, and one adapter per backend (`memory`, and the `rabbitmq` and `sqs`
+subpackages, each holding its adapter, marshaling and topology modules).
 
 It owns every broker-specific call: aio-pika and boto3 are imported here and nowhere
-else. It never holds handler logic, retry decisions or command-line code.
+else, and only once an adapter is opened (`import mailbag` loads neither). It never
+holds handler logic, retry decisions or command-line code. As the lowest layer it also
+holds what the layers above share: the error tree (`errors`, rooted at `MailbagError`)
+and the one circuit-breaker state machine (`breaker`).
 """
 
 from __future__ import annotations
@@ -16,9 +20,13 @@ from mailbag.broker.errors import (
     BrokerError,
     BrokerUnavailable,
     BrokerUrlError,
+    ConfigurationError,
     DeliveryReleased,
+    MailbagError,
     MessageTooLarge,
     PublishFailed,
+    StoreError,
+    StoreUnavailable,
     TopologyError,
     UnknownQueue,
     UnknownTopic,
@@ -64,15 +72,19 @@ __all__ = [
     "BrokerError",
     "BrokerUnavailable",
     "BrokerUrlError",
+    "ConfigurationError",
     "Consumer",
     "Delivery",
     "DeliveryReleased",
+    "MailbagError",
     "Message",
     "MessageTooLarge",
     "PublishFailed",
     "Queue",
     "QueueStats",
     "RetryPolicy",
+    "StoreError",
+    "StoreUnavailable",
     "Subscription",
     "Topology",
     "TopologyError",

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
-from mailbag.broker import ADAPTERS, Broker, Queue, connect, mask_url
+from mailbag.broker import ADAPTERS, Broker, Queue, Subscription, connect, mask_url
 from mailbag.broker.errors import BrokerUrlError
 from mailbag.broker.url import scheme_of
 
@@ -74,7 +74,7 @@ class Target:
 
     def queue(self, name: str, *topics: str, **settings: Any) -> Queue:
         """A queue with this variant's kind and ordering, subscribed to `topics`."""
-        return Queue(name, topics, kind=self.kind, ordered=self.ordered, **settings)
+        return Queue(name, tuple(Subscription(t) for t in topics), kind=self.kind, ordered=self.ordered, **settings)
 
     async def open(self) -> Broker:
         return await connect(self.broker_url)

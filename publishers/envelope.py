@@ -5,12 +5,22 @@ sent (or written to an outbox) rather than dead-lettered by every consumer."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict
 
 from mailbag.broker import Message
 from mailbag.broker.codec import PayloadError, decode, encode
 from mailbag.broker.headers import PREFIX as RESERVED_PREFIX
 from mailbag.publishers.errors import PayloadRejected, ReservedHeader
+
+
+class MessageFields(TypedDict, total=False):
+    """The optional fields a publish or an outbox row sets on a message."""
+
+    key: str | None
+    headers: Mapping[str, Any] | None
+    correlation_id: str | None
+    causation_id: str | None
+    message_id: str | None
 
 
 class TopicModels:
@@ -50,7 +60,7 @@ class TopicModels:
         Raises `PayloadRejected` if the topic has a model and the payload does not
         validate against it as a consumer would decode it, and `ReservedHeader` for a
         header named `x-mailbag-...` (mailbag's own bookkeeping)."""
-        ids = {"id": message_id} if message_id else {}
+        ids: dict[str, Any] = {"id": message_id} if message_id else {}
         reserved = sorted(k for k in headers or {} if k.lower().startswith(RESERVED_PREFIX))
         if reserved:
             raise ReservedHeader(

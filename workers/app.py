@@ -177,7 +177,7 @@ class App:
         return self.handlers.get((topic, queue))
 
 
-def _queue_retry(retries: list[RetryPolicy]) -> dict[str, RetryPolicy]:
+def _queue_retry(retries: list[RetryPolicy]) -> dict[str, Any]:
     """The queue's policy: the handlers' one, or the one with most attempts when they
     differ, so the broker's limit never cuts a handler's own schedule short."""
     if not retries:

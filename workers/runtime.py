@@ -209,7 +209,8 @@ class Worker:
             self._all_done = asyncio.get_running_loop().create_future()
         forced = asyncio.ensure_future(self._forced.wait())
         try:
-            await asyncio.wait({self._all_done, forced}, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
+            waiters: set[asyncio.Future[Any]] = {self._all_done, forced}
+            await asyncio.wait(waiters, timeout=grace, return_when=asyncio.FIRST_COMPLETED)
         finally:
             forced.cancel()
 

@@ -20,6 +20,9 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="MAILBAG_", extra="ignore", frozen=True)
 
     broker_url: str = "memory://"
+    #: refuse to start unless `broker_url` is given (a container sets it, so a missing
+    #: URL stops the worker instead of running it on an in-memory broker, healthy and idle)
+    require_broker_url: bool = False
     #: handlers in flight at once
     concurrency: int = Field(10, ge=1)
     #: unsettled deliveries held per queue (default: twice concurrency, so the next
@@ -67,6 +70,15 @@ class WorkerSettings(BaseSettings):
         if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
             raise ValueError(f"log level must be DEBUG, INFO, WARNING or ERROR, got {value!r}")
         return level
+
+    @model_validator(mode="after")
+    def _broker_given(self) -> WorkerSettings:
+        if self.require_broker_url and "broker_url" not in self.model_fields_set:
+            raise ValueError(
+                "no broker URL: set MAILBAG_BROKER_URL (or --broker); MAILBAG_BROKER_URL=memory:// runs on the "
+                "in-memory broker on purpose"
+            )
+        return self
 
     @model_validator(mode="after")
     def _lease_outlasts_timeout(self) -> WorkerSettings:

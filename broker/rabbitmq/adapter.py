@@ -376,7 +376,9 @@ class _RabbitDelivery(Delivery):
     async def _basic_ack(self) -> None:
         """Queue the ack frame without waiting for the socket to drain: AMQP does not
         answer an ack, and the wait would cost a loop turn per message."""
-        await self._raw.channel.basic_ack(delivery_tag=self._raw.delivery_tag, wait=False)
+        tag = self._raw.delivery_tag
+        assert tag is not None  # set on every message a consumer receives
+        await self._raw.channel.basic_ack(delivery_tag=tag, wait=False)
 
     async def _ack(self) -> None:
         consumer = self._consumer
@@ -411,8 +413,10 @@ class _RabbitDelivery(Delivery):
         self._consumer.finished(self)
         if self.stale():
             return  # its channel is gone, so the broker has it back already
+        tag = self._raw.delivery_tag
+        assert tag is not None  # set on every message a consumer receives
         try:
-            await self._raw.channel.basic_nack(delivery_tag=self._raw.delivery_tag, requeue=True, wait=False)
+            await self._raw.channel.basic_nack(delivery_tag=tag, requeue=True, wait=False)
         except _GONE as exc:
             log.debug("releasing %s: %r (its channel is gone, so it is back)", self.message.id, exc)
 

@@ -69,7 +69,7 @@ class Outgoing(NamedTuple):
 
     @property
     def id(self) -> str:
-        return self.properties.message_id
+        return self.properties.message_id or ""
 
 
 def to_amqp(message: Message, *, extra_headers: Mapping[str, Any] | None = None) -> Outgoing:

@@ -294,7 +294,7 @@ class SqsBroker(Broker):
             retry=retry_if_result(bool),
             stop=stop_after_attempt(SEND_ATTEMPTS),
             wait=wait_exponential(multiplier=0.1, max=2),
-            retry_error_callback=lambda state: state.outcome.result(),
+            retry_error_callback=lambda state: state.outcome.result() if state.outcome else None,
         )
         await retrying(attempt)
         return refused

@@ -96,12 +96,12 @@ def to_wire(message: Message) -> Wire:
     native = {k: _native(k, v) for k, v in message.headers.items()}
     room = MAX_ATTRIBUTES - len(attributes)
     fits = all(native.values()) and len(native) <= room
-    for name, value in message.headers.items():
+    for name, header in message.headers.items():
         attr = native[name]
         if attr is not None and (fits or len(attributes) < MAX_ATTRIBUTES - 1):
             attributes[name] = attr
         else:
-            packed[name] = value
+            packed[name] = header
     if packed:
         attributes[HEADERS] = _string(json.dumps(packed, separators=(",", ":")))
     return Wire(body, attributes)

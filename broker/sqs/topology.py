@@ -175,7 +175,7 @@ class Resources:
         """Let the queue's topics (and only those) send to it, keeping any statements
         someone else added to the policy."""
         current = (await self._attributes(queue.url)).get("Policy")
-        policy = json.loads(current) if current else {"Version": "2012-10-17", "Statement": []}
+        policy: dict[str, Any] = json.loads(current) if current else {"Version": "2012-10-17", "Statement": []}
         ours = next((s for s in policy["Statement"] if s.get("Sid") == POLICY_SID), None)
         source = ours["Condition"]["ArnEquals"]["aws:SourceArn"] if ours else []
         admitted = {source} if isinstance(source, str) else set(source)

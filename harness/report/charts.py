@@ -19,7 +19,7 @@ from mailbag.harness.result import Report, ScenarioResult
 
 WIDTH = 9.0
 HEIGHT = 4.8
-COLOURS = plt.get_cmap("tab10").colors
+COLOURS = plt.get_cmap("tab10").colors  # type: ignore[attr-defined]  # a ListedColormap
 
 
 def draw(report: Report, out: Path) -> list[Path]:

@@ -153,8 +153,8 @@ async def _show(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             table.add_row(f"[bold]{name}[/]", escape(str(value)))
-    for key, value in m.headers.items():
-        table.add_row(f"[bold]header[/] {escape(key)}", escape(repr(value)))
+    for key, header in m.headers.items():
+        table.add_row(f"[bold]header[/] {escape(key)}", escape(repr(header)))
     console.print(table)
     console.rule("body")
     try:

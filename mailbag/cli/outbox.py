@@ -42,7 +42,12 @@ def register(subs: argparse._SubParsersAction) -> None:
 
 
 def _add_db_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--db", required=True, metavar="URL", help="sqlite:///path.db or postgresql://user:pass@host/db")
+    p.add_argument(
+        "--db",
+        required=True,
+        metavar="URL",
+        help="sqlite:///relative.db, sqlite:////absolute.db or postgresql://user:pass@host/db",
+    )
     p.add_argument("--table", default=DEFAULT_TABLE, metavar="NAME", help=f"outbox table (default {DEFAULT_TABLE})")
 
 

@@ -28,9 +28,10 @@ async def run(args: argparse.Namespace) -> int:
         names += [q for q in load_app(args.app).queues if q not in names]
     async with await connect(args.broker) as broker:
         if not names:
-            names = await broker.queue_names()
-            if names is None:
+            listed = await broker.queue_names()
+            if listed is None:
                 raise CliError("this broker cannot list its queues; name them with --app MODULE:APP or --queue Q")
+            names = listed
         stats = [await broker.stats(name) for name in names]
     if args.json:
         print(json.dumps([dataclasses.asdict(s) for s in stats], indent=2))

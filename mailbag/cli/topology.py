@@ -1,6 +1,7 @@
 """`mailbag topology apply MODULE:APP`: declare an app's topics and queues.
-`mailbag topology export MODULE:APP --format cloudformation`: write them as a template
-to deploy instead (see docs/aws.md)."""
+`mailbag topology export MODULE:APP --format cloudformation [--lambda HANDLER]`: write
+them as a template to deploy instead, with a Lambda function and trigger per queue if
+asked (see docs/aws.md)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import os
 import sys
 import tempfile
 
-from mailbag.broker import connect, mask_url
+from mailbag.broker import TopologyError, connect, mask_url
 from mailbag.cli.common import CliError, add_broker_option, load_app
-from mailbag.deploy.cloudformation import DEFAULT_VISIBILITY, template
+from mailbag.deploy.cloudformation import DEFAULT_VISIBILITY, LAMBDA_VISIBILITY_FACTOR, LambdaFunctions, template
 
 FORMATS = ("cloudformation",)
 
@@ -35,9 +36,28 @@ def register(subs: argparse._SubParsersAction) -> None:
     export.add_argument(
         "--visibility",
         type=int,
-        default=DEFAULT_VISIBILITY,
         metavar="SECONDS",
-        help=f"queue visibility timeout (default {DEFAULT_VISIBILITY}; for Lambda, at least the function's timeout)",
+        help=f"queue visibility timeout (default {DEFAULT_VISIBILITY}; with --lambda, "
+        f"{LAMBDA_VISIBILITY_FACTOR} x --lambda-timeout, the least it may be)",
+    )
+    export.add_argument(
+        "--lambda",
+        dest="lambda_handler",
+        metavar="HANDLER",
+        help="add a Lambda function per queue, with its role and SQS trigger: HANDLER is the function handler, "
+        "module.attribute, naming what handler_for(app) made",
+    )
+    export.add_argument(
+        "--lambda-queue",
+        action="append",
+        metavar="Q",
+        help="only this queue gets a Lambda function; repeat for more (default: every queue)",
+    )
+    export.add_argument("--lambda-timeout", type=int, metavar="SECONDS", help="the functions' timeout (default 30)")
+    export.add_argument(
+        "--retain-queues",
+        action="store_true",
+        help="keep the queues too, not only the dead-letter queues, when the stack is deleted or replaces them",
     )
     export.set_defaults(run=run_export)
 
@@ -52,20 +72,38 @@ async def run_apply(args: argparse.Namespace) -> int:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    topology = load_app(args.app).topology
+    app = load_app(args.app)
+    topology = app.topology
+    if args.lambda_handler is None and (args.lambda_queue or args.lambda_timeout is not None):
+        raise CliError("--lambda-queue and --lambda-timeout go with --lambda HANDLER")
     try:
-        text = json.dumps(template(topology, prefix=args.prefix, visibility=args.visibility), indent=2) + "\n"
-    except ValueError as exc:
+        functions = None
+        if args.lambda_handler is not None:
+            functions = LambdaFunctions(
+                args.lambda_handler,
+                queues=tuple(args.lambda_queue or ()),
+                **({} if args.lambda_timeout is None else {"timeout": args.lambda_timeout}),
+                idempotency=any(h.idempotency is not False for h in app.handlers.values()),
+            )
+        built = template(
+            topology,
+            prefix=args.prefix,
+            visibility=args.visibility,
+            functions=functions,
+            retain_queues=args.retain_queues,
+        )
+    except (ValueError, TopologyError) as exc:
         raise CliError(str(exc)) from None
+    text = json.dumps(built, indent=2) + "\n"
     if args.output is None:
         sys.stdout.write(text)
         return 0
     _write_whole(args.output, text)
-    print(
-        f"wrote a CloudFormation template for {len(topology.topics)} topic(s) and "
-        f"{len(topology.queues)} queue(s) to {args.output}",
-        file=sys.stderr,
-    )
+    functions = sum(r["Type"] == "AWS::Lambda::Function" for r in built["Resources"].values())
+    what = f"{len(topology.topics)} topic(s) and {len(topology.queues)} queue(s)"
+    if functions:
+        what = f"{len(topology.topics)} topic(s), {len(topology.queues)} queue(s) and {functions} Lambda function(s)"
+    print(f"wrote a CloudFormation template for {what} to {args.output}", file=sys.stderr)
     return 0
 
 

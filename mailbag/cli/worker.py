@@ -24,6 +24,8 @@ def register(subs: argparse._SubParsersAction) -> None:
     p = subs.add_parser("worker", help="run an app's handlers until SIGINT/SIGTERM")
     p.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.handlers:app")
     add_broker_option(p)
+    # unset unless given: the settings read $MAILBAG_BROKER_URL, and know whether a URL was given at all
+    p.set_defaults(broker=None)
     p.add_argument("--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 10)")
     p.add_argument(
         "--prefetch", type=int, metavar="N", help="unsettled deliveries per queue ($MAILBAG_PREFETCH, 2 x concurrency)"
@@ -70,8 +72,9 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
         return WorkerSettings(**{k: v for k, v in flags.items() if v is not None})
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = str(first["loc"][0]) if first["loc"] else "settings"
-        raise CliError(f"bad worker setting {name}: {first['msg']}") from None
+        if not first["loc"]:  # a rule across settings: its message says it all
+            raise CliError(str(first["msg"]).removeprefix("Value error, ")) from None
+        raise CliError(f"bad worker setting {first['loc'][0]}: {first['msg']}") from None
 
 
 async def run(args: argparse.Namespace) -> int:

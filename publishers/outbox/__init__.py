@@ -8,8 +8,9 @@ does. Stores: SQLite (`sqlite3`) and PostgreSQL (`asyncpg`, loaded only when use
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
+from mailbag.broker.errors import ConfigurationError
+from mailbag.broker.storage import MEMORY, parse_url
 from mailbag.publishers.outbox.base import DEFAULT_TABLE, Outbox, OutboxStats, PendingRow
 from mailbag.publishers.outbox.relay import Relay, RelaySettings
 from mailbag.publishers.outbox.sqlite import SqliteOutbox
@@ -19,19 +20,17 @@ if TYPE_CHECKING:
 
 
 def open_outbox(url: str, *, table: str = DEFAULT_TABLE, **options: Any) -> Outbox:
-    """The outbox for a database URL: `sqlite:///abs/path.db`, `sqlite:relative.db`,
-    or `postgresql://user:pass@host:port/db`."""
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
-    if scheme == "sqlite":
-        path = urlsplit(url).path
-        if not path:
-            raise ValueError("sqlite outbox URL needs a path: sqlite:///abs/path.db or sqlite:relative.db")
-        return SqliteOutbox(path, table=table, **options)
-    if scheme in ("postgres", "postgresql"):
-        from mailbag.publishers.outbox.postgres import PostgresOutbox
+    """The outbox for a database URL: `sqlite:///relative.db` or `sqlite:////absolute.db`
+    (SQLAlchemy's meaning, see `mailbag.broker.storage`), or
+    `postgresql://user:pass@host:port/db`."""
+    parsed = parse_url(url, own=(), what="outbox database")
+    if parsed.sqlite:
+        if parsed.target == MEMORY:
+            raise ConfigurationError("the outbox needs a database file the application shares: sqlite:///path.db")
+        return SqliteOutbox(parsed.target, table=table, **options)
+    from mailbag.publishers.outbox.postgres import PostgresOutbox
 
-        return PostgresOutbox(url, table=table, **options)
-    raise ValueError(f"unknown outbox database URL scheme {scheme!r}; expected sqlite: or postgresql://")
+    return PostgresOutbox(parsed.target, table=table, **options)
 
 
 def __getattr__(name: str) -> Any:

@@ -7,22 +7,21 @@ reaches consumers as the same message and idempotent consumers drop the duplicat
 
 from __future__ import annotations
 
+import asyncio
 import json
-import re
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypedDict
 
 from mailbag.broker import Message, tracing
+from mailbag.broker.storage import check_identifier
 from mailbag.publishers.envelope import TopicModels
 
 DEFAULT_TABLE = "mailbag_outbox"
-
-_IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 #: the columns `add` writes, in order; the store adds seq, attempts, next_attempt_at,
 #: last_error and sent_at
@@ -42,9 +41,16 @@ COLUMNS = (
 
 def check_table(name: str) -> str:
     """A table name, optionally schema-qualified, safe to put in SQL."""
-    if not all(_IDENTIFIER.match(part) for part in name.split(".")) or name.count(".") > 1:
-        raise ValueError(f"invalid outbox table name {name!r}: use [schema.]name of letters, digits and '_'")
-    return name
+    return check_identifier(name, "outbox table", qualified=True)
+
+
+class OutboxOptions(TypedDict, total=False):
+    """What every outbox takes: its table (default `mailbag_outbox`), and the topic
+    models (explicit, or an App's) that payloads are validated against."""
+
+    table: str
+    models: Mapping[str, Any] | None
+    app: Any
 
 
 @dataclass(frozen=True)
@@ -177,8 +183,15 @@ class Outbox(ABC):
     relay-side operations on it. `add` takes the application's connection; everything
     else uses the outbox's own."""
 
-    table: str
-    models: TopicModels
+    def __init__(
+        self, *, mark: str, table: str = DEFAULT_TABLE, models: Mapping[str, Any] | None = None, app: Any = None
+    ) -> None:
+        """`mark` is the dialect's numbered parameter sign (`?` for SQLite, `$` for PostgreSQL)."""
+        self.table = check_table(table)
+        self.models = TopicModels(models, app)
+        self._lock = asyncio.Lock()
+        values = ", ".join(f"{mark}{i}" for i in range(1, len(COLUMNS) + 1))
+        self.insert_sql = f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({values})"
 
     def message(self, topic: str, payload: Any, **fields: Any) -> Message:
         """The message `add` stores: validated against the topic's model if it has one,

@@ -10,22 +10,21 @@ row twice, and a relay that dies releases its rows, unmarked, to the next one.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Unpack
 
 import asyncpg
 
-from mailbag.broker import mask_url
-from mailbag.publishers.envelope import TopicModels
+from mailbag.broker.errors import ConfigurationError
+from mailbag.broker.storage import open_postgres
+from mailbag.publishers.envelope import MessageFields
 from mailbag.publishers.outbox.base import (
-    COLUMNS,
-    DEFAULT_TABLE,
     Claim,
     Outbox,
+    OutboxOptions,
     OutboxStats,
     PendingRow,
-    check_table,
     due_rows_sql,
     keep_key_order,
     now,
@@ -43,54 +42,25 @@ class PostgresOutbox(Outbox):
         await outbox.add(conn, "orders.placed", order, key=order.id)
     """
 
-    def __init__(
-        self,
-        dsn: str,
-        *,
-        table: str = DEFAULT_TABLE,
-        models: Mapping[str, Any] | None = None,
-        app: Any = None,
-    ) -> None:
-        check_table(table)
-        if len(table) > 63:
-            raise ValueError(f"outbox table name {table!r} is longer than PostgreSQL's 63-character channel names")
+    def __init__(self, dsn: str, **options: Unpack[OutboxOptions]) -> None:
+        super().__init__(mark="$", **options)
+        if len(self.table) > 63:
+            raise ConfigurationError(
+                f"outbox table name {self.table!r} is longer than PostgreSQL's 63-character channel names"
+            )
         self.dsn = dsn
-        self.table = table
-        self.channel = table
-        self.models = TopicModels(models, app)
+        self.channel = self.table
         self._conn: asyncpg.Connection | None = None
         self._listener: asyncpg.Connection | None = None
         self._wake = asyncio.Event()
-        self._lock = asyncio.Lock()
-        placeholders = ", ".join(f"${i}" for i in range(1, len(COLUMNS) + 1))
-        self._insert = f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({placeholders})"
 
-    async def add(
-        self,
-        tx: asyncpg.Connection,
-        topic: str,
-        payload: Any,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        message_id: str | None = None,
-    ) -> str:
+    async def add(self, tx: asyncpg.Connection, topic: str, payload: Any, **fields: Unpack[MessageFields]) -> str:
         """Write the event in the caller's open transaction; it is published once that
         transaction commits, and never if it rolls back. Returns the message id."""
         if not tx.is_in_transaction():
-            raise ValueError("outbox.add needs a transaction: call it inside `async with conn.transaction()`")
-        message = self.message(
-            topic,
-            payload,
-            key=key,
-            headers=headers,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            message_id=message_id,
-        )
-        await tx.execute(self._insert, *row_values(message))
+            raise ConfigurationError("outbox.add needs a transaction: call it inside `async with conn.transaction()`")
+        message = self.message(topic, payload, **fields)
+        await tx.execute(self.insert_sql, *row_values(message))
         return message.id
 
     async def create_table(self, conn: asyncpg.Connection) -> None:
@@ -142,7 +112,7 @@ class PostgresOutbox(Outbox):
     async def wait_for_rows(self, timeout: float) -> None:
         """Wake on the insert trigger's NOTIFY; `timeout` is the fallback poll."""
         if self._listener is None or self._listener.is_closed():
-            self._listener = await asyncpg.connect(self.dsn)
+            self._listener = await open_postgres(self.dsn)
             await self._listener.add_listener(self.channel, lambda *_: self._wake.set())
         try:
             await asyncio.wait_for(self._wake.wait(), timeout)
@@ -181,10 +151,7 @@ class PostgresOutbox(Outbox):
 
     async def _connection(self) -> asyncpg.Connection:
         if self._conn is None or self._conn.is_closed():
-            try:
-                self._conn = await asyncpg.connect(self.dsn)
-            except (OSError, asyncpg.PostgresError) as exc:
-                raise ConnectionError(f"cannot reach the outbox database {mask_url(self.dsn)}: {exc}") from None
+            self._conn = await open_postgres(self.dsn)
         return self._conn
 
 

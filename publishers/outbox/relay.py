@@ -12,6 +12,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
+from mailbag.broker.errors import ConfigurationError
 from mailbag.publishers.errors import CircuitOpen, PublishError
 from mailbag.publishers.outbox.base import Claim, Outbox
 from mailbag.publishers.publisher import Publisher
@@ -35,11 +36,11 @@ class RelaySettings:
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+            raise ConfigurationError(f"batch_size must be >= 1, got {self.batch_size}")
         if self.poll_interval <= 0 or self.retention < 0 or self.prune_interval <= 0:
-            raise ValueError("poll_interval and prune_interval must be > 0, retention >= 0")
+            raise ConfigurationError("poll_interval and prune_interval must be > 0, retention >= 0")
         if not 0 < self.initial_backoff <= self.max_backoff:
-            raise ValueError("backoff must satisfy 0 < initial_backoff <= max_backoff")
+            raise ConfigurationError("backoff must satisfy 0 < initial_backoff <= max_backoff")
 
     def backoff(self, failures: int) -> float:
         return min(self.max_backoff, self.initial_backoff * 2 ** max(0, failures - 1))

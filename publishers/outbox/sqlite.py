@@ -1,29 +1,32 @@
-"""The outbox on SQLite (the standard library's `sqlite3`).
+"""The outbox on SQLite.
 
-The application calls `add` on its own connection inside its transaction. The relay
-works on a connection of its own and never holds a write lock while it publishes:
-it reads due rows, publishes them, then marks them sent in a short transaction, so a
-crash in between publishes those rows again (same message ids) and loses none. One
-relay per database: SQLite has no row locks to share the rows between relays.
+The application calls `add` on its own `sqlite3` connection inside its transaction.
+The relay works on a connection of its own (aiosqlite, opened by
+`mailbag.broker.storage`) and never holds a write lock while it publishes: it reads
+due rows, publishes them, then marks them sent in a short transaction, so a crash in
+between publishes those rows again (same message ids) and loses none. One relay per
+database: SQLite has no row locks to share the rows between relays.
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Unpack
 
-from mailbag.publishers.envelope import TopicModels
+import aiosqlite
+
+from mailbag.broker.errors import ConfigurationError
+from mailbag.broker.storage import open_sqlite
+from mailbag.publishers.envelope import MessageFields
 from mailbag.publishers.outbox.base import (
-    COLUMNS,
-    DEFAULT_TABLE,
     Claim,
     Outbox,
+    OutboxOptions,
     OutboxStats,
     PendingRow,
-    check_table,
     due_rows_sql,
     now,
     pending_row,
@@ -43,136 +46,111 @@ class SqliteOutbox(Outbox):
         outbox.add(conn, "orders.placed", order, key=order.id)
     """
 
-    def __init__(
-        self,
-        path: str,
-        *,
-        table: str = DEFAULT_TABLE,
-        models: Mapping[str, Any] | None = None,
-        app: Any = None,
-        poll_interval: float = 0.05,
-    ) -> None:
-        if "." in check_table(table):
-            raise ValueError(f"SQLite outbox table {table!r} cannot be schema-qualified")
+    def __init__(self, path: str, *, poll_interval: float = 0.05, **options: Unpack[OutboxOptions]) -> None:
+        super().__init__(mark="?", **options)
+        if "." in self.table:
+            raise ConfigurationError(f"SQLite outbox table {self.table!r} cannot be schema-qualified")
         self.path = path
-        self.table = table
-        self.models = TopicModels(models, app)
         self.poll_interval = poll_interval
-        self._conn: sqlite3.Connection | None = None
-        self._lock = asyncio.Lock()
-        self._insert = f"INSERT INTO {table} ({', '.join(COLUMNS)}) VALUES ({', '.join('?' * len(COLUMNS))})"
+        self._conn: aiosqlite.Connection | None = None
 
     def add(
-        self,
-        tx: sqlite3.Connection | sqlite3.Cursor,
-        topic: str,
-        payload: Any,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        correlation_id: str | None = None,
-        causation_id: str | None = None,
-        message_id: str | None = None,
+        self, tx: sqlite3.Connection | sqlite3.Cursor, topic: str, payload: Any, **fields: Unpack[MessageFields]
     ) -> str:
         """Write the event in the caller's open transaction; it is published once that
         transaction commits, and never if it rolls back. Returns the message id."""
         conn = tx.connection if isinstance(tx, sqlite3.Cursor) else tx
         if conn.isolation_level is None and not conn.in_transaction:
-            raise ValueError("outbox.add needs a transaction: this connection is in autocommit mode and none is open")
-        message = self.message(
-            topic,
-            payload,
-            key=key,
-            headers=headers,
-            correlation_id=correlation_id,
-            causation_id=causation_id,
-            message_id=message_id,
-        )
-        tx.execute(self._insert, row_values(message))
+            raise ConfigurationError(
+                "outbox.add needs a transaction: this connection is in autocommit mode and none is open"
+            )
+        message = self.message(topic, payload, **fields)
+        tx.execute(self.insert_sql, row_values(message))
         return message.id
 
     def create_table(self, conn: sqlite3.Connection) -> None:
         """Create the table and its indexes if missing (for the application's migrations;
         the relay calls it too)."""
-        conn.executescript(
-            schema_sql(self.table, self.table, seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL")
-        )
+        conn.executescript(self._schema())
 
     # -- relay side ---------------------------------------------------------------
 
     async def setup(self) -> None:
-        await self._run(self.create_table)
+        async with self._connection() as conn:
+            await conn.executescript(self._schema())
 
     @asynccontextmanager
     async def claim(self, limit: int) -> AsyncIterator[Claim]:
-        def fetch(conn: sqlite3.Connection) -> list[PendingRow]:
-            rows = conn.execute(due_rows_sql(self.table, "?1", "?2"), (now(), limit)).fetchall()
-            return [pending_row(r) for r in rows]
-
-        yield _SqliteClaim(self, await self._run(fetch))
+        async with self._connection() as conn:
+            async with conn.execute(due_rows_sql(self.table, "?1", "?2"), (now(), limit)) as cursor:
+                rows = [pending_row(dict(r)) for r in await cursor.fetchall()]
+        yield _SqliteClaim(self, rows)
 
     async def wait_for_rows(self, timeout: float) -> None:
         """SQLite cannot notify: watch `PRAGMA data_version`, which changes when another
         connection commits, every `poll_interval` seconds."""
-        read = lambda conn: conn.execute("PRAGMA data_version").fetchone()[0]  # noqa: E731
-        version = await self._run(read)
+        version = await self._scalar("PRAGMA data_version")
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while loop.time() < deadline:
             await asyncio.sleep(min(self.poll_interval, max(0.0, deadline - loop.time())))
-            if await self._run(read) != version:
+            if await self._scalar("PRAGMA data_version") != version:
                 return
 
     async def prune(self, older_than: float) -> int:
-        def delete(conn: sqlite3.Connection) -> int:
-            with conn:
-                cur = conn.execute(
-                    f"DELETE FROM {self.table} WHERE sent_at IS NOT NULL AND sent_at < ?", (now() - older_than,)
-                )
-            return cur.rowcount
-
-        return await self._run(delete)
+        async with self._connection() as conn:
+            sql = f"DELETE FROM {self.table} WHERE sent_at IS NOT NULL AND sent_at < ?"
+            async with conn.execute(sql, (now() - older_than,)) as cursor:
+                return cursor.rowcount
 
     async def stats(self) -> OutboxStats:
-        def count(conn: sqlite3.Connection) -> OutboxStats:
-            r = conn.execute(
+        async with self._connection() as conn:
+            async with conn.execute(
                 f"""SELECT
                     SUM(sent_at IS NULL), SUM(sent_at IS NULL AND attempts > 0), SUM(sent_at IS NOT NULL),
                     MIN(CASE WHEN sent_at IS NULL THEN created_at END)
                 FROM {self.table}"""
-            ).fetchone()
-            oldest = r[3]
-            return OutboxStats(r[0] or 0, r[1] or 0, r[2] or 0, None if oldest is None else max(0.0, now() - oldest))
-
-        return await self._run(count)
+            ) as cursor:
+                r = await cursor.fetchone()
+        assert r is not None  # an aggregate always returns one row
+        oldest = r[3]
+        return OutboxStats(r[0] or 0, r[1] or 0, r[2] or 0, None if oldest is None else max(0.0, now() - oldest))
 
     async def close(self) -> None:
         async with self._lock:
             if self._conn is not None:
-                self._conn.close()
+                await self._conn.close()
                 self._conn = None
 
-    async def _run(self, work: Any) -> Any:
-        """Run `work(connection)` on the outbox's own connection, off the event loop."""
+    @asynccontextmanager
+    async def _connection(self) -> AsyncIterator[aiosqlite.Connection]:
+        """The outbox's own autocommit connection (opened on first use), one user at a time."""
         async with self._lock:
             if self._conn is None:
-                self._conn = await asyncio.to_thread(self._connect)
-            return await asyncio.to_thread(work, self._conn)
+                self._conn = await open_sqlite(self.path)
+                self._conn.row_factory = aiosqlite.Row
+            yield self._conn
 
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, check_same_thread=False, timeout=30.0)
-        conn.row_factory = sqlite3.Row
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
+    async def _scalar(self, sql: str) -> Any:
+        async with self._connection() as conn, conn.execute(sql) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None else row[0]
+
+    def _schema(self) -> str:
+        return schema_sql(self.table, self.table, seq="INTEGER PRIMARY KEY AUTOINCREMENT", blob="BLOB", real="REAL")
 
     async def _update(self, sql: str, head: tuple[Any, ...], message_ids: Sequence[str]) -> None:
-        def update(conn: sqlite3.Connection) -> None:
-            with conn:
+        """One transaction, in chunks that stay under SQLite's bound on parameters."""
+        async with self._connection() as conn:
+            await conn.execute("BEGIN IMMEDIATE")
+            try:
                 for i in range(0, len(message_ids), _CHUNK):
                     chunk = message_ids[i : i + _CHUNK]
-                    conn.execute(f"{sql} WHERE message_id IN ({', '.join('?' * len(chunk))})", (*head, *chunk))
-
-        await self._run(update)
+                    await conn.execute(f"{sql} WHERE message_id IN ({', '.join('?' * len(chunk))})", (*head, *chunk))
+            except BaseException:
+                await conn.execute("ROLLBACK")
+                raise
+            await conn.execute("COMMIT")
 
 
 class _SqliteClaim(Claim):

@@ -32,13 +32,22 @@ async def broker(aws, broker_url):
 
 @pytest.fixture
 async def lambda_for(broker_url):
-    """`lambda_for(app, **settings)`: the app's Lambda handler on the test's queues
-    (memory idempotency store and no retry jitter unless the test says otherwise)."""
+    """`lambda_for(app, margin=, raise_on_entire_batch_failure=, fifo=, **settings)`: the
+    app's Lambda handler on the test's queues (memory idempotency store and no retry
+    jitter unless the test says otherwise)."""
     made: list[LambdaHandler] = []
 
-    def make(app: App, margin: float = 1.0, **settings) -> LambdaHandler:
+    def make(
+        app: App, margin: float = 1.0, raise_on_entire_batch_failure: bool = True, fifo: str = "group", **settings
+    ) -> LambdaHandler:
         defaults = {"broker_url": broker_url, "idempotency_url": "memory://", "retry_jitter": False}
-        handler = handler_for(app, settings=WorkerSettings(**{**defaults, **settings}), margin=margin)
+        handler = handler_for(
+            app,
+            settings=WorkerSettings(**{**defaults, **settings}),
+            margin=margin,
+            raise_on_entire_batch_failure=raise_on_entire_batch_failure,
+            fifo=fifo,
+        )
         made.append(handler)
         return handler
 

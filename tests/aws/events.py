@@ -88,9 +88,12 @@ def failed_ids(answer: dict) -> list[str]:
     return [item["itemIdentifier"] for item in answer["batchItemFailures"]]
 
 
-def settle_like_lambda(sqs, url: str, event: dict, answer: dict) -> None:
+def settle_like_lambda(sqs, url: str, event: dict, answer: dict | None) -> None:
     """What the event source mapping does with the answer: delete every record not
-    reported; the reported ones stay, to come back when their visibility ends."""
+    reported; the reported ones stay, to come back when their visibility ends. An
+    invocation that raised (`answer` None) deletes nothing."""
+    if answer is None:
+        return
     failed = set(failed_ids(answer))
     for rec in event["Records"]:
         if rec["messageId"] not in failed:

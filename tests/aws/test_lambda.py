@@ -13,7 +13,7 @@ from mailbag.broker import Message, RetryPolicy
 from mailbag.broker import headers as h
 from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
 from mailbag.workers import App, Context, RetryLater, WorkerSettings
-from mailbag.workers.aws_lambda import handler_for
+from mailbag.workers.aws_lambda import BatchFailed, handler_for
 from tests.aws.events import (
     LambdaContext,
     failed_ids,
@@ -40,6 +40,16 @@ def order(n, **fields) -> Message:
 async def invoke(handler, event, seconds_left: float = 60.0) -> dict:
     """Call the (synchronous) handler as the Lambda runtime does, off the test's loop."""
     return await asyncio.to_thread(handler, event, LambdaContext(seconds_left))
+
+
+async def outcome(handler, event, seconds_left: float = 60.0) -> dict | None:
+    """The handler's answer, or None when the invocation raised `BatchFailed` (which
+    must then name every record of the batch)."""
+    try:
+        return await invoke(handler, event, seconds_left)
+    except BatchFailed as exc:
+        assert sorted(exc.message_ids) == sorted(r["messageId"] for r in event["Records"])
+        return None
 
 
 def in_flight(sqs, url: str) -> int:
@@ -159,6 +169,95 @@ async def test_fifo_batch_stops_a_group_at_its_first_failure_and_reports_the_res
     assert [n for n in seen if n[0] == "A"] == ["A1", "A2", "A2", "A3"]
 
 
+@pytest.mark.parametrize("raising", [True, False])
+async def test_a_batch_whose_every_record_fails_raises_or_reports_them_all_per_setting(
+    broker, sqs, prefix, lambda_for, raising
+):
+    # Given a handler that fails on every order (backoff 0 s)
+    seen: list = []
+    app = orders_app(seen, fail={0, 1, 2})
+    await broker.declare(app.topology)
+    await broker.publish(TOPIC, [order(i) for i in range(3)])
+    url = queue_url(sqs, f"{prefix}shop_orders")
+    handler = lambda_for(app, raise_on_entire_batch_failure=raising)
+    # When the batch runs
+    event = receive_event(sqs, url, 3)
+    ids = sorted(r["messageId"] for r in event["Records"])
+    if raising:
+        # Then (the default) the invocation raises, naming every record, so Lambda backs off
+        with pytest.raises(BatchFailed, match="all 3 record"):
+            await invoke(handler, event)
+        answer = None
+    else:
+        # Then (raise_on_entire_batch_failure=False) the answer reports them all
+        answer = await invoke(handler, event)
+        assert sorted(failed_ids(answer)) == ids
+    assert sorted(s[0] for s in seen) == [0, 1, 2]
+    # And either way nothing is deleted: each record comes back after its backoff, attempt 2
+    settle_like_lambda(sqs, url, event, answer)
+    again = receive_event(sqs, url, 3, timeout=5)
+    assert sorted(r["messageId"] for r in again["Records"]) == ids
+    assert {r["attributes"]["ApproximateReceiveCount"] for r in again["Records"]} == {"2"}
+
+
+async def test_a_batch_where_some_records_fail_is_answered_not_raised(broker, sqs, prefix, lambda_for):
+    # Given one record that is handled and one that fails
+    app = orders_app([], fail={1})
+    await broker.declare(app.topology)
+    await broker.publish(TOPIC, [order(0), order(1)])
+    url = queue_url(sqs, f"{prefix}shop_orders")
+    event = receive_event(sqs, url, 2)
+    # When the batch runs with the default setting, Then it answers with the failed one only
+    answer = await invoke(lambda_for(app), event)
+    assert len(failed_ids(answer)) == 1
+
+
+async def test_strict_fifo_reports_the_failing_record_and_every_later_record_of_the_batch(
+    broker, sqs, prefix, lambda_for
+):
+    # Given an ordered queue, a handler that fails on A2, and the strict FIFO mode
+    seen: list = []
+    fail = {"A2"}
+    app = App("shop")
+
+    @app.handler(TOPIC, queue="shop.ledger", ordered=True, retry=QUICK)
+    async def book(entry: dict, ctx: Context) -> None:
+        seen.append(entry["name"])
+        if entry["name"] in fail:
+            raise ConnectionError("ledger busy")
+
+    await broker.declare(app.topology)
+    names = ["A1", "B1", "A2", "B2", "A3"]
+    await broker.publish(TOPIC, [Message(TOPIC, json.dumps({"name": n}).encode(), ordering_key=n[0]) for n in names])
+    url = queue_url(sqs, f"{prefix}shop_ledger.fifo")
+    handler = lambda_for(app, fifo="batch")
+    # When the batch runs
+    event = receive_event(sqs, url, 5)
+    order_in_batch = [json.loads(r["body"])["name"] for r in event["Records"]]
+    answer = await invoke(handler, event)
+    # Then the records ran one at a time in batch order up to A2, and A2 and every record
+    # after it in the batch (B2 of the other group too) are reported, unrun
+    stop = order_in_batch.index("A2")
+    assert seen == order_in_batch[: stop + 1]
+    ids = {json.loads(r["body"])["name"]: r["messageId"] for r in event["Records"]}
+    assert failed_ids(answer) == [ids[n] for n in order_in_batch[stop:]]
+    # And they come back in the same order, A2 on attempt 2
+    settle_like_lambda(sqs, url, event, answer)
+    fail.clear()
+    again = receive_event(sqs, url, len(order_in_batch) - stop, timeout=5)
+    assert sorted(json.loads(r["body"])["name"] for r in again["Records"]) == sorted(order_in_batch[stop:])
+    assert await invoke(handler, again) == {"batchItemFailures": []}
+
+
+def test_the_fifo_mode_is_checked_when_the_entry_point_is_made():
+    with pytest.raises(ValueError, match="fifo must be 'group' or 'batch'"):
+        handler_for(
+            orders_app([]),
+            settings=WorkerSettings(broker_url=f"sqs://?region={REGION}", idempotency_url="memory://"),
+            fifo="strict",  # type: ignore[arg-type]
+        )
+
+
 async def test_invalid_and_undecodable_records_go_to_the_dlq_with_their_reason_and_are_not_reported(
     broker, sqs, prefix, lambda_for
 ):
@@ -238,15 +337,16 @@ async def test_retries_stop_at_the_queues_max_receive_count_and_the_message_land
     sent = order(1)
     await broker.publish(TOPIC, [sent])
     handler = lambda_for(app)
-    # When SQS delivers it again after each reported failure
+    # When SQS delivers it again after each failed invocation (the batch is that one
+    # record, so the invocation raises) and its backoff
     answers = []
     for attempt in (1, 2, 3):
         event = receive_event(sqs, url, 1, timeout=5)
         assert event["Records"][0]["attributes"]["ApproximateReceiveCount"] == str(attempt)
-        answers.append(await invoke(handler, event))
+        answers.append(await outcome(handler, event))
         settle_like_lambda(sqs, url, event, answers[-1])
-    # Then it is reported twice, and on the third receive it goes to the DLQ with why
-    assert [len(a["batchItemFailures"]) for a in answers] == [1, 1, 0]
+    # Then it fails twice, and on the third receive it goes to the DLQ with why
+    assert answers == [None, None, {"batchItemFailures": []}]
     assert runs == [1, 2, 3]
     [dead] = await broker.browse("shop.orders.dlq")
     assert dead.id == sent.id and dead.headers[h.DEAD_REASON].startswith(reason)
@@ -266,7 +366,7 @@ async def test_records_still_running_near_the_lambda_timeout_are_reported_and_re
     sent = order(1)
     await broker.publish(TOPIC, [sent])
     url = queue_url(sqs, f"{prefix}shop_orders")
-    handler = lambda_for(app, margin=1.0)
+    handler = lambda_for(app, margin=1.0, raise_on_entire_batch_failure=False)
     event = receive_event(sqs, url, 1)
     # When it runs
     answer = await invoke(handler, event, seconds_left=1.5)

@@ -3,7 +3,10 @@ that they equal what the adapter declares itself, and that its IAM roles allow e
 call a worker and a dead-letter replay make, on their own resources only."""
 
 import ast
+import asyncio
+import io
 import json
+import zipfile
 
 import boto3
 import pytest
@@ -13,9 +16,12 @@ from moto.iam.access_control import IAMPolicy, PermissionResult
 from mailbag.broker import Message
 from mailbag.broker.sqs import open_broker
 from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
-from mailbag.deploy.cloudformation import template
+from mailbag.deploy.cloudformation import LambdaFunctions, template
 from mailbag.dlq import DeadLetters
 from mailbag.examples.orders.app import app as orders_app
+from mailbag.workers import App, Context, Reject, WorkerSettings
+from mailbag.workers.aws_lambda import handler_for
+from tests.aws.events import LambdaContext, receive_event
 from tests.cloudformation.stack import deploy
 from tests.cloudformation.topologies import everything
 from tests.conformance.env import drain, eventually, next_delivery
@@ -28,7 +34,8 @@ ACCOUNT = "123456789012"
 def aws():
     """moto in process for the whole test, the broker's worker threads included."""
     with mock_aws():
-        yield {name: boto3.client(name, region_name=REGION) for name in ("cloudformation", "sns", "sqs", "iam")}
+        names = ("cloudformation", "sns", "sqs", "iam", "lambda", "s3")
+        yield {name: boto3.client(name, region_name=REGION) for name in names}
 
 
 def _queue_attributes(sqs, name: str) -> dict[str, str]:
@@ -77,6 +84,48 @@ def test_the_order_app_stack_makes_its_topics_queues_subscriptions_and_roles(aws
     for role in ("WorkerRole", "DeadLetterReplayRole"):
         name = outputs[f"{role}Arn"].rsplit("/", 1)[-1]
         assert iam.list_role_policies(RoleName=name)["PolicyNames"] == ["mailbag"]
+
+
+def test_the_lambda_stack_makes_a_function_per_queue_triggered_with_report_batch_item_failures(aws):
+    # Given the order app exported with Lambda functions (20 s timeout), their code in S3
+    s3 = aws["s3"]
+    s3.create_bucket(Bucket="shop-code", CreateBucketConfiguration={"LocationConstraint": REGION})
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as z:
+        z.writestr("shop/aws.py", "handler = None\n")
+    s3.put_object(Bucket="shop-code", Key="shop.zip", Body=package.getvalue())
+    functions = LambdaFunctions("shop.aws.handler", timeout=20)
+    # When it is deployed
+    outputs = deploy(
+        aws["cloudformation"],
+        "shop-lambda",
+        template(orders_app.topology, prefix="shop-", functions=functions),
+        LambdaCodeS3Bucket="shop-code",
+        LambdaCodeS3Key="shop.zip",
+        IdempotencyUrl=f"dynamodb://shop-idempotency?region={REGION}",
+    )
+    # Then every queue has an event source mapping to its own function, reporting item failures
+    lam, sqs = aws["lambda"], aws["sqs"]
+    mappings = lam.list_event_source_mappings()["EventSourceMappings"]
+    queues = {"shop-" + q.name.replace(".", "_") for q in orders_app.topology.queues}
+    assert sorted(m["EventSourceArn"].rsplit(":", 1)[-1] for m in mappings) == sorted(queues)
+    assert {m["FunctionResponseTypes"][0] for m in mappings} == {"ReportBatchItemFailures"}
+    assert all(len(m["FunctionResponseTypes"]) == 1 and m["BatchSize"] == 10 for m in mappings)
+    assert len({m["FunctionArn"] for m in mappings}) == len(queues)
+    # And each function runs the handler, with the broker URL of the stack's queues
+    for m in mappings:
+        config = lam.get_function_configuration(FunctionName=m["FunctionArn"])
+        assert (config["Handler"], config["Runtime"], config["Timeout"]) == ("shop.aws.handler", "python3.12", 20)
+        assert config["Environment"]["Variables"] == {
+            "MAILBAG_BROKER_URL": f"sqs://?region={REGION}&prefix=shop-",
+            "MAILBAG_IDEMPOTENCY_URL": f"dynamodb://shop-idempotency?region={REGION}",
+        }
+        assert config["FunctionArn"] in outputs.values()
+    # And every queue hides a received record for 6 x the timeout, redriving after >= 5 receives
+    for name in queues:
+        attrs = _queue_attributes(sqs, name)
+        assert attrs["VisibilityTimeout"] == "120"
+        assert json.loads(attrs["RedrivePolicy"])["maxReceiveCount"] >= 5
 
 
 async def test_the_stack_makes_exactly_what_the_adapter_declares(aws):
@@ -234,3 +283,77 @@ async def test_the_roles_allow_what_a_worker_and_a_replay_call_and_nothing_beyon
         ("sqs:DeleteQueue", live),
         ("sqs:ReceiveMessage", live),
     ]
+
+
+def _code_in_s3(s3) -> tuple[str, str]:
+    """A deployment package in moto's S3: (bucket, key)."""
+    s3.create_bucket(Bucket="fn-code", CreateBucketConfiguration={"LocationConstraint": REGION})
+    package = io.BytesIO()
+    with zipfile.ZipFile(package, "w") as z:
+        z.writestr("svc/aws.py", "handler = None\n")
+    s3.put_object(Bucket="fn-code", Key="svc.zip", Body=package.getvalue())
+    return "fn-code", "svc.zip"
+
+
+async def test_a_functions_role_allows_what_its_trigger_and_the_entry_point_call_on_its_queue_only(aws):
+    # Given an app that publishes a follow-up, retries and dead-letters, deployed with a
+    # Lambda function per queue; the triggers paused, so the test plays the mapping
+    app = App("svc", topics=("orders.accepted",))
+
+    @app.handler("orders.created", queue="svc.orders", idempotency=False)
+    async def accept(order: dict, ctx: Context) -> None:
+        if order["n"] == 1:
+            raise ConnectionError("upstream down")
+        if order["n"] == 2:
+            raise Reject("bad order")
+        await ctx.publish("orders.accepted", order)
+
+    @app.handler("orders.accepted", queue="svc.audit", idempotency=False)
+    async def audit(order: dict) -> None: ...
+
+    bucket, key = _code_in_s3(aws["s3"])
+    functions = LambdaFunctions("svc.aws.handler", idempotency=False)
+    deploy(
+        aws["cloudformation"],
+        "svc",
+        template(app.topology, prefix="svc-", functions=functions),
+        LambdaCodeS3Bucket=bucket,
+        LambdaCodeS3Key=key,
+    )
+    lam, sqs, iam = aws["lambda"], aws["sqs"], aws["iam"]
+    mappings = lam.list_event_source_mappings()["EventSourceMappings"]
+    for m in mappings:
+        lam.update_event_source_mapping(UUID=m["UUID"], Enabled=False)
+    [orders] = [m for m in mappings if m["EventSourceArn"].endswith(":svc-svc_orders")]
+    role = lam.get_function_configuration(FunctionName=orders["FunctionArn"])["Role"].rsplit("/", 1)[-1]
+    document = iam.get_role_policy(RoleName=role, PolicyName="mailbag")["PolicyDocument"]
+    if isinstance(document, str):  # moto 5.2 keeps a role policy from a stack as the text of a dict
+        document = ast.literal_eval(document)
+    policy = IAMPolicy({"policy_document": json.dumps(document)})
+    # When three orders arrive and the entry point handles the batch the trigger received
+    url = sqs.get_queue_url(QueueName="svc-svc_orders")["QueueUrl"]
+    async with await open_broker(f"sqs://?region={REGION}&prefix=svc-&wait=1") as publisher:
+        await publisher.publish(
+            "orders.created", [Message("orders.created", json.dumps({"n": n}).encode()) for n in range(3)]
+        )
+    event = receive_event(sqs, url, 3)
+    settings = WorkerSettings(broker_url=f"sqs://?region={REGION}&prefix=svc-", retry_jitter=False)
+    handler = handler_for(app, settings=settings)
+    try:
+        await asyncio.to_thread(handler, {"Records": []}, None)  # opens the broker, as a first invocation does
+        calls = Calls(handler._worker.broker)
+        answer = await asyncio.to_thread(handler, event, LambdaContext(60))
+    finally:
+        await asyncio.to_thread(handler.close)
+    assert len(answer["batchItemFailures"]) == 1
+    # Then the function's role allows every call the entry point made, and those the
+    # trigger makes to poll and delete
+    queue_arn = f"arn:aws:sqs:{REGION}:{ACCOUNT}:svc-svc_orders"
+    polling = {(a, queue_arn) for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")}
+    made = calls.made | {("sqs:ListQueues", "*")} | polling
+    assert {a for a, _ in made} >= {"sns:Publish", "sqs:SendMessage", "sqs:ChangeMessageVisibility"}
+    assert _denied(policy, made) == []
+    # And nothing of the other queue
+    other = f"arn:aws:sqs:{REGION}:{ACCOUNT}:svc-svc_audit"
+    beyond = {("sqs:ReceiveMessage", other), ("sqs:SendMessage", other), ("sqs:DeleteMessage", other)}
+    assert _denied(policy, beyond) == sorted(beyond)

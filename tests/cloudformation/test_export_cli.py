@@ -6,6 +6,8 @@ import sys
 
 import pytest
 
+APP = "mailbag.examples.orders.app:app"
+
 
 def export(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
@@ -51,6 +53,16 @@ def test_writing_a_file_says_what_it_wrote(tmp_path):
             "cannot write /no/such/dir/t.json",
         ),
         (("no_such_module:app", "--format", "cloudformation"), "cannot import module 'no_such_module'"),
+        (
+            (APP, "--format", "cloudformation", "--lambda", "shop.aws.handler", "--visibility", "60"),
+            "visibility 60s is below 6 x the Lambda timeout (180s)",
+        ),
+        (
+            (APP, "--format", "cloudformation", "--lambda", "shop.aws.handler", "--lambda-queue", "nope"),
+            "no queue 'nope' to give a Lambda trigger",
+        ),
+        ((APP, "--format", "cloudformation", "--lambda", "shop:app"), "must read module.attribute"),
+        ((APP, "--format", "cloudformation", "--lambda-timeout", "10"), "go with --lambda HANDLER"),
     ],
 )
 def test_bad_input_is_one_clear_line_and_exit_2(args, says):
@@ -60,3 +72,16 @@ def test_bad_input_is_one_clear_line_and_exit_2(args, says):
     assert len(lines) == 1, result.stderr
     assert says in lines[0]
     assert result.stdout == ""
+
+
+def test_a_lambda_export_says_how_many_functions_it_wrote_and_sizes_visibility_for_them(tmp_path):
+    out = tmp_path / "stack.json"
+    result = export(
+        APP, "--format", "cloudformation", "--lambda", "shop.aws.handler", "--lambda-timeout", "10", "-o", str(out)
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == (
+        f"wrote a CloudFormation template for 8 topic(s), 5 queue(s) and 5 Lambda function(s) to {out}"
+    )
+    resources = json.loads(out.read_text())["Resources"].values()
+    assert {r["Properties"]["VisibilityTimeout"] for r in resources if r["Type"] == "AWS::SQS::Queue"} == {60}

@@ -1,11 +1,13 @@
 """The template as data: what it makes for a topology, and what it grants. No AWS."""
 
+import re
+
 import pytest
 
-from mailbag.broker import Queue, Topology, TopologyError
+from mailbag.broker import Queue, RetryPolicy, Topology, TopologyError
 from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
-from mailbag.deploy.cloudformation import template
-from tests.cloudformation.topologies import everything
+from mailbag.deploy.cloudformation import LambdaFunctions, template
+from tests.cloudformation.topologies import everything, lambda_ready
 
 
 def _of_type(t: dict, kind: str) -> dict:
@@ -127,7 +129,12 @@ def test_the_worker_role_reaches_only_its_own_queues_and_topics():
     }
     trust = t["Resources"]["WorkerRole"]["Properties"]["AssumeRolePolicyDocument"]["Statement"]
     assert trust == [
-        {"Effect": "Allow", "Principal": {"Service": {"Ref": "WorkerServices"}}, "Action": "sts:AssumeRole"}
+        {
+            "Effect": "Allow",
+            "Principal": {"Service": {"Ref": "WorkerServices"}},
+            "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+        }
     ]
     assert t["Parameters"]["WorkerServices"]["Default"] == "ecs-tasks.amazonaws.com,lambda.amazonaws.com"
 
@@ -178,3 +185,140 @@ def test_names_differing_only_in_punctuation_get_distinct_logical_ids():
 def test_what_aws_would_refuse_fails_at_export(topology, options, says):
     with pytest.raises((TopologyError, ValueError), match=says):
         template(topology, **options)
+
+
+def test_dead_letter_queues_are_retained_and_the_others_when_asked():
+    # Given the template as exported by default, and with retain_queues
+    for retain_queues in (False, True):
+        t = template(everything(), retain_queues=retain_queues)
+        queues = _by_name(t, "AWS::SQS::Queue", "QueueName")
+        # Then a DLQ stays when the stack is deleted or a change replaces it; a queue only when asked
+        for name, q in queues.items():
+            dead = "RedrivePolicy" not in q["Properties"]
+            kept = dead or retain_queues
+            assert (q.get("DeletionPolicy"), q.get("UpdateReplacePolicy")) == (
+                ("Retain", "Retain") if kept else (None, None)
+            ), name
+
+
+def test_every_role_takes_extra_managed_policies_from_a_parameter():
+    t = template(lambda_ready(), functions=LambdaFunctions("svc.aws.handler"))
+    roles = _of_type(t, "AWS::IAM::Role")
+    assert len(roles) == 2 + 3  # worker, replay, one per function
+    for logical, role in roles.items():
+        # attached only when the parameter lists some
+        arns = role["Properties"]["ManagedPolicyArns"]
+        extra = arns["Fn::If"][1]["Ref"]
+        assert arns == {"Fn::If": [f"Has{extra}", {"Ref": extra}, {"Ref": "AWS::NoValue"}]}, logical
+        assert (t["Parameters"][extra]["Type"], t["Parameters"][extra]["Default"]) == ("CommaDelimitedList", "")
+    assert {r["Properties"]["ManagedPolicyArns"]["Fn::If"][1]["Ref"] for r in roles.values()} == {
+        "WorkerExtraManagedPolicyArns",
+        "ReplayExtraManagedPolicyArns",
+        "LambdaExtraManagedPolicyArns",
+    }
+
+
+def test_service_trust_asks_for_the_stacks_own_account():
+    t = template(lambda_ready(), functions=LambdaFunctions("svc.aws.handler"))
+    for logical, role in _of_type(t, "AWS::IAM::Role").items():
+        [trust] = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+        if "Service" in trust["Principal"]:
+            assert trust["Condition"] == {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}}, logical
+        else:
+            assert logical == "DeadLetterReplayRole" and "Condition" not in trust
+
+
+def test_lambda_export_adds_a_function_role_log_group_and_trigger_reporting_item_failures_per_queue():
+    # Given every queue handled by Lambda functions with a 20 s timeout
+    t = template(lambda_ready(), prefix="dev-", functions=LambdaFunctions("svc.aws.handler", timeout=20))
+    functions = _of_type(t, "AWS::Lambda::Function")
+    triggers = _of_type(t, "AWS::Lambda::EventSourceMapping")
+    # Then each queue has one function and one trigger
+    assert set(functions) == {"FunctionLedgerV1", "FunctionAudit", "FunctionEuOrders"}
+    assert {tr["Properties"]["EventSourceArn"]["Fn::GetAtt"][0] for tr in triggers.values()} == {
+        "QueueLedgerV1",
+        "QueueAudit",
+        "QueueEuOrders",
+    }
+    # And every trigger reports item failures; FIFO ones take no batching window
+    for name, trigger in triggers.items():
+        props = trigger["Properties"]
+        assert props["FunctionResponseTypes"] == ["ReportBatchItemFailures"], name
+        fifo = props["EventSourceArn"]["Fn::GetAtt"][0] == "QueueLedgerV1"
+        assert ("MaximumBatchingWindowInSeconds" in props) is not fifo
+        assert props["BatchSize"] == {"Ref": "LambdaFifoBatchSize" if fifo else "LambdaBatchSize"}
+    # And the functions run the handler, from code and runtime the stack is given
+    audit = functions["FunctionAudit"]["Properties"]
+    assert audit["Handler"] == "svc.aws.handler" and audit["Timeout"] == 20
+    assert audit["Runtime"] == {"Ref": "LambdaRuntime"}
+    assert audit["Code"] == {"S3Bucket": {"Ref": "LambdaCodeS3Bucket"}, "S3Key": {"Ref": "LambdaCodeS3Key"}}
+    assert audit["Environment"]["Variables"] == {
+        "MAILBAG_BROKER_URL": {"Fn::Sub": "sqs://?region=${AWS::Region}&prefix=dev-"},
+        "MAILBAG_IDEMPOTENCY_URL": {"Ref": "IdempotencyUrl"},
+    }
+    # And the queues hide a received record for 6 x the timeout; the window fits in what is left
+    queues = _by_name(t, "AWS::SQS::Queue", "QueueName")
+    assert {q["Properties"]["VisibilityTimeout"] for q in queues.values()} == {120}
+    assert t["Parameters"]["LambdaBatchingWindow"]["MaxValue"] == 0
+    roomy = template(lambda_ready(), visibility=150, functions=LambdaFunctions("svc.aws.handler", timeout=20))
+    assert roomy["Parameters"]["LambdaBatchingWindow"]["MaxValue"] == 30
+
+
+def test_a_functions_role_reaches_its_own_queue_and_dlq_and_writes_its_own_log_group():
+    t = template(lambda_ready(), functions=LambdaFunctions("svc.aws.handler", queues=("audit",)))
+    assert set(_of_type(t, "AWS::Lambda::Function")) == {"FunctionAudit"}
+    grants = _grants(t, "FunctionRoleAudit")
+    queue, dead = _arns("QueueAudit"), _arns("QueueAuditDlq")
+    assert grants["sqs:ReceiveMessage"] == grants["sqs:DeleteMessage"] == queue
+    assert grants["sqs:SendMessage"] == queue | dead
+    assert "sqs:GetQueueUrl" in grants and grants["sqs:GetQueueUrl"] == queue | dead
+    assert t["Resources"]["FunctionAudit"]["Properties"]["Role"] == {"Fn::GetAtt": ["FunctionRoleAudit", "Arn"]}
+    [logs] = _of_type(t, "AWS::IAM::Policy").values()
+    assert logs["Properties"]["Roles"] == [{"Ref": "FunctionRoleAudit"}]
+    [statement] = logs["Properties"]["PolicyDocument"]["Statement"]
+    assert statement["Action"] == ["logs:CreateLogStream", "logs:PutLogEvents"]
+    assert statement["Resource"] == [{"Fn::GetAtt": ["LogGroupAudit", "Arn"]}]
+    assert t["Resources"]["LogGroupAudit"]["Properties"]["LogGroupName"] == {"Fn::Sub": "/aws/lambda/${FunctionAudit}"}
+
+
+def test_an_app_whose_handlers_keep_no_idempotency_records_is_not_asked_for_a_store():
+    t = template(lambda_ready(), functions=LambdaFunctions("svc.aws.handler", idempotency=False))
+    assert "IdempotencyUrl" not in t["Parameters"]
+    assert "MAILBAG_IDEMPOTENCY_URL" not in t["Resources"]["FunctionAudit"]["Properties"]["Environment"]["Variables"]
+
+
+@pytest.mark.parametrize(
+    "topology, options, says",
+    [
+        (
+            lambda_ready(),
+            {"visibility": 179, "functions": LambdaFunctions("svc.aws.handler")},
+            "visibility 179s is below 6 x the Lambda timeout (180s)",
+        ),
+        (lambda_ready(), {"functions": LambdaFunctions("svc.aws.handler", queues=("nope",))}, "no queue 'nope'"),
+    ],
+)
+def test_a_lambda_trigger_that_would_break_aws_rules_is_refused(topology, options, says):
+    with pytest.raises(TopologyError, match=re.escape(says)):
+        template(topology, **options)
+
+
+@pytest.mark.parametrize(
+    "fields, says",
+    [
+        ({"handler": "handler"}, "module.attribute"),
+        ({"handler": "svc:app"}, "module.attribute"),
+        ({"handler": "svc.aws.handler", "timeout": 901}, "between 1 and 900"),
+    ],
+)
+def test_bad_lambda_options_are_refused(fields, says):
+    with pytest.raises(ValueError, match=says):
+        LambdaFunctions(**fields)
+
+
+def test_a_lambda_triggered_queue_of_few_attempts_redrives_only_after_the_headroom():
+    # the redrive headroom keeps even a 1-attempt queue above the Lambda trigger's 5 receives
+    one = Topology(queues=(Queue("q", ("t",), retry=RetryPolicy(max_attempts=1)),))
+    t = template(one, functions=LambdaFunctions("svc.aws.handler"))
+    [queue] = [r for r in t["Resources"].values() if r["Properties"].get("RedrivePolicy")]
+    assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 1 + REDRIVE_HEADROOM

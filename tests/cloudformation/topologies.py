@@ -1,4 +1,7 @@
-"""Topologies the CloudFormation tests export: one with every feature the mapping has."""
+"""Topologies the CloudFormation tests export: one with every feature the mapping has,
+and the same fit for Lambda triggers."""
+
+from dataclasses import replace
 
 from mailbag.broker import Queue, RetryPolicy, Subscription, Topology
 
@@ -18,4 +21,14 @@ def everything() -> Topology:
             Queue("eu.orders", (Subscription("orders.created", {"region": ("eu",)}),), dead_letter_queue="eu-parked"),
         ),
         topics=("announcements",),
+    )
+
+
+def lambda_ready() -> Topology:
+    """`everything()` with every queue retried at least 5 times, as a Lambda trigger needs."""
+    return Topology(
+        queues=tuple(
+            replace(q, retry=RetryPolicy(max_attempts=max(5, q.retry.max_attempts))) for q in everything().queues
+        ),
+        topics=everything().topics,
     )

@@ -16,7 +16,7 @@ PG_DSN = "postgresql://postgres@127.0.0.1:5432/test"
 
 class SqliteOrders:
     def __init__(self, path: Path) -> None:
-        self.url = f"sqlite://{path}"
+        self.url = f"sqlite:///{path}"  # four slashes in all: an absolute path
         self.table = "outbox"
         self.outbox = SqliteOutbox(str(path), table=self.table)
         self.conn = sqlite3.connect(path)

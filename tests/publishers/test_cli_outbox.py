@@ -24,7 +24,7 @@ def db(tmp_path):
     with conn:
         for n in range(3):
             outbox.add(conn, "orders", {"n": n}, key="k")
-    yield f"sqlite://{path}", outbox, conn
+    yield f"sqlite:///{path}", outbox, conn  # sqlite:////abs/shop.db
     conn.close()
 
 
@@ -74,7 +74,11 @@ async def test_relay_runs_until_sigterm_and_picks_up_new_rows(db):
 @pytest.mark.parametrize(
     "args, says",
     [
-        (("outbox", "status", "--db", "mysql://app:hunter2@db/shop"), "unknown outbox database URL scheme 'mysql'"),
+        (
+            ("outbox", "status", "--db", "mysql://app:hunter2@db/shop"),
+            "unknown outbox database URL 'mysql://app:***@db/shop'",
+        ),
+        (("outbox", "status", "--db", "sqlite:shop.db"), "write sqlite:///relative.db, sqlite:////absolute.db"),
         (
             ("outbox", "status", "--db", "postgresql://app:hunter2@127.0.0.1:1/shop"),
             "postgresql://app:***@127.0.0.1:1/shop",

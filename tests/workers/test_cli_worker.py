@@ -15,7 +15,8 @@ APP = "tests.workers.proc_app:app"
 
 
 def _env(**more: str) -> dict[str, str]:
-    return {**os.environ, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "cli", "MAILBAG_TEST_DB": "unused", **more}
+    inherited = {k: v for k, v in os.environ.items() if k != "MAILBAG_BROKER_URL"}
+    return {**inherited, "PYTHONPATH": str(ROOT), "MAILBAG_TEST_RUN": "cli", "MAILBAG_TEST_DB": "unused", **more}
 
 
 def worker(*args: str, **env: str) -> subprocess.CompletedProcess:
@@ -36,6 +37,7 @@ def worker(*args: str, **env: str) -> subprocess.CompletedProcess:
         ((APP,), {"MAILBAG_GRACE_PERIOD": "soon"}, "bad worker setting grace_period"),
         ((APP, "--queue", "nope"), {}, "has no queue 'nope'"),
         ((APP, "--prefetch", "x"), {}, "invalid int value"),
+        ((APP,), {"MAILBAG_REQUIRE_BROKER_URL": "true"}, "no broker URL: set MAILBAG_BROKER_URL (or --broker)"),
     ],
 )
 def test_bad_settings_print_one_line_and_exit_2(args, env, says):
@@ -64,3 +66,23 @@ def test_sigterm_stops_the_worker_with_exit_0_and_settings_come_from_the_environ
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_a_broker_url_given_as_a_flag_satisfies_require_broker_url():
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mailbag.cli", "worker", APP, "--queue", "tcli.tally", "--broker", "memory://"],
+        env=_env(MAILBAG_REQUIRE_BROKER_URL="true"),
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        started = proc.stdout.readline()
+        assert "consuming tcli.tally" in started, started
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

@@ -35,7 +35,7 @@ async def test_a_released_claim_can_be_taken_again_and_a_stale_token_changes_not
 
 async def test_an_expired_lease_is_taken_over_and_an_expired_record_forgotten(store):
     dead = await store.claim("k", lease=0.05)
-    await eventually(lambda: _claimable(store, "k", lease=0.05), what="the lease to run out")
+    await eventually(lambda: _claimable(store, "k", lease=30), what="the lease to run out")
     await store.complete("k", dead.token, '"from the dead run"', ttl=60)  # it lost the key
     again = await store.claim("k", lease=30)
     assert again.status == "busy", "the take-over's claim must hold"

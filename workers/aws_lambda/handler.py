@@ -28,11 +28,24 @@ Each record is settled as the worker's SQS consumer settles it:
 - the invocation crashing or timing out -> SQS redelivers the whole batch, and its
   redrive policy moves a message to the DLQ (without a reason) after maxReceiveCount.
 
+When every record of a batch is reported, the invocation raises `BatchFailed` instead
+of answering (`raise_on_entire_batch_failure=True`, the default): Lambda then counts an
+error and backs off polling, where an answer listing every record reads as success and
+it polls on at full speed into whatever is failing. Each record is hidden for its
+retry delay first, as when it is reported. With False, the answer lists them all.
+
 FIFO queues (the event source ARN ends in `.fifo`): a message group's records run one
 at a time, in order; at the first failure the rest of that group is not run and is
 reported too (visible again at once, behind the failed record, which keeps the group
 locked in SQS until it returns). Different groups run in parallel, at most
-`concurrency` handlers at once, as in the worker.
+`concurrency` handlers at once, as in the worker. `fifo="batch"` is AWS's own rule
+instead: the batch runs one record at a time, in order, and at the first failure
+that record and every later record of the batch are reported, whatever their group.
+
+A Lambda invocation dies at its timeout (or out of memory) without releasing what it
+held: the idempotency lease a record's run takes ends with the invocation (its
+remaining time plus a small slack, see `mailbag.workers.middleware.idempotency`), so
+the record's next delivery runs it instead of waiting out the store's lease.
 
 One event loop is kept across warm invocations (made on the first): the broker's SQS
 client and queue lookups and the idempotency store's connections belong to it, so a
@@ -46,11 +59,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from mailbag.broker import Broker, BrokerError, Delivery, Message, Queue, connect
 from mailbag.broker import headers as h
+from mailbag.broker.errors import MailbagError
 from mailbag.broker.sqs.mapping import MAX_DELAY_SECONDS, MAX_VISIBILITY, SQS_MAX_BYTES, aws_name
 from mailbag.broker.sqs.marshal import (
     attempts_used,
@@ -62,24 +77,59 @@ from mailbag.broker.sqs.marshal import (
 from mailbag.broker.url import mask_url, query_options, scheme_of
 from mailbag.workers.app import App
 from mailbag.workers.logs import filter_root_handlers
+from mailbag.workers.middleware.idempotency import run_ends_by
 from mailbag.workers.runtime import Worker
 from mailbag.workers.settings import WorkerSettings
 
 log = logging.getLogger("mailbag.lambda")
 
+#: on a FIFO queue, what a failure stops: the rest of its message group, or the rest of the batch
+FifoMode = Literal["group", "batch"]
 
-def handler_for(app: App, *, settings: WorkerSettings | None = None, margin: float = 1.0) -> LambdaHandler:
+
+class BatchFailed(MailbagError):
+    """Every record of the batch failed: raised so that Lambda counts an error and backs
+    off polling. SQS delivers each record again when its visibility timeout ends."""
+
+    def __init__(self, message_ids: list[str]) -> None:
+        shown = ", ".join(message_ids[:10]) + (", ..." if len(message_ids) > 10 else "")
+        super().__init__(f"all {len(message_ids)} record(s) of the batch failed and come back: {shown}")
+        self.message_ids = message_ids
+
+
+def handler_for(
+    app: App,
+    *,
+    settings: WorkerSettings | None = None,
+    margin: float = 1.0,
+    raise_on_entire_batch_failure: bool = True,
+    fifo: FifoMode = "group",
+) -> LambdaHandler:
     """The Lambda handler for `app`; settings default to the `MAILBAG_*` environment.
     A wrong setting raises here, at import of the function's module, not at the first
     batch."""
-    return LambdaHandler(app, settings or WorkerSettings(), margin)
+    return LambdaHandler(
+        app,
+        settings or WorkerSettings(),
+        margin,
+        raise_on_entire_batch_failure=raise_on_entire_batch_failure,
+        fifo=fifo,
+    )
 
 
 class LambdaHandler:
     """`handler(event, context)` -> `{"batchItemFailures": [{"itemIdentifier": id}, ...]}`.
     Connections open on the first invocation; `close()` ends them (tests, shutdown)."""
 
-    def __init__(self, app: App, settings: WorkerSettings, margin: float) -> None:
+    def __init__(
+        self,
+        app: App,
+        settings: WorkerSettings,
+        margin: float,
+        *,
+        raise_on_entire_batch_failure: bool = True,
+        fifo: FifoMode = "group",
+    ) -> None:
         if scheme_of(settings.broker_url) != "sqs":
             raise ValueError(
                 f"the Lambda entry point consumes SQS: MAILBAG_BROKER_URL must be sqs://..., "
@@ -92,9 +142,13 @@ class LambdaHandler:
             )
         if margin < 0:
             raise ValueError(f"margin must be >= 0, got {margin}")
+        if fifo not in ("group", "batch"):
+            raise ValueError(f"fifo must be 'group' or 'batch', got {fifo!r}")
         self.app = app
         self.settings = settings
         self.margin = margin
+        self.raise_on_entire_batch_failure = raise_on_entire_batch_failure
+        self.fifo = fifo
         prefix = query_options(settings.broker_url).get("prefix", "")
         #: SQS queue name -> the app's queue it carries
         self.queues = {aws_name(prefix, q.name, q.ordered): q for q in app.topology.queues}
@@ -143,6 +197,9 @@ class LambdaHandler:
         if not isinstance(records, list):
             raise ValueError("not an SQS event: it has no Records list")
         specs = [self._queue_of(r) for r in records]
+        remaining = self._remaining(context)
+        if remaining is not None:
+            run_ends_by.set(time.monotonic() + remaining)  # the runs below cannot outlive the invocation
         worker = await self._ready()
         deliveries = [_LambdaDelivery(r, spec, worker.broker, self.uncounted) for r, spec in zip(records, specs)]
         slots = asyncio.Semaphore(worker.concurrency)
@@ -159,9 +216,10 @@ class LambdaHandler:
                         uncount(self.uncounted, unrun.record["messageId"])  # held back, never run
                     return  # on a FIFO queue the rest of the group waits behind it
 
-        tasks = [asyncio.create_task(run(lane)) for lane in _lanes(deliveries)]
+        tasks = [asyncio.create_task(run(lane)) for lane in _lanes(deliveries, self.fifo)]
         if tasks:
-            _, late = await asyncio.wait(tasks, timeout=self._time_left(context))
+            time_left = None if remaining is None else max(0.0, remaining - self.margin)
+            _, late = await asyncio.wait(tasks, timeout=time_left)
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
@@ -170,7 +228,10 @@ class LambdaHandler:
                 log.warning("invocation running out of time: %d unfinished record(s) go back", unfinished)
         failed = [d for d in deliveries if d.failed]
         await self._hide(worker.broker, failed)
-        return {"batchItemFailures": [{"itemIdentifier": d.record["messageId"]} for d in failed]}
+        failed_ids = [d.record["messageId"] for d in failed]
+        if failed and len(failed) == len(deliveries) and self.raise_on_entire_batch_failure:
+            raise BatchFailed(failed_ids)
+        return {"batchItemFailures": [{"itemIdentifier": i} for i in failed_ids]}
 
     def _queue_of(self, record: Mapping[str, Any]) -> Queue:
         arn = record.get("eventSourceARN", "")
@@ -185,9 +246,11 @@ class LambdaHandler:
             )
         return spec
 
-    def _time_left(self, context: Any) -> float | None:
+    @staticmethod
+    def _remaining(context: Any) -> float | None:
+        """Seconds until Lambda stops the invocation (None: no context to ask)."""
         remaining = getattr(context, "get_remaining_time_in_millis", None)
-        return None if remaining is None else max(0.0, remaining() / 1000 - self.margin)
+        return None if remaining is None else max(0.0, remaining() / 1000)
 
     async def _hide(self, broker: Broker, failed: list[_LambdaDelivery]) -> None:
         """Set each reported record's visibility timeout: the retry delay, or 0 for one
@@ -277,11 +340,13 @@ class _LambdaDelivery(Delivery):
         self.visibility = 0
 
 
-def _lanes(deliveries: Iterable[_LambdaDelivery]) -> list[list[_LambdaDelivery]]:
-    """Records that must run one after another: a FIFO message group, in batch order;
-    every other record runs on its own."""
+def _lanes(deliveries: Iterable[_LambdaDelivery], fifo: FifoMode) -> list[list[_LambdaDelivery]]:
+    """Records that must run one after another, in batch order: a FIFO message group
+    (`fifo="group"`) or a FIFO queue's whole batch (`fifo="batch"`); every other record
+    runs on its own."""
     lanes: dict[Any, list[_LambdaDelivery]] = {}
     for i, d in enumerate(deliveries):
-        key = (d.record["eventSourceARN"], d.group) if d.spec.ordered else i
+        fifo_lane = d.record["eventSourceARN"] if fifo == "batch" else (d.record["eventSourceARN"], d.group)
+        key = fifo_lane if d.spec.ordered else i
         lanes.setdefault(key, []).append(d)
     return list(lanes.values())

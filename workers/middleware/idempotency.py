@@ -7,7 +7,9 @@ return value as JSON) for `ttl` seconds. A duplicate returns the recorded outcom
 without calling the handler. A duplicate that arrives while the first run still holds
 its lease is postponed (no attempt used) and looks again within `RECHECK` seconds; a lease that runs out
 belongs to a run that died, and the next delivery takes over. A failed run releases
-its claim, so its retry runs.
+its claim, so its retry runs. A host that kills its runs at a known time (a Lambda
+invocation at its timeout) sets `run_ends_by`: the lease then ends that much later
+plus `LEASE_SLACK`, so a run killed with its host holds its key no longer than that.
 
 Transactional handlers (`transactional=True`) get `ctx.transaction`: the record
 commits in the same database transaction as their writes, so a crash anywhere before
@@ -18,6 +20,8 @@ from __future__ import annotations
 
 import json
 import logging
+import time
+from contextvars import ContextVar
 from typing import Any
 
 from pydantic_core import to_jsonable_python
@@ -31,6 +35,11 @@ log = logging.getLogger("mailbag.worker")
 
 #: the longest a duplicate waits before it looks at the first run's record again
 RECHECK = 1.0
+#: seconds a lease outlasts `run_ends_by`: room for clocks of hosts sharing a store
+LEASE_SLACK = 2.0
+#: the monotonic time by which the current run is over for sure, or None; tasks
+#: started after it is set inherit it
+run_ends_by: ContextVar[float | None] = ContextVar("run_ends_by", default=None)
 
 
 class Idempotency:
@@ -48,8 +57,7 @@ class Idempotency:
         key = f"{handler.queue}:{handler.topic}:{ctx.delivery.message.id if how is True else how(ctx.payload)}"
         if handler.transactional:
             return await self._in_transaction(ctx, call_next, key)
-        timeout = handler.timeout
-        claim = await self.store.claim(key, self.lease if timeout is None else max(self.lease, 2 * timeout))
+        claim = await self.store.claim(key, self._lease(handler.timeout))
         if claim.status != "claimed":
             return _settled_before(claim, ctx)
         try:
@@ -59,6 +67,15 @@ class Idempotency:
             raise
         await self.store.complete(key, claim.token, _dump(result), self.ttl)
         return result
+
+    def _lease(self, timeout: float | None) -> float:
+        """How long a claim holds its key: long enough for the handler's timeout, and
+        no longer than the run can live."""
+        lease = self.lease if timeout is None else max(self.lease, 2 * timeout)
+        ends_by = run_ends_by.get()
+        if ends_by is not None:
+            lease = min(lease, max(0.0, ends_by - time.monotonic()) + LEASE_SLACK)
+        return lease
 
     async def _in_transaction(self, ctx: Context, call_next: Call, key: str) -> Any:
         assert isinstance(self.store, TransactionalStore)  # checked when the worker starts

@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from mailbag.broker.errors import MailbagError
 from mailbag.workers.context import Context
 from mailbag.workers.middleware import Call
 
 
-class HandlerTimeout(TimeoutError):
+class HandlerTimeout(MailbagError, TimeoutError):
     """The handler ran past its budget and was cancelled."""
 
 

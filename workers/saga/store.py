@@ -10,22 +10,19 @@ instead of silently overwriting a transition.
 from __future__ import annotations
 
 import json
-import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal, Protocol
-from urllib.parse import urlsplit
 
 import aiosqlite
 
-from mailbag.broker import mask_url
 from mailbag.broker.errors import StoreError
+from mailbag.broker.storage import check_identifier, fetch_sqlite, open_postgres_pool, open_sqlite, parse_url
 
 Status = Literal["running", "compensating", "completed", "compensated"]
 
 #: a saga in one of these still has a command outstanding (or a compensation to retry)
 ACTIVE: tuple[Status, ...] = ("running", "compensating")
-
-_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 
 class SagaConflict(StoreError):
@@ -108,139 +105,114 @@ def _schema(table: str, *, real: str, json: str) -> tuple[str, str]:
     )
 
 
-def _check_table(table: str) -> str:
-    if not _TABLE.match(table):
-        raise ValueError(f"invalid table name {table!r}: use letters, digits and '_'")
-    return table
+class _SqlSagaStore(ABC):
+    """The statements, written once; a backend runs them (`mark` is its parameter sign,
+    numbered: `?1` in SQLite, `$1` in PostgreSQL)."""
 
+    mark = "?"
 
-class SqliteSagaStore:
-    """Saga state in a SQLite file (WAL mode, so a reader in another process never
-    blocks the orchestrator). `:memory:` keeps it in the process only."""
+    def __init__(self, table: str) -> None:
+        t, p = table, self.mark
+        self._insert = (
+            f"INSERT INTO {t} ({_COLUMNS}) VALUES ({', '.join(f'{p}{i}' for i in range(1, 10))}) ON CONFLICT DO NOTHING"
+        )
+        self._get = f"SELECT {_COLUMNS} FROM {t} WHERE saga = {p}1 AND id = {p}2"
+        self._update = (
+            f"UPDATE {t} SET status = {p}1, step = {p}2, attempts = {p}3, deadline = {p}4, reason = {p}5,"
+            f" data = {p}6, version = {p}7 WHERE saga = {p}8 AND id = {p}9 AND version = {p}10"
+        )
+        active = f"SELECT {_COLUMNS} FROM {t} WHERE saga = {p}1 AND status IN ('running', 'compensating')"
+        self._active = f"{active} ORDER BY id"
+        self._due = f"{active} AND deadline <= {p}2 ORDER BY id"
 
-    def __init__(self, db: aiosqlite.Connection, table: str) -> None:
-        self._db = db
-        self._table = table
+    @abstractmethod
+    async def _write(self, sql: str, *args: Any) -> int:
+        """Run a statement; how many rows it changed."""
 
-    @classmethod
-    async def open(cls, path: str, table: str = "saga_states") -> SqliteSagaStore:
-        table = _check_table(table)
-        db = await aiosqlite.connect(path, isolation_level=None)  # autocommit: one statement, one transaction
-        await db.execute("PRAGMA journal_mode=WAL")
-        await db.execute("PRAGMA busy_timeout=5000")
-        for statement in _schema(table, real="REAL", json="TEXT"):
-            await db.execute(statement)
-        return cls(db, table)
+    @abstractmethod
+    async def _read(self, sql: str, *args: Any) -> list[Any]: ...
 
     async def insert(self, state: SagaState) -> bool:
-        cursor = await self._db.execute(
-            f"INSERT INTO {self._table} ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-            _row(state),
-        )
-        return cursor.rowcount == 1
+        return await self._write(self._insert, *_row(state)) == 1
 
     async def get(self, saga: str, saga_id: str) -> SagaState | None:
-        async with self._db.execute(
-            f"SELECT {_COLUMNS} FROM {self._table} WHERE saga = ? AND id = ?", (saga, saga_id)
-        ) as cursor:
-            row = await cursor.fetchone()
-        return None if row is None else _state(row)
+        rows = await self._read(self._get, saga, saga_id)
+        return _state(rows[0]) if rows else None
 
     async def update(self, state: SagaState) -> SagaState:
         new = state.evolve(version=state.version + 1)
-        cursor = await self._db.execute(
-            f"UPDATE {self._table} SET status = ?, step = ?, attempts = ?, deadline = ?, reason = ?, data = ?,"
-            " version = ? WHERE saga = ? AND id = ? AND version = ?",
-            (*_row(new)[2:], new.saga, new.id, state.version),
-        )
-        if cursor.rowcount != 1:
+        if await self._write(self._update, *_row(new)[2:], new.saga, new.id, state.version) != 1:
             raise SagaConflict(f"saga {state.saga}/{state.id} changed since version {state.version}")
         return new
 
     async def active(self, saga: str) -> list[SagaState]:
-        return await self._select("saga = ? AND status IN ('running', 'compensating')", (saga,))
+        return [_state(row) for row in await self._read(self._active, saga)]
 
     async def due(self, saga: str, now: float) -> list[SagaState]:
-        return await self._select("saga = ? AND status IN ('running', 'compensating') AND deadline <= ?", (saga, now))
+        return [_state(row) for row in await self._read(self._due, saga, now)]
 
-    async def _select(self, where: str, params: tuple[Any, ...]) -> list[SagaState]:
-        async with self._db.execute(f"SELECT {_COLUMNS} FROM {self._table} WHERE {where} ORDER BY id", params) as c:
-            return [_state(row) for row in await c.fetchall()]
+
+class SqliteSagaStore(_SqlSagaStore):
+    """Saga state in a SQLite file (WAL mode, so a reader in another process never
+    blocks the orchestrator). `:memory:` keeps it in the process only."""
+
+    def __init__(self, db: aiosqlite.Connection, table: str) -> None:
+        super().__init__(table)
+        self._db = db
+
+    @classmethod
+    async def open(cls, path: str, table: str = "saga_states") -> SqliteSagaStore:
+        table = check_identifier(table, "saga table")
+        db = await open_sqlite(path)  # autocommit: one statement, one transaction
+        for statement in _schema(table, real="REAL", json="TEXT"):
+            await db.execute(statement)
+        return cls(db, table)
+
+    async def _write(self, sql: str, *args: Any) -> int:
+        async with self._db.execute(sql, args) as cursor:
+            return cursor.rowcount
+
+    async def _read(self, sql: str, *args: Any) -> list[Any]:
+        return await fetch_sqlite(self._db, sql, *args)
 
     async def close(self) -> None:
         await self._db.close()
 
 
-class PostgresSagaStore:
-    """Saga state in PostgreSQL, for orchestrators that share it across processes."""
+class PostgresSagaStore(_SqlSagaStore):
+    """Saga state in PostgreSQL, for orchestrators that share it across processes
+    (JSONB data; asyncpg passes it as JSON text both ways)."""
+
+    mark = "$"
 
     def __init__(self, pool: Any, table: str) -> None:
+        super().__init__(table)
         self._pool = pool
-        self._table = table
 
     @classmethod
     async def open(cls, dsn: str, table: str = "saga_states") -> PostgresSagaStore:
-        import asyncpg  # the postgres extra; only this store needs it
-
-        table = _check_table(table)
-        try:
-            pool = await asyncpg.create_pool(dsn, min_size=1, max_size=4)
-        except (OSError, asyncpg.PostgresError) as exc:
-            raise ConnectionError(f"cannot reach PostgreSQL at {mask_url(dsn)}: {exc}") from None
+        table = check_identifier(table, "saga table")
+        pool = await open_postgres_pool(dsn, max_size=4)
         async with pool.acquire() as conn:
             for statement in _schema(table, real="DOUBLE PRECISION", json="JSONB"):
                 await conn.execute(statement)
         return cls(pool, table)
 
-    async def insert(self, state: SagaState) -> bool:
-        result = await self._pool.execute(
-            f"INSERT INTO {self._table} ({_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8::jsonb, $9)"
-            " ON CONFLICT DO NOTHING",
-            *_row(state),
-        )
-        return result == "INSERT 0 1"
+    async def _write(self, sql: str, *args: Any) -> int:
+        status = await self._pool.execute(sql, *args)  # e.g. "UPDATE 1", "INSERT 0 1"
+        return int(status.split()[-1])
 
-    async def get(self, saga: str, saga_id: str) -> SagaState | None:
-        row = await self._pool.fetchrow(
-            f"SELECT {_COLUMNS} FROM {self._table} WHERE saga = $1 AND id = $2", saga, saga_id
-        )
-        return None if row is None else _state(row)
-
-    async def update(self, state: SagaState) -> SagaState:
-        new = state.evolve(version=state.version + 1)
-        result = await self._pool.execute(
-            f"UPDATE {self._table} SET status = $1, step = $2, attempts = $3, deadline = $4, reason = $5,"
-            " data = $6::jsonb, version = $7 WHERE saga = $8 AND id = $9 AND version = $10",
-            *_row(new)[2:],
-            new.saga,
-            new.id,
-            state.version,
-        )
-        if result != "UPDATE 1":
-            raise SagaConflict(f"saga {state.saga}/{state.id} changed since version {state.version}")
-        return new
-
-    async def active(self, saga: str) -> list[SagaState]:
-        return await self._select("saga = $1 AND status IN ('running', 'compensating')", saga)
-
-    async def due(self, saga: str, now: float) -> list[SagaState]:
-        return await self._select("saga = $1 AND status IN ('running', 'compensating') AND deadline <= $2", saga, now)
-
-    async def _select(self, where: str, *params: Any) -> list[SagaState]:
-        rows = await self._pool.fetch(f"SELECT {_COLUMNS} FROM {self._table} WHERE {where} ORDER BY id", *params)
-        return [_state(row) for row in rows]
+    async def _read(self, sql: str, *args: Any) -> list[Any]:
+        return list(await self._pool.fetch(sql, *args))
 
     async def close(self) -> None:
         await self._pool.close()
 
 
 async def open_store(url: str, table: str = "saga_states") -> SagaStore:
-    """The store named by `url`: `sqlite:///relative.db` or `sqlite:////absolute/path.db`
-    (as SQLAlchemy spells them), `sqlite://` (in memory), or `postgresql://user@host/db`."""
-    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-    if scheme == "sqlite":
-        path = urlsplit(url).path
-        return await SqliteSagaStore.open(path[1:] if path.startswith("/") else ":memory:", table)
-    if scheme in ("postgresql", "postgres"):
-        return await PostgresSagaStore.open(url, table)
-    raise ValueError(f"unknown saga store URL {mask_url(url)!r}; expected sqlite:///path or postgresql://...")
+    """The store named by `url`: `sqlite:///relative.db`, `sqlite:////absolute.db` or
+    `sqlite://` (in memory), as SQLAlchemy reads them, or `postgresql://user@host/db`."""
+    parsed = parse_url(url, own=(), what="saga store")
+    if parsed.sqlite:
+        return await SqliteSagaStore.open(parsed.target, table)
+    return await PostgresSagaStore.open(parsed.target, table)

@@ -18,6 +18,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple
 
+from mailbag.broker.errors import ConfigurationError
 from mailbag.broker.url import mask_url
 
 
@@ -94,12 +95,14 @@ STORES = {
 
 
 async def open_store(url: str) -> IdempotencyStore:
-    """The store named by `url`: `memory://`, `sqlite:///path.db`, `redis://host:6379/0`,
-    `postgresql://user@host/db`, `dynamodb://TABLE?region=...&endpoint_url=...`."""
+    """The store named by `url`: `memory://`, `sqlite:///relative.db` or
+    `sqlite:////absolute.db` (SQLAlchemy's meaning, see `mailbag.broker.storage`),
+    `redis://host:6379/0`, `postgresql://user@host/db`,
+    `dynamodb://TABLE?region=...&endpoint_url=...`."""
     scheme = url.split("://", 1)[0].lower() if "://" in url else ""
     target = STORES.get(scheme)
     if target is None:
         known = ", ".join(f"{s}://" for s in STORES)
-        raise ValueError(f"unknown idempotency store URL {mask_url(url)!r}; expected one of {known}")
+        raise ConfigurationError(f"unknown idempotency store URL {mask_url(url)!r}; expected one of {known}")
     module_name, factory = target.split(":")
     return await getattr(importlib.import_module(module_name), factory)(url)

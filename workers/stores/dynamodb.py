@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
+from mailbag.broker.errors import ConfigurationError, StoreUnavailable
 from mailbag.broker.url import mask_url, query_options
 from mailbag.workers.stores import Claim, IdempotencyStore, new_token
 
@@ -120,12 +121,12 @@ def _expiry(at: float) -> dict[str, dict[str, str]]:
 async def open_store(url: str) -> DynamoDbStore:
     table = urlsplit(url).netloc or urlsplit(url).path.strip("/")
     if not table:
-        raise ValueError(f"the DynamoDB store URL names no table: {mask_url(url)!r}")
+        raise ConfigurationError(f"the DynamoDB store URL names no table: {mask_url(url)!r}")
     options = query_options(url)
     client = boto3.client("dynamodb", region_name=options.get("region"), endpoint_url=options.get("endpoint_url"))
     store = DynamoDbStore(client, table)
     try:
         await asyncio.to_thread(store.ensure_table)
     except (BotoCoreError, ClientError) as exc:
-        raise ConnectionError(f"cannot use DynamoDB table {table!r}: {exc}") from None
+        raise StoreUnavailable(f"cannot use DynamoDB table {table!r}: {exc}") from None
     return store

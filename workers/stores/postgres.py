@@ -9,15 +9,12 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import urlencode, urlsplit, urlunsplit
 
 import asyncpg
 
-from mailbag.broker.url import mask_url, query_options
+from mailbag.broker.errors import ConfigurationError
+from mailbag.broker.storage import open_postgres_pool, parse_url
 from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore
-
-#: our options in the URL; the rest of the query goes to asyncpg
-_OWN_OPTIONS = ("table", "pool")
 
 
 class PostgresStore(SqlStore):
@@ -38,25 +35,17 @@ class PostgresStore(SqlStore):
     async def fetch(self, conn: asyncpg.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         return [tuple(r) for r in await conn.fetch(sql, *args)]
 
-    async def begin(self, conn: asyncpg.Connection) -> None:
-        await conn.execute("BEGIN")
-
-    async def end(self, conn: asyncpg.Connection, commit: bool) -> None:
-        await conn.execute("COMMIT" if commit else "ROLLBACK")
-
     async def close(self) -> None:
         await self.pool.close()
 
 
 async def open_store(url: str) -> PostgresStore:
-    options = query_options(url)
-    parts = urlsplit(url)
-    rest = {k: v for k, v in options.items() if k not in _OWN_OPTIONS}
-    dsn = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-    try:
-        pool = await asyncpg.create_pool(dsn, min_size=1, max_size=int(options.get("pool", 10)))
-    except (OSError, asyncpg.PostgresError) as exc:
-        raise ConnectionError(f"cannot reach PostgreSQL at {mask_url(url)}: {exc}") from None
-    store = PostgresStore(pool, table=options.get("table", DEFAULT_TABLE))
+    """`postgresql://user@host/db?table=...&pool=10`; other query options go to asyncpg."""
+    parsed = parse_url(url, own=("table", "pool"), what="idempotency store")
+    pool_size = parsed.options.get("pool", "10")
+    if not pool_size.isdigit() or int(pool_size) < 1:
+        raise ConfigurationError(f"the idempotency store's pool= must be a whole number >= 1, not {pool_size!r}")
+    pool = await open_postgres_pool(parsed.target, max_size=int(pool_size))
+    store = PostgresStore(pool, table=parsed.options.get("table", DEFAULT_TABLE))
     await store.setup()
     return store

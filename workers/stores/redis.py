@@ -13,6 +13,7 @@ import json
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from mailbag.broker.errors import StoreUnavailable
 from mailbag.broker.url import mask_url, query_options
 from mailbag.workers.stores import Claim, IdempotencyStore, new_token
 
@@ -49,7 +50,9 @@ class RedisStore(IdempotencyStore):
         if await self.client.set(name, record, nx=True, px=_ms(lease)):
             return Claim("claimed", token)
         async with self.client.pipeline(transaction=True) as pipe:
-            current, ttl_ms = await pipe.get(name).pttl(name).execute()
+            pipe.get(name)
+            pipe.pttl(name)
+            current, ttl_ms = await pipe.execute()
         if current is None:
             return Claim("busy", retry_in=_RACE_RETRY)
         outcome = json.loads(current)["outcome"]
@@ -79,5 +82,5 @@ async def open_store(url: str) -> RedisStore:
         await client.ping()
     except (RedisError, OSError) as exc:
         await client.aclose()
-        raise ConnectionError(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
+        raise StoreUnavailable(f"cannot reach Redis at {mask_url(url)}: {exc}") from None
     return RedisStore(client, prefix)

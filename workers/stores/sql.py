@@ -10,7 +10,6 @@ sees the outcome.
 
 from __future__ import annotations
 
-import re
 import time
 from abc import abstractmethod
 from collections.abc import AsyncIterator, Callable
@@ -18,10 +17,10 @@ from contextlib import asynccontextmanager
 from functools import partial
 from typing import Any
 
+from mailbag.broker.storage import check_identifier
 from mailbag.workers.stores import Claim, Transaction, TransactionalStore, new_token
 
 DEFAULT_TABLE = "mailbag_idempotency"
-_TABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}$")
 
 #: a claim whose record vanished between two statements asks again this soon
 _RACE_RETRY = 0.05
@@ -32,13 +31,13 @@ class SqlStore(TransactionalStore):
     parameters, written with `mark` (`$` for PostgreSQL, `?` for SQLite)."""
 
     mark = "$"
+    #: opens a transaction that writes (SQLite's IMMEDIATE takes the write lock at once)
+    sql_begin = "BEGIN"
     #: how often expired records are swept out, in seconds
     SWEEP_EVERY = 600.0
 
     def __init__(self, table: str = DEFAULT_TABLE, clock: Callable[[], float] = time.time) -> None:
-        if not _TABLE.match(table):
-            raise ValueError(f"invalid idempotency table name {table!r}")
-        self.table = table
+        self.table = check_identifier(table, "idempotency table")
         self.clock = clock
         self._next_sweep = 0.0
         t, p = table, self.mark
@@ -66,11 +65,11 @@ class SqlStore(TransactionalStore):
     @abstractmethod
     async def fetch(self, conn: Any, sql: str, *args: Any) -> list[tuple[Any, ...]]: ...
 
-    @abstractmethod
-    async def begin(self, conn: Any) -> None: ...
+    async def begin(self, conn: Any) -> None:
+        await self.fetch(conn, self.sql_begin)
 
-    @abstractmethod
-    async def end(self, conn: Any, commit: bool) -> None: ...
+    async def end(self, conn: Any, commit: bool) -> None:
+        await self.fetch(conn, "COMMIT" if commit else "ROLLBACK")
 
     # -- the contract -----------------------------------------------------------
 

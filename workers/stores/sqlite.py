@@ -1,74 +1,45 @@
 """The SQLite idempotency store (`sqlite:///path.db`), the default on one host.
 
 Every process on the host that opens the same file shares the records (WAL mode, a
-busy timeout instead of errors under contention). In transactional mode the handler
-writes through the store's connection into the same file, and `BEGIN IMMEDIATE`
-makes concurrent transactions take turns.
+busy timeout instead of errors under contention; see `mailbag.broker.storage`). In
+transactional mode the handler writes through the store's connection into the same
+file, and `BEGIN IMMEDIATE` makes concurrent transactions take turns.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import aiosqlite
 
-from mailbag.broker.url import query_options
+from mailbag.broker.storage import SqliteConnections, fetch_sqlite, parse_url
 from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore
-
-BUSY_TIMEOUT_MS = 30_000
 
 
 class SqliteStore(SqlStore):
     mark = "?"
+    sql_begin = "BEGIN IMMEDIATE"
 
     def __init__(self, path: str | Path, table: str = DEFAULT_TABLE, **kw: Any) -> None:
         super().__init__(table, **kw)
         self.path = str(path)
-        self._idle: list[aiosqlite.Connection] = []
-        self._open: set[aiosqlite.Connection] = set()
+        self._connections = SqliteConnections(self.path)
 
-    async def _connect(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self.path, isolation_level=None)
-        await conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        self._open.add(conn)
-        return conn
-
-    @asynccontextmanager
-    async def connection(self) -> AsyncIterator[aiosqlite.Connection]:
-        conn = self._idle.pop() if self._idle else await self._connect()
-        try:
-            yield conn
-        except BaseException:
-            self._open.discard(conn)
-            await conn.close()
-            raise
-        self._idle.append(conn)
+    def connection(self) -> AbstractAsyncContextManager[aiosqlite.Connection]:
+        return self._connections.connection()
 
     async def fetch(self, conn: aiosqlite.Connection, sql: str, *args: Any) -> list[tuple[Any, ...]]:
-        async with conn.execute(sql, args) as cursor:
-            return list(await cursor.fetchall())
-
-    async def begin(self, conn: aiosqlite.Connection) -> None:
-        await conn.execute("BEGIN IMMEDIATE")
-
-    async def end(self, conn: aiosqlite.Connection, commit: bool) -> None:
-        await conn.execute("COMMIT" if commit else "ROLLBACK")
+        return await fetch_sqlite(conn, sql, *args)
 
     async def close(self) -> None:
-        self._idle.clear()
-        while self._open:
-            await self._open.pop().close()
+        await self._connections.close()
 
 
 async def open_store(url: str) -> SqliteStore:
-    path = urlsplit(url).path[1:] or "mailbag-idempotency.sqlite3"
-    if path != ":memory:":
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-    store = SqliteStore(path, table=query_options(url).get("table", DEFAULT_TABLE))
+    """`sqlite:///relative.db` or `sqlite:////absolute.db` (SQLAlchemy's meaning), `?table=`."""
+    parsed = parse_url(url, what="idempotency store")
+    store = SqliteStore(parsed.target, table=parsed.options.get("table", DEFAULT_TABLE))
     await store.setup()
     return store
