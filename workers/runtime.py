@@ -26,6 +26,7 @@ from typing import Any
 from mailbag.broker import Broker, Delivery, DeliveryReleased, tracing
 from mailbag.broker.base import Consumer
 from mailbag.broker.codec import PayloadError, decode
+from mailbag.broker.errors import MailbagError
 from mailbag.workers.app import App, Handler
 from mailbag.workers.context import Context
 from mailbag.workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
@@ -346,8 +347,9 @@ class Worker:
             log.error("giving the message back failed", extra=_where(delivery, error=f"{type(exc).__name__}: {exc}"))
 
 
-class _Refused(Exception):
-    """A delivery no handler may run: no handler for its topic, or a payload that does not decode."""
+class _Refused(MailbagError):
+    """A delivery no handler may run: no handler for its topic, or a payload that does not
+    decode. Never leaves the runtime: it becomes a dead-letter outcome."""
 
 
 _SETTLEMENTS: dict[str, Settlement] = {

@@ -34,8 +34,9 @@ UNIT = 0.01
 LEVELS = 28
 #: longest delay, in seconds
 MAX_DELAY = UNIT * (2**LEVELS - 1)
-#: the work queue a delayed message is for (taken out again when it is received)
-TARGET = "x-mailbag-delay-target"
+#: the work queue a delayed message is for (taken out again when it is received). Not
+#: `x-`: a headers exchange leaves headers starting with `x-` out of its matching
+TARGET = "mailbag-delay-target"
 
 
 def prefix_for(kind: str) -> str:

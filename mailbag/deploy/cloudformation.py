@@ -65,8 +65,8 @@ _RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
 
 # What the adapter calls, as IAM actions (a *Batch call needs the action it batches):
 # consuming receives, deletes on ack, changes visibility on retry, heartbeat and close,
-# reads attributes to find the DLQ and count, and sends to its DLQ and (postponing) to
-# itself. A starting worker declares its topology, which on a deployed one only reads:
+# reads attributes (and tags: a queue's topics) to find the DLQ and count, and sends to
+# its DLQ and (postponing) to itself. A starting worker declares its topology, which on a deployed one only reads:
 # queue attributes, and its topics' subscriptions. Listing has no resource to scope
 # to: opening a broker lists queues, and publishing finds a topic's ARN by listing.
 _CONSUME = [
@@ -75,9 +75,10 @@ _CONSUME = [
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
     "sqs:GetQueueUrl",
+    "sqs:ListQueueTags",
     "sqs:SendMessage",
 ]
-_LOOK_UP = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+_LOOK_UP = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ListQueueTags"]
 _SEND = ["sqs:SendMessage", *_LOOK_UP]
 _DRAIN = [
     "sqs:ReceiveMessage",

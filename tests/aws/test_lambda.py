@@ -436,7 +436,7 @@ async def test_a_fifo_follower_held_back_behind_a_failing_head_is_charged_no_att
             break
         head_alive = sum(r[0] == "head" for r in runs) < 3
         event = receive_event(sqs, url, 2 if head_alive else 1, timeout=10)  # the whole group while it has two
-        settle_like_lambda(sqs, url, event, await invoke(handler, event))
+        settle_like_lambda(sqs, url, event, await outcome(handler, event))  # a wholly failed batch raises
     # Then the head ran exactly 3 times and was dead-lettered, and the follower started at attempt 1
     assert [r for r in runs if r[0] == "head"] == [("head", 1), ("head", 2), ("head", 3)]
     assert [r for r in runs if r[0] == "follower"] == [("follower", 1), ("follower", 2)]

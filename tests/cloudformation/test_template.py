@@ -42,7 +42,10 @@ def test_fifo_topics_and_queues_redrive_and_names_follow_the_adapter():
         "deadLetterTargetArn": {"Fn::GetAtt": ["QueueLedgerV1Dlq", "Arn"]},
         "maxReceiveCount": 3 + REDRIVE_HEADROOM,
     }
-    assert ledger["Tags"] == [{"Key": "mailbag-name", "Value": "ledger.v1"}]
+    assert ledger["Tags"] == [
+        {"Key": "mailbag-name", "Value": "ledger.v1"},
+        {"Key": "mailbag-topics", "Value": "payments"},  # a plain client's message is of the queue's topic
+    ]
     assert queues["dev-audit"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 7 + REDRIVE_HEADROOM
     assert queues["dev-eu_orders"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"] == {
         "Fn::GetAtt": ["QueueEuParked", "Arn"]
@@ -120,6 +123,7 @@ def test_the_worker_role_reaches_only_its_own_queues_and_topics():
         "sqs:ChangeMessageVisibility": queues,
         "sqs:SendMessage": queues | dead,
         "sqs:GetQueueAttributes": queues | dead,
+        "sqs:ListQueueTags": queues | dead,
         "sqs:GetQueueUrl": queues | dead | PROBED,
         "sns:Publish": topics,
         "sns:ListSubscriptionsByTopic": topics,
@@ -150,6 +154,7 @@ def test_the_replay_role_drains_dead_letters_and_sends_only_to_their_queues():
         "sqs:ChangeMessageVisibility": dead,
         "sqs:SendMessage": queues,
         "sqs:GetQueueAttributes": queues | dead,
+        "sqs:ListQueueTags": queues | dead,
         "sqs:GetQueueUrl": queues | dead | PROBED,
     }
 
