@@ -94,8 +94,7 @@ class Broker(ABC):
         """Put the messages straight into one queue, bypassing topics (replay, repair).
         Confirmed like `publish`. With `delay` > 0 they become deliverable only after
         that many seconds. Each is a new message to the broker: its attempt starts at 1
-        (the worker puts a message back this way when it must wait without using up an
-        attempt)."""
+        (a dead-letter replay sends this way)."""
 
     @abstractmethod
     def consume(self, queue: str, prefetch: int = 10) -> Consumer:

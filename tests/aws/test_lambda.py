@@ -12,7 +12,7 @@ from pydantic import BaseModel
 from mailbag.broker import Message, RetryPolicy
 from mailbag.broker import headers as h
 from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
-from mailbag.workers import App, Context, RetryLater, WorkerSettings
+from mailbag.workers import App, Context, Postpone, RetryLater, WorkerSettings
 from mailbag.workers.aws_lambda import BatchFailed, handler_for
 from tests.aws.events import (
     LambdaContext,
@@ -442,3 +442,29 @@ async def test_a_fifo_follower_held_back_behind_a_failing_head_is_charged_no_att
     assert [r for r in runs if r[0] == "follower"] == [("follower", 1), ("follower", 2)]
     dlq = queue_url(sqs, f"{prefix}shop_ledger_dlq.fifo")
     assert visible_count(sqs, dlq) == 1
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_a_postponed_record_comes_back_without_using_an_attempt(broker, sqs, prefix, lambda_for, ordered):
+    # Given a handler that postpones its message twice (its dependency's circuit is open), on a queue of 2 attempts
+    runs: list[int] = []
+    app = App("shop")
+
+    @app.handler(TOPIC, queue="shop.ledger", ordered=ordered, retry=RetryPolicy(max_attempts=2, initial_delay=0))
+    async def book(entry: dict, ctx: Context) -> None:
+        runs.append(ctx.attempt)
+        if len(runs) <= 2:
+            raise Postpone(0, "circuit open")
+
+    await broker.declare(app.topology)
+    await broker.publish(TOPIC, [Message(TOPIC, b'{"name": "a"}', ordering_key="k")])
+    url = queue_url(sqs, f"{prefix}shop_ledger" + (".fifo" if ordered else ""))
+    handler = lambda_for(app)
+    # When SQS hands it over three times (FIFO: hidden and back; standard: a delayed copy)
+    for _ in range(3):
+        event = receive_event(sqs, url, 1, timeout=10)
+        settle_like_lambda(sqs, url, event, await outcome(handler, event))
+    # Then every run was attempt 1, and nothing was dead-lettered
+    assert runs == [1, 1, 1]
+    dlq = queue_url(sqs, f"{prefix}shop_ledger_dlq" + (".fifo" if ordered else ""))
+    assert visible_count(sqs, dlq) == 0

@@ -24,16 +24,17 @@ def demo(*args: str) -> str:
     return result.stdout
 
 
-def events(out: str) -> tuple[dict[str, list[str]], str]:
-    """Each order's events in the order they happened (orders run concurrently, so only
-    the order within one is fixed), and the summary line."""
-    per_order: dict[str, list[str]] = {}
+def events(out: str) -> tuple[dict[tuple[str, str], list[str]], str]:
+    """What each service did for each order, in the order it did it (orders run
+    concurrently, and services reacting to one event run concurrently, so only the
+    order within one service's work on one order is fixed), and the summary line."""
+    done: dict[tuple[str, str], list[str]] = {}
     for line in out.splitlines():
         found = LINE.match(line)
         if found:
             service, order, what = found.groups()
-            per_order.setdefault(order, []).append(f"{service}: {what}")
-    return per_order, out.strip().splitlines()[-1]
+            done.setdefault((order, service), []).append(what)
+    return done, out.strip().splitlines()[-1]
 
 
 @pytest.mark.parametrize("mode", ["choreography", "saga"])
