@@ -169,12 +169,9 @@ async def test_a_retry_comes_back_no_earlier_than_its_delay_and_within_the_bound
 
 # -- messages from plain clients --------------------------------------------------------
 
-#: said where no plain client can reach the broker
-IN_PROCESS = "memory:// lives in one process: every message in it was made by mailbag"
-
 
 async def _publish_plain(env, topic: str, queue: str, body: bytes, headers: dict | None = None) -> None:
-    if env.plain_publish is None:  # the closest there is: a message with nothing but a body
+    if env.plain_publish is None:  # memory:// lives in one process: the closest is a message with only a body
         await env.broker.publish(topic, [Message(topic, body, headers=headers or {})])
     else:
         await env.plain_publish(topic, queue, body, headers or {})
