@@ -25,6 +25,7 @@ from typing import Any
 
 from mailbag.broker import Broker, Delivery, DeliveryReleased, tracing
 from mailbag.broker.base import Consumer
+from mailbag.broker.clock import Clock
 from mailbag.broker.codec import PayloadError, decode
 from mailbag.broker.errors import MailbagError
 from mailbag.workers.app import App, Handler
@@ -46,7 +47,9 @@ class Worker:
     replaces the app's own middleware (it still runs inside the built-in chain).
     `store` is the idempotency store (default: opened from the settings, and closed
     with the worker). With `metrics`, the worker records what it does there and
-    polls its queues' depths (see `mailbag.workers.metrics`); without, it records nothing."""
+    polls its queues' depths (see `mailbag.workers.metrics`); without, it records nothing.
+    `clock` times circuit resets and handler timeouts: the real one unless given (a
+    `ManualClock` shared with the memory broker runs the worker in virtual time)."""
 
     def __init__(
         self,
@@ -61,6 +64,7 @@ class Worker:
         settings: WorkerSettings | None = None,
         store: IdempotencyStore | None = None,
         metrics: Metrics | None = None,
+        clock: Clock | None = None,
     ) -> None:
         overrides: dict[str, Any] = {
             k: v
@@ -89,6 +93,7 @@ class Worker:
         self.store = store
         self._owns_store = store is None
         self.metrics = metrics
+        self.clock = clock
         self._poller: asyncio.Task[None] | None = None
         self._own_middleware = list(middleware if middleware is not None else app.middleware)
         #: (topic, queue) -> the handler and its chain
@@ -139,7 +144,7 @@ class Worker:
             )
         policies = {q.name: q.retry for q in topology.queues}
         middleware = default_chain(
-            self.settings, self.store, policies, self.app.breakers, self._own_middleware, self.metrics
+            self.settings, self.store, policies, self.app.breakers, self._own_middleware, self.metrics, self.clock
         )
         self._calls = {(h.topic, h.queue): (h, chain(middleware, h, h)) for h in self.app.handlers.values()}
 

@@ -12,6 +12,7 @@ from pydantic import BaseModel
 from mailbag.broker import Message, RetryPolicy
 from mailbag.broker import headers as h
 from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
+from mailbag.testing import sqs_event
 from mailbag.workers import App, Context, Postpone, RetryLater, WorkerSettings
 from mailbag.workers.aws_lambda import BatchFailed, handler_for
 from tests.aws.events import (
@@ -19,7 +20,6 @@ from tests.aws.events import (
     failed_ids,
     queue_arn,
     queue_url,
-    receive_event,
     settle_like_lambda,
     visible_count,
 )
@@ -92,7 +92,7 @@ async def test_a_batch_that_succeeds_reports_no_failure_whatever_the_sns_deliver
     # When three orders are published and the batch is handed to the function
     sent = [order(i, headers={"tenant": "acme"}, correlation_id="flow-1") for i in range(3)]
     await broker.publish(TOPIC, sent)
-    event = receive_event(sqs, url, 3)
+    event = sqs_event(url, 3, client=sqs)
     body = json.loads(event["Records"][0]["body"])
     assert (body.get("Type") == "Notification") == (delivery == "envelope")
     answer = await invoke(lambda_for(app), event)
@@ -114,7 +114,7 @@ async def test_only_the_failed_record_is_reported_and_it_comes_back_after_its_ba
     url = queue_url(sqs, f"{prefix}shop_orders")
     handler = lambda_for(app)
     # When the batch runs
-    event = receive_event(sqs, url, 3)
+    event = sqs_event(url, 3, client=sqs)
     answer = await invoke(handler, event)
     # Then only order 1's record is reported
     by_message = {json.loads(r["body"])["n"]: r["messageId"] for r in event["Records"]}
@@ -123,7 +123,7 @@ async def test_only_the_failed_record_is_reported_and_it_comes_back_after_its_ba
     # And it is visible again at once (its visibility was set to the 0 s backoff) with
     # attempt 2, and succeeds then
     fail.clear()
-    again = receive_event(sqs, url, 1, timeout=5)
+    again = sqs_event(url, 1, timeout=5, client=sqs)
     [rec] = again["Records"]
     assert rec["messageId"] == by_message[1] and rec["attributes"]["ApproximateReceiveCount"] == "2"
     answer = await invoke(handler, again)
@@ -151,7 +151,7 @@ async def test_fifo_batch_stops_a_group_at_its_first_failure_and_reports_the_res
     url = queue_url(sqs, f"{prefix}shop_ledger.fifo")
     handler = lambda_for(app)
     # When the batch runs
-    event = receive_event(sqs, url, 5)
+    event = sqs_event(url, 5, client=sqs)
     assert event["Records"][0]["eventSourceARN"].endswith(".fifo")
     answer = await invoke(handler, event)
     # Then group A stops at A2: A2 and A3 are reported, A3 never ran; group B went on
@@ -162,7 +162,7 @@ async def test_fifo_batch_stops_a_group_at_its_first_failure_and_reports_the_res
     # And the group comes back in order, A2 (attempt 2) before A3
     settle_like_lambda(sqs, url, event, answer)
     fail.clear()
-    again = receive_event(sqs, url, 2, timeout=5)
+    again = sqs_event(url, 2, timeout=5, client=sqs)
     assert [json.loads(r["body"])["name"] for r in again["Records"]] == ["A2", "A3"]
     assert again["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
     assert await invoke(handler, again) == {"batchItemFailures": []}
@@ -181,7 +181,7 @@ async def test_a_batch_whose_every_record_fails_raises_or_reports_them_all_per_s
     url = queue_url(sqs, f"{prefix}shop_orders")
     handler = lambda_for(app, raise_on_entire_batch_failure=raising)
     # When the batch runs
-    event = receive_event(sqs, url, 3)
+    event = sqs_event(url, 3, client=sqs)
     ids = sorted(r["messageId"] for r in event["Records"])
     if raising:
         # Then (the default) the invocation raises, naming every record, so Lambda backs off
@@ -195,7 +195,7 @@ async def test_a_batch_whose_every_record_fails_raises_or_reports_them_all_per_s
     assert sorted(s[0] for s in seen) == [0, 1, 2]
     # And either way nothing is deleted: each record comes back after its backoff, attempt 2
     settle_like_lambda(sqs, url, event, answer)
-    again = receive_event(sqs, url, 3, timeout=5)
+    again = sqs_event(url, 3, timeout=5, client=sqs)
     assert sorted(r["messageId"] for r in again["Records"]) == ids
     assert {r["attributes"]["ApproximateReceiveCount"] for r in again["Records"]} == {"2"}
 
@@ -206,7 +206,7 @@ async def test_a_batch_where_some_records_fail_is_answered_not_raised(broker, sq
     await broker.declare(app.topology)
     await broker.publish(TOPIC, [order(0), order(1)])
     url = queue_url(sqs, f"{prefix}shop_orders")
-    event = receive_event(sqs, url, 2)
+    event = sqs_event(url, 2, client=sqs)
     # When the batch runs with the default setting, Then it answers with the failed one only
     answer = await invoke(lambda_for(app), event)
     assert len(failed_ids(answer)) == 1
@@ -232,7 +232,7 @@ async def test_strict_fifo_reports_the_failing_record_and_every_later_record_of_
     url = queue_url(sqs, f"{prefix}shop_ledger.fifo")
     handler = lambda_for(app, fifo="batch")
     # When the batch runs
-    event = receive_event(sqs, url, 5)
+    event = sqs_event(url, 5, client=sqs)
     order_in_batch = [json.loads(r["body"])["name"] for r in event["Records"]]
     answer = await invoke(handler, event)
     # Then the records ran one at a time in batch order up to A2, and A2 and every record
@@ -244,7 +244,7 @@ async def test_strict_fifo_reports_the_failing_record_and_every_later_record_of_
     # And they come back in the same order, A2 on attempt 2
     settle_like_lambda(sqs, url, event, answer)
     fail.clear()
-    again = receive_event(sqs, url, len(order_in_batch) - stop, timeout=5)
+    again = sqs_event(url, len(order_in_batch) - stop, timeout=5, client=sqs)
     assert sorted(json.loads(r["body"])["name"] for r in again["Records"]) == sorted(order_in_batch[stop:])
     assert await invoke(handler, again) == {"batchItemFailures": []}
 
@@ -275,7 +275,7 @@ async def test_invalid_and_undecodable_records_go_to_the_dlq_with_their_reason_a
         MessageAttributes={"mailbag.body-encoding": {"DataType": "String", "StringValue": "base64"}},
     )
     # When the batch runs
-    event = receive_event(sqs, url, 2)
+    event = sqs_event(url, 2, client=sqs)
     answer = await invoke(lambda_for(app), event)
     # Then neither is reported (Lambda deletes them), the handler never ran, and both
     # wait in the DLQ with the reason
@@ -301,10 +301,10 @@ async def test_a_redelivered_record_runs_its_handler_once_with_the_dynamodb_stor
     url = queue_url(sqs, f"{prefix}shop_orders")
     handler = lambda_for(app, idempotency_url=f"dynamodb://idem-{uuid.uuid4().hex[:8]}?region={REGION}")
     # When the record is handled, but SQS delivers it again (at least once)
-    first = receive_event(sqs, url, 1)
+    first = sqs_event(url, 1, client=sqs)
     assert await invoke(handler, first) == {"batchItemFailures": []}
     sqs.change_message_visibility(QueueUrl=url, ReceiptHandle=first["Records"][0]["receiptHandle"], VisibilityTimeout=0)
-    second = receive_event(sqs, url, 1, timeout=5)
+    second = sqs_event(url, 1, timeout=5, client=sqs)
     assert second["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
     answer = await invoke(handler, second)
     # Then the handler ran once and the duplicate is settled, not reported
@@ -341,7 +341,7 @@ async def test_retries_stop_at_the_queues_max_receive_count_and_the_message_land
     # record, so the invocation raises) and its backoff
     answers = []
     for attempt in (1, 2, 3):
-        event = receive_event(sqs, url, 1, timeout=5)
+        event = sqs_event(url, 1, timeout=5, client=sqs)
         assert event["Records"][0]["attributes"]["ApproximateReceiveCount"] == str(attempt)
         answers.append(await outcome(handler, event))
         settle_like_lambda(sqs, url, event, answers[-1])
@@ -367,12 +367,12 @@ async def test_records_still_running_near_the_lambda_timeout_are_reported_and_re
     await broker.publish(TOPIC, [sent])
     url = queue_url(sqs, f"{prefix}shop_orders")
     handler = lambda_for(app, margin=1.0, raise_on_entire_batch_failure=False)
-    event = receive_event(sqs, url, 1)
+    event = sqs_event(url, 1, client=sqs)
     # When it runs
     answer = await invoke(handler, event, seconds_left=1.5)
     # Then the function answers in time, reporting the record, which is visible again at once
     assert failed_ids(answer) == [event["Records"][0]["messageId"]]
-    again = receive_event(sqs, url, 1, timeout=5)
+    again = sqs_event(url, 1, timeout=5, client=sqs)
     assert again["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
 
 
@@ -435,7 +435,7 @@ async def test_a_fifo_follower_held_back_behind_a_failing_head_is_charged_no_att
         if ("follower", 2) in runs:
             break
         head_alive = sum(r[0] == "head" for r in runs) < 3
-        event = receive_event(sqs, url, 2 if head_alive else 1, timeout=10)  # the whole group while it has two
+        event = sqs_event(url, 2 if head_alive else 1, timeout=10, client=sqs)  # the whole group while it has two
         settle_like_lambda(sqs, url, event, await outcome(handler, event))  # a wholly failed batch raises
     # Then the head ran exactly 3 times and was dead-lettered, and the follower started at attempt 1
     assert [r for r in runs if r[0] == "head"] == [("head", 1), ("head", 2), ("head", 3)]
@@ -462,7 +462,7 @@ async def test_a_postponed_record_comes_back_without_using_an_attempt(broker, sq
     handler = lambda_for(app)
     # When SQS hands it over three times (FIFO: hidden and back; standard: a delayed copy)
     for _ in range(3):
-        event = receive_event(sqs, url, 1, timeout=10)
+        event = sqs_event(url, 1, timeout=10, client=sqs)
         settle_like_lambda(sqs, url, event, await outcome(handler, event))
     # Then every run was attempt 1, and nothing was dead-lettered
     assert runs == [1, 1, 1]

@@ -15,10 +15,11 @@ import pytest
 
 from mailbag.broker import Message
 from mailbag.broker.sqs import open_broker
+from mailbag.testing import LambdaContext, sqs_event
 from mailbag.workers import WorkerSettings
 from mailbag.workers.aws_lambda import handler_for
 from tests.aws.dying_invocation import QUEUE, TOPIC, orders_app
-from tests.aws.events import LambdaContext, queue_url, receive_event
+from tests.aws.events import queue_url
 from tests.moto_server import REGION, delete_prefixed, dummy_aws_credentials, moto_server  # noqa: F401
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -58,7 +59,7 @@ async def test_a_dead_invocations_lease_does_not_stop_the_next_delivery_from_run
         await broker.publish(TOPIC, [Message(TOPIC, json.dumps({"order": "o-1"}).encode())])
     sqs = boto3.client("sqs", region_name=REGION, endpoint_url=moto_server)
     url = queue_url(sqs, f"{prefix}{QUEUE.replace('.', '_')}")
-    first = receive_event(sqs, url, 1)
+    first = sqs_event(url, 1, client=sqs)
     # When an invocation with 1 s left claims the record and dies in its handler
     event_file = tmp_path / "event.json"
     event_file.write_text(json.dumps(first))
@@ -73,7 +74,7 @@ async def test_a_dead_invocations_lease_does_not_stop_the_next_delivery_from_run
     )
     assert died.returncode == -9, died.stderr
     # Then SQS delivers the record again once its visibility ends ...
-    again = receive_event(sqs, url, 1, timeout=VISIBILITY + 10)
+    again = sqs_event(url, 1, timeout=VISIBILITY + 10, client=sqs)
     assert again["Records"][0]["attributes"]["ApproximateReceiveCount"] == "2"
     # ... and the next invocation runs the handler (the dead run's lease has ended), once
     settings = WorkerSettings(**{k.removeprefix("MAILBAG_").lower(): v for k, v in env.items()})

@@ -19,9 +19,9 @@ from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
 from mailbag.deploy.cloudformation import LambdaFunctions, template
 from mailbag.dlq import DeadLetters
 from mailbag.examples.orders.app import app as orders_app
+from mailbag.testing import LambdaContext, sqs_event
 from mailbag.workers import App, Context, Reject, WorkerSettings
 from mailbag.workers.aws_lambda import handler_for
-from tests.aws.events import LambdaContext, receive_event
 from tests.cloudformation.stack import deploy
 from tests.cloudformation.topologies import everything
 from tests.conformance.env import drain, eventually, next_delivery
@@ -336,7 +336,7 @@ async def test_a_functions_role_allows_what_its_trigger_and_the_entry_point_call
         await publisher.publish(
             "orders.created", [Message("orders.created", json.dumps({"n": n}).encode()) for n in range(3)]
         )
-    event = receive_event(sqs, url, 3)
+    event = sqs_event(url, 3, client=sqs)
     settings = WorkerSettings(broker_url=f"sqs://?region={REGION}&prefix=svc-", retry_jitter=False)
     handler = handler_for(app, settings=settings)
     try:

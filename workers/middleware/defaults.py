@@ -20,6 +20,7 @@ from collections.abc import Mapping, Sequence
 
 from mailbag.broker import RetryPolicy
 from mailbag.broker.breaker import BreakerPolicy
+from mailbag.broker.clock import Clock, RealClock
 from mailbag.workers.metrics import Metrics
 from mailbag.workers.middleware import Middleware
 from mailbag.workers.middleware.breaker import Breakers
@@ -40,14 +41,17 @@ def default_chain(
     breakers: Mapping[str, BreakerPolicy],
     own: Sequence[Middleware] = (),
     metrics: Metrics | None = None,
+    clock: Clock | None = None,
 ) -> list[Middleware]:
+    """`clock` times circuit resets and handler budgets (default: the real one)."""
+    clock = clock or RealClock()
     return [
         Tracing(),
         *([Measure(metrics)] if metrics is not None else []),
         Correlation(),
         Idempotency(store, ttl=settings.idempotency_ttl, lease=settings.idempotency_lease),
         Retry(queue_policies, jitter=None if settings.retry_jitter else (lambda ceiling: ceiling)),
-        Breakers(BreakerPolicy(settings.breaker_failures, settings.breaker_reset_after), breakers),
-        Timeout(settings.handler_timeout),
+        Breakers(BreakerPolicy(settings.breaker_failures, settings.breaker_reset_after), breakers, clock.now),
+        Timeout(settings.handler_timeout, clock),
         *own,
     ]

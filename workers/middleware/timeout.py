@@ -7,9 +7,9 @@ failed and retried all the same, but the thread runs on to its end.
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+from mailbag.broker.clock import Clock, RealClock
 from mailbag.broker.errors import MailbagError
 from mailbag.workers.context import Context
 from mailbag.workers.middleware import Call
@@ -20,19 +20,20 @@ class HandlerTimeout(MailbagError, TimeoutError):
 
 
 class Timeout:
-    """Budget per handler: its own `timeout`, else `default` (None: no limit)."""
+    """Budget per handler: its own `timeout`, else `default` (None: no limit), measured
+    on `clock` (the worker's)."""
 
-    def __init__(self, default: float | None = None) -> None:
+    def __init__(self, default: float | None = None, clock: Clock | None = None) -> None:
         self.default = default
+        self.clock: Clock = clock or RealClock()
 
     def applies_to(self, handler: Any) -> bool:
         return (handler.timeout or self.default) is not None
 
     async def __call__(self, ctx: Context, call_next: Call) -> Any:
         budget = ctx.handler.timeout or self.default
-        scope = asyncio.timeout(budget)
         try:
-            async with scope:
+            async with self.clock.timeout(budget) as scope:
                 return await call_next(ctx)
         except TimeoutError as exc:
             if not scope.expired():

@@ -46,6 +46,7 @@ from mailbag.workers.context import Context
 from mailbag.workers.errors import Reject
 from mailbag.workers.runtime import Worker
 from mailbag.workers.saga.store import SagaConflict, SagaState, SagaStore
+from mailbag.workers.stores.memory import MemoryStore
 
 log = logging.getLogger("mailbag.saga")
 
@@ -145,6 +146,9 @@ class WallClock:
     async def sleep_until(self, deadline: float) -> None:
         await asyncio.sleep(max(0.0, deadline - time.time()))
 
+    def timeout(self, seconds: float | None) -> asyncio.Timeout:
+        return asyncio.timeout(seconds)
+
 
 async def reply(ctx: Context, event: Any) -> str:
     """Answer the saga command `ctx` is handling with `event` (a pydantic model: its
@@ -187,9 +191,10 @@ class Orchestrator:
         self.tick = tick
         self.listener = listener
         self.app = App(saga.name, topics=(*saga.command_topics, saga.finished_topic))
-        # no idempotency record: the saga's state already tells a repeated reply (stale) apart
+        # no idempotency record: the saga's state already tells a repeated reply (stale) apart,
+        # so the worker needs no store of its own (none is opened on the host's disk)
         self.app.handler(saga.reply_topic, queue=saga.reply_topic, retry=REPLY_RETRY, idempotency=False)(self._on_reply)
-        self._worker = Worker(self.app, broker, concurrency=concurrency)
+        self._worker = Worker(self.app, broker, concurrency=concurrency, store=MemoryStore(), clock=self.clock)
         self._locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._timer: asyncio.Task[None] | None = None
 
