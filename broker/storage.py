@@ -9,12 +9,13 @@ A SQLite URL means what it means in SQLAlchemy:
 - `sqlite://` or `sqlite:///:memory:`: in memory, gone with the process.
 
 Every SQLite connection runs in WAL mode (readers never block the writer, and other
-processes on the host share the file) with `synchronous=FULL`: a commit returns once
-the write-ahead log is on disk, so a power cut loses no committed transaction (a
-transactional handler's writes are committed together with the record that acks its
-message). Stores that write a lot batch their statements into one transaction (group
-commit) so the disk flush is paid once per batch, not once per message. A busy
-timeout makes a writer wait its turn instead of failing under contention.
+processes on the host share the file) with `synchronous=FULL` unless its user says
+otherwise: a commit returns once the write-ahead log is on disk, so a power cut loses
+no committed transaction (a transactional handler's writes are committed together
+with the record that acks its message). `synchronous=NORMAL` (the idempotency store's
+ordinary records, see `mailbag.workers.stores.sqlite`) survives a crash of the process
+but may lose the last commits before a power cut or an OS crash. A busy timeout makes
+a writer wait its turn instead of failing under contention.
 
 aiosqlite and asyncpg are imported when a connection is opened, never at `import
 mailbag` time: an application that uses neither does not load them.
@@ -22,13 +23,15 @@ mailbag` time: an application that uses neither does not load them.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
 from mailbag.broker.errors import ConfigurationError, StoreUnavailable
@@ -37,6 +40,8 @@ from mailbag.broker.url import mask_url, query_options
 if TYPE_CHECKING:
     import aiosqlite
     import asyncpg
+
+T = TypeVar("T")
 
 #: SQLite's name for a database that lives in the process only
 MEMORY = ":memory:"
@@ -108,25 +113,81 @@ def check_identifier(name: str, what: str = "table", *, qualified: bool = False)
 # -- SQLite -----------------------------------------------------------------------
 
 
+#: what every SQLite connection runs first (see the module text)
+PRAGMAS = (
+    f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = FULL",
+)
+
+
+def connect_blocking(path: str, *, synchronous: str = "FULL", busy_timeout: float = BUSY_TIMEOUT) -> sqlite3.Connection:
+    """A blocking autocommit `sqlite3` connection in WAL mode, for work that runs a
+    whole transaction in one call; `synchronous` and `busy_timeout` as the caller
+    needs (see the module text for what `NORMAL` may lose)."""
+    try:
+        _make_folder(path)
+        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(f"PRAGMA synchronous = {synchronous}")
+    except (OSError, sqlite3.Error) as exc:
+        raise StoreUnavailable(f"cannot open the SQLite database {path!r}: {exc}") from None
+    return conn
+
+
 async def open_sqlite(path: str) -> aiosqlite.Connection:
     """An autocommit aiosqlite connection to `path` (its folder created if missing),
     in WAL mode with `synchronous=FULL` and the busy timeout."""
     import aiosqlite
 
     try:
-        if path != MEMORY:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _make_folder(path)
         conn = await aiosqlite.connect(path, isolation_level=None)
     except (OSError, sqlite3.Error) as exc:
         raise StoreUnavailable(f"cannot open the SQLite database {path!r}: {exc}") from None
     try:
-        await conn.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT * 1000)}")
-        await conn.execute("PRAGMA journal_mode = WAL")
-        await conn.execute("PRAGMA synchronous = FULL")
+        for pragma in PRAGMAS:
+            await conn.execute(pragma)
     except sqlite3.Error as exc:
         await conn.close()
         raise StoreUnavailable(f"cannot use the SQLite database {path!r}: {exc}") from None
     return conn
+
+
+def _make_folder(path: str) -> None:
+    if path != MEMORY:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+
+
+class SqliteThread:
+    """One blocking `sqlite3` connection (`connect_blocking`) on a thread of its own.
+    `run(work)` runs `work(connection)` there: a batch of statements costs one hand-off
+    between threads, where aiosqlite costs one or more per statement, and on a busy
+    machine each hand-off waits for the scheduler."""
+
+    def __init__(self, path: str, *, synchronous: str = "FULL") -> None:
+        self.path = path
+        self.synchronous = synchronous
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mailbag-sqlite")
+        self._conn: sqlite3.Connection | None = None
+
+    async def run(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, work)
+
+    def _call(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        if self._conn is None:
+            self._conn = connect_blocking(self.path, synchronous=self.synchronous)
+        return work(self._conn)
+
+    async def close(self) -> None:
+        await asyncio.get_running_loop().run_in_executor(self._executor, self._close)
+        self._executor.shutdown(wait=False)
+
+    def _close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
 
 
 class SqliteConnections:

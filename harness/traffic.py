@@ -3,6 +3,7 @@ in batches and recorded in the ledger just before each batch goes out."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Sequence
@@ -24,11 +25,23 @@ def messages(topic: str, count: int, keys: int) -> list[Message]:
     ]
 
 
-async def publish(broker: Broker, topic: str, batch: Sequence[Message], ledgers: Sequence[Ledger], size: int) -> None:
+async def publish(
+    broker: Broker, topic: str, batch: Sequence[Message], ledgers: Sequence[Ledger], size: int, in_flight: int = 1
+) -> None:
     """Publish in calls of `size`, recording each call's messages in every ledger first
-    (latency is measured from the moment the publish call starts)."""
-    for start in range(0, len(batch), size):
-        chunk = batch[start : start + size]
-        for ledger in ledgers:
-            ledger.publishing(chunk)
-        await broker.publish(topic, chunk)
+    (latency is measured from the moment the publish call starts). With `in_flight`
+    above 1, that many calls wait for their confirms at once, as a busy service's
+    concurrent requests do; with 1, each call waits for the previous one's."""
+    slots = asyncio.Semaphore(in_flight)
+
+    async def call(chunk: Sequence[Message]) -> None:
+        async with slots:
+            for ledger in ledgers:
+                ledger.publishing(chunk)
+            await broker.publish(topic, chunk)
+
+    if in_flight == 1:
+        for start in range(0, len(batch), size):
+            await call(batch[start : start + size])
+        return
+    await asyncio.gather(*(call(batch[start : start + size]) for start in range(0, len(batch), size)))

@@ -2,11 +2,14 @@
 
 Settings come from `MAILBAG_*` environment variables (see `mailbag.workers.WorkerSettings`);
 flags given on the command line win over them. With `--metrics-port` the worker
-records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.endpoints`)."""
+records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.endpoints`).
+With `--processes N` it runs N such workers under a supervisor (`mailbag.workers.supervisor`)."""
 
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 
@@ -18,6 +21,7 @@ from mailbag.workers import Worker, WorkerSettings, logs
 from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
 from mailbag.workers.shutdown import serve
+from mailbag.workers.supervisor import Supervisor
 
 
 def register(subs: argparse._SubParsersAction) -> None:
@@ -26,7 +30,9 @@ def register(subs: argparse._SubParsersAction) -> None:
     add_broker_option(p)
     # unset unless given: the settings read $MAILBAG_BROKER_URL, and know whether a URL was given at all
     p.set_defaults(broker=None)
-    p.add_argument("--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 10)")
+    p.add_argument(
+        "--concurrency", type=int, metavar="N", help="handlers in flight at once ($MAILBAG_CONCURRENCY, 100)"
+    )
     p.add_argument(
         "--prefetch", type=int, metavar="N", help="unsettled deliveries per queue ($MAILBAG_PREFETCH, 2 x concurrency)"
     )
@@ -53,6 +59,12 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--log-format", choices=("text", "json"), help="log lines as key=value text or JSON ($MAILBAG_LOG_FORMAT, text)"
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="worker processes under one supervisor, for CPU-bound handlers ($MAILBAG_PROCESSES, 1)",
+    )
     p.set_defaults(run=run)
 
 
@@ -67,6 +79,7 @@ def settings_from(args: argparse.Namespace) -> WorkerSettings:
         "metrics_port": args.metrics_port,
         "metrics_host": args.metrics_host,
         "log_format": args.log_format,
+        "processes": args.processes,
     }
     try:
         return WorkerSettings(**{k: v for k, v in flags.items() if v is not None})
@@ -81,6 +94,8 @@ async def run(args: argparse.Namespace) -> int:
     settings = settings_from(args)
     app = load_app(args.app)
     logs.configure(settings.log_level, settings.log_format)
+    if settings.processes > 1:
+        return await supervise(args, settings)
     async with await connect(settings.broker_url) as broker:
         metrics = Metrics() if settings.metrics_port is not None else None
         try:
@@ -89,6 +104,25 @@ async def run(args: argparse.Namespace) -> int:
             raise CliError(str(exc)) from None
         with nullcontext() if metrics is None else _serving(worker, metrics, settings):
             return await serve(worker)
+
+
+async def supervise(args: argparse.Namespace, settings: WorkerSettings) -> int:
+    """`--processes N`: N copies of this worker under a `Supervisor`. The broker URL
+    goes to them in the environment, so its password never shows in a process list."""
+    argv = [sys.executable, "-m", "mailbag.cli", "worker", args.app]
+    for flag, value in (
+        ("--concurrency", args.concurrency),
+        ("--prefetch", args.prefetch),
+        ("--grace-period", args.grace_period),
+        ("--metrics-host", args.metrics_host),
+        ("--log-format", args.log_format),
+    ):
+        if value is not None:
+            argv += [flag, str(value)]
+    for queue in args.queue or ():
+        argv += ["--queue", queue]
+    env = {**os.environ, "MAILBAG_BROKER_URL": settings.broker_url}
+    return await Supervisor(argv, settings.processes, env=env, metrics_port=settings.metrics_port).run()
 
 
 @contextmanager

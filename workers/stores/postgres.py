@@ -19,6 +19,7 @@ from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore
 
 class PostgresStore(SqlStore):
     mark = "$"
+    errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
 
     def __init__(self, pool: asyncpg.Pool, table: str = DEFAULT_TABLE, **kw: Any) -> None:
         super().__init__(table, **kw)
@@ -36,6 +37,7 @@ class PostgresStore(SqlStore):
         return [tuple(r) for r in await conn.fetch(sql, *args)]
 
     async def close(self) -> None:
+        await super().close()
         await self.pool.close()
 
 
