@@ -131,7 +131,7 @@ class Bench:
 
     async def drop(self, topic: str, queue: str) -> None:
         async with self.connection.channel() as channel:
-            for name in (queue, f"{queue}.dlq", *(f"{queue}.retry.{ms}ms" for ms in (1000, 2000, 4000, 8000))):
+            for name in (queue, f"{queue}.dlq"):
                 await channel.queue_delete(name)
             await channel.exchange_delete(topic)
 

@@ -30,6 +30,7 @@ from mailbag.broker.errors import (
     TopologyError,
     UnknownQueue,
     UnknownTopic,
+    Unroutable,
 )
 from mailbag.broker.message import Delivery, Message, new_message_id
 from mailbag.broker.topology import Queue, RetryPolicy, Subscription, Topology
@@ -90,6 +91,7 @@ __all__ = [
     "TopologyError",
     "UnknownQueue",
     "UnknownTopic",
+    "Unroutable",
     "connect",
     "mask_url",
     "new_message_id",

@@ -8,9 +8,11 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 from mailbag.broker.message import Delivery, Message
 from mailbag.broker.topology import Topology
+from mailbag.broker.unroutable import Unrouted
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,11 @@ class Broker(ABC):
     #: the URL this broker was opened with, password masked
     url: str = ""
 
+    @cached_property
+    def unrouted(self) -> Unrouted:
+        """Publishes no queue took, counted per topic (see `publish`)."""
+        return Unrouted()
+
     @abstractmethod
     async def declare(self, topology: Topology) -> None:
         """Create the topics, queues, subscriptions, retry and dead-letter plumbing.
@@ -71,17 +78,23 @@ class Broker(ABC):
         raises `TopologyError` naming the queue and the setting."""
 
     @abstractmethod
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         """Fan the messages out to every queue subscribed to `topic`. Returns once the
-        broker has confirmed all of them; raises `PublishFailed` naming those it did not."""
+        broker has confirmed all of them; raises `PublishFailed` naming those it did not.
+
+        A message no queue takes (none is subscribed to the topic, or no subscription's
+        filter matches it) is not an error: it is dropped, counted in `unrouted` and
+        logged (one WARNING per topic at most once a minute). With `mandatory=True` the
+        call raises `Unroutable` naming the topic and those messages, after publishing
+        the others: a permanent error, never worth a retry, and no sign of a broker fault.
+        An undeclared topic raises `UnknownTopic` either way."""
 
     @abstractmethod
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         """Put the messages straight into one queue, bypassing topics (replay, repair).
         Confirmed like `publish`. With `delay` > 0 they become deliverable only after
         that many seconds. Each is a new message to the broker: its attempt starts at 1
-        (the worker puts a message back this way when it must wait without using up an
-        attempt)."""
+        (a dead-letter replay sends this way)."""
 
     @abstractmethod
     def consume(self, queue: str, prefetch: int = 10) -> Consumer:

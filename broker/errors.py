@@ -105,6 +105,24 @@ class PublishFailed(BrokerError):
         self.unknown = [i for i in message_ids if i in set(unknown)]
 
 
+class Unroutable(BrokerError):
+    """A publish asked for with `mandatory=True` reached no queue (no queue is subscribed
+    to the topic, or no subscription's filter matches). Permanent: retrying cannot help,
+    and it says nothing about the broker's health, so no circuit breaker counts it. The
+    routable messages of the same call were published; `message_ids` names the others."""
+
+    def __init__(self, topic: str, message_ids: list[str]) -> None:
+        shown = ", ".join(message_ids[: PublishFailed.SHOWN])
+        more = len(message_ids) - PublishFailed.SHOWN
+        super().__init__(
+            f"no queue takes {len(message_ids)} message(s) published to topic {topic!r} "
+            f"(none is subscribed, or no subscription's filter matches): {shown}"
+            + (f" and {more} more" if more > 0 else "")
+        )
+        self.topic = topic
+        self.message_ids = list(message_ids)
+
+
 class MessageTooLarge(BrokerError, ValueError):
     """A message exceeds the broker's size limit; raised before any call is made."""
 

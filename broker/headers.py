@@ -19,7 +19,8 @@ ORIGIN_QUEUE = "x-mailbag-origin-queue"
 ORIGIN_TOPIC = "x-mailbag-origin-topic"
 FAILED_AT = "x-mailbag-failed-at"
 WORKER_HOST = "x-mailbag-host"
-#: attempts a message had used before the worker put it back uncounted (see `mailbag.workers.attempts`)
+#: attempts a message had used before it went back as a fresh copy that did not count one
+#: (a postpone on SQS); the adapter adds it to the broker's receive count
 ATTEMPTS_USED = "x-mailbag-attempts-used"
 
 DEAD_LETTER_HEADERS = (

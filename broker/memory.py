@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import itertools
+import logging
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import fields
@@ -20,6 +21,11 @@ from mailbag.broker.errors import BrokerClosed, DeliveryReleased, TopologyError,
 from mailbag.broker.message import Delivery, Message
 from mailbag.broker.topology import Queue, Topology
 from mailbag.broker.url import check_options
+
+log = logging.getLogger("mailbag.broker.memory")
+
+#: seconds an exhausted message waits before it is dead-lettered again, while its dead-letter queue is gone
+RETURN_PAUSE = 1.0
 
 
 class _Entry:
@@ -91,7 +97,7 @@ class MemoryBroker(Broker):
                 routes = self._topics.setdefault(topic, [])
                 routes[:] = [(s, q) for s, q in routes if q is not state] + [(state.spec, state)]  # type: ignore[list-item]
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         self._check_open()
         routes = self._topics.get(topic)
         if routes is None:
@@ -99,12 +105,15 @@ class MemoryBroker(Broker):
         for m in messages:
             if m.topic != topic:
                 raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
+        routed: set[str] = set()
         for spec, state in routes:
             subs = [s for s in spec.subscriptions if s.topic == topic]
             for m in messages:
                 if any(s.matches(m.headers) for s in subs):
                     state.ready.append(_Entry(m))
+                    routed.add(m.id)
             state.notify()
+        self.unrouted.note(topic, [m.id for m in messages if m.id not in routed], mandatory=mandatory)
 
     async def remove(self, topology: Topology) -> None:
         self._check_open()
@@ -187,7 +196,7 @@ class MemoryBroker(Broker):
             entry.deliveries += 1
             spec = state.spec
             if spec is not None and entry.deliveries > spec.retry.max_attempts:
-                self._to_dlq(state, entry, h.DELIVERY_LIMIT_EXCEEDED, None, attempts=entry.deliveries - 1)
+                self._exhausted(state, entry)
                 continue
             state.in_flight += 1
             if state.ordered:
@@ -229,14 +238,31 @@ class MemoryBroker(Broker):
             state.ready.appendleft(entry)
         state.notify()
 
+    def _exhausted(self, state: _QueueState, entry: _Entry) -> None:
+        """A message back more often than its queue allows: dead-letter it unrun. While
+        the dead-letter queue is gone it waits `RETURN_PAUSE` and is tried again."""
+        try:
+            self._to_dlq(state, entry, h.DELIVERY_LIMIT_EXCEEDED, None, attempts=entry.deliveries - 1)
+        except UnknownQueue as exc:
+            log.warning(
+                "could not dead-letter exhausted message %s, it stays on %s: %s", entry.message.id, state.name, exc
+            )
+            entry.deliveries -= 1
+            if state.ordered:
+                state.busy_groups.add(entry.group)  # the rest of its key waits behind it
+            heapq.heappush(state.delayed, (self.clock.now() + RETURN_PAUSE, next(self._seq), entry))
+            self._arm_timer()
+
     def _to_dlq(
         self, state: _QueueState, entry: _Entry, reason: str, error: BaseException | None, *, attempts: int
     ) -> None:
         assert state.spec is not None
+        dlq = self._queues.get(state.spec.dead_letter_queue)
+        if dlq is None:
+            raise UnknownQueue(f"dead-letter queue {state.spec.dead_letter_queue!r} of {state.name!r} is gone")
         message = entry.message
         stamp = h.dead_letter_stamp(message.topic, state.name, attempts, reason, error)
         dead = message.evolve(headers={**message.headers, **stamp})
-        dlq = self._queues[state.spec.dead_letter_queue]
         dlq.ready.append(_Entry(dead))
         dlq.notify()
 
@@ -313,13 +339,23 @@ class _MemoryDelivery(Delivery):
         state = self._finish()
         self._consumer.broker._requeue(state, self._entry, delay)
 
+    async def _postpone(self, delay: float) -> None:
+        state = self._finish()
+        self._entry.deliveries -= 1  # this try never ran
+        self._consumer.broker._requeue(state, self._entry, delay)
+
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         if self._consumer.state.spec is None:
             raise TopologyError(f"{self.queue!r} is a dead-letter queue; it has no dead-letter queue of its own")
-        state = self._finish()
+        if self not in self._consumer.unsettled:
+            raise DeliveryReleased(f"message {self.message.id} went back to {self.queue!r} when its consumer closed")
         broker = self._consumer.broker
-        broker._to_dlq(state, self._entry, reason, error, attempts=self._entry.deliveries)
-        broker._settled(state, self._entry)
+        broker._to_dlq(self._consumer.state, self._entry, reason, error, attempts=self._entry.deliveries)
+        broker._settled(self._finish(), self._entry)
+
+    async def _release(self) -> None:
+        if self in self._consumer.unsettled:
+            self._consumer.broker._requeue(self._finish(), self._entry, 0.0)
 
 
 class _MemoryConsumer(Consumer):

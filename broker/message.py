@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -51,49 +51,78 @@ class Message:
 
 
 class Delivery:
-    """A received message, the queue it came from and its attempt number (1 on first
-    delivery). It must be settled exactly once, by `ack`, `retry` or `dead_letter`;
-    a second settlement raises `AlreadySettled`. An unsettled delivery goes back to the
-    queue when its consumer closes or its process dies (at-least-once).
+    """A received message, the queue it came from and its attempt number: 1 on first
+    delivery, counting handler runs (a `postpone` does not count). It must be settled
+    exactly once, by `ack`, `retry`, `postpone` or `dead_letter`; a second settlement
+    raises `AlreadySettled`. An unsettled delivery goes back to the queue when its
+    consumer closes or its process dies (at-least-once).
 
-    Adapters subclass it and implement `_ack`, `_retry` and `_dead_letter`."""
+    A settlement the broker does not take (the dead-letter queue is gone, the broker
+    refused a publish, the channel closed) raises; the delivery is then unsettled and
+    `release()` gives it back to the queue at once, so nothing is stranded.
 
-    __slots__ = ("_settled", "attempt", "message", "queue")
+    Adapters subclass it and implement `_ack`, `_retry`, `_postpone`, `_dead_letter` and
+    `_release`."""
+
+    __slots__ = ("_failed", "_settled", "attempt", "message", "queue")
 
     def __init__(self, message: Message, queue: str, attempt: int) -> None:
         self.message = message
         self.queue = queue
         self.attempt = attempt
         self._settled: str | None = None
+        self._failed = False
 
     @property
     def settled(self) -> str | None:
-        """How the delivery was settled ('ack', 'retry', 'dead_letter'), or None."""
+        """How the delivery was settled ('ack', 'retry', 'postpone', 'dead_letter',
+        'release'), or None."""
         return self._settled
 
     def _claim(self, how: str) -> None:
-        if self._settled is not None:
+        if self._settled is not None and not (how == "release" and self._failed):
             raise AlreadySettled(f"message {self.message.id} on {self.queue!r} was already settled by {self._settled}")
         self._settled = how
 
+    async def _settle(self, how: str, work: Callable[..., Awaitable[None]], *args: Any) -> None:
+        self._claim(how)
+        try:
+            await work(*args)
+        except Exception:
+            self._failed = True
+            raise
+
     async def ack(self) -> None:
         """The message was handled: remove it from the queue."""
-        self._claim("ack")
-        await self._ack()
+        await self._settle("ack", self._ack)
 
     async def retry(self, delay: float = 0.0) -> None:
         """Deliver the message again after `delay` seconds with attempt + 1. Past the
         queue's max attempts the broker dead-letters it instead."""
         if delay < 0:
             raise ValueError(f"retry delay must be >= 0, got {delay}")
-        self._claim("retry")
-        await self._retry(delay)
+        await self._settle("retry", self._retry, delay)
+
+    async def postpone(self, delay: float = 0.0) -> None:
+        """Deliver the message again after `delay` seconds with the same attempt
+        number: this try never ran its handler (a circuit was open, another run held
+        its idempotency key). On an ordered queue the rest of its key waits."""
+        if delay < 0:
+            raise ValueError(f"postpone delay must be >= 0, got {delay}")
+        await self._settle("postpone", self._postpone, delay)
 
     async def dead_letter(self, reason: str, error: BaseException | None = None) -> None:
         """Move the message to the queue's dead-letter queue, body and headers intact,
         with `reason` (and the error's type, text and traceback) stamped on it."""
-        self._claim("dead_letter")
-        await self._dead_letter(reason, error)
+        await self._settle("dead_letter", self._dead_letter, reason, error)
+
+    async def release(self) -> None:
+        """Give the message back to the queue now, unsettled, and free its prefetch
+        slot: for a delivery whose settlement raised. It comes back as a new receive
+        (attempt + 1 where the broker counts receives). A no-op for a delivery that is
+        back already (its consumer closed)."""
+        self._claim("release")
+        await self._release()
 
     async def _ack(self) -> None:
         raise NotImplementedError
@@ -101,7 +130,13 @@ class Delivery:
     async def _retry(self, delay: float) -> None:
         raise NotImplementedError
 
+    async def _postpone(self, delay: float) -> None:
+        raise NotImplementedError
+
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
+        raise NotImplementedError
+
+    async def _release(self) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:

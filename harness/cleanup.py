@@ -37,8 +37,8 @@ class Declaring(Broker):
                 names = ", ".join([q.name for q in topology.queues] + list(topology.topics))
                 log.warning("could not remove %s: %s", names, exc)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        await self.inner.publish(topic, messages)
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        await self.inner.publish(topic, messages, mandatory=mandatory)
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         await self.inner.send(queue, messages, delay=delay)

@@ -66,8 +66,8 @@ class FaultyBroker(Broker):
     async def remove(self, topology: Topology) -> None:
         await self.inner.remove(topology)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        await self._deliver(messages, lambda batch: self.inner.publish(topic, batch))
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        await self._deliver(messages, lambda batch: self.inner.publish(topic, batch, mandatory=mandatory))
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         await self._deliver(messages, lambda batch: self.inner.send(queue, batch, delay=delay))

@@ -22,6 +22,7 @@ from mailbag.broker import (
     StoreError,
     Subscription,
     Topology,
+    Unroutable,
     connect,
     mask_url,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "StoreError",
     "Subscription",
     "Topology",
+    "Unroutable",
     "Worker",
     "connect",
     "mask_url",

@@ -6,7 +6,7 @@ It publishes through the `broker` contract only; it never consumes.
 
 from mailbag.broker.breaker import BreakerPolicy, CircuitBreaker
 from mailbag.publishers.envelope import TopicModels
-from mailbag.publishers.errors import CircuitOpen, PayloadRejected, PublishError
+from mailbag.publishers.errors import CircuitOpen, PayloadRejected, PublishError, ReservedHeader
 from mailbag.publishers.publisher import Publisher, PublisherSettings
 
 __all__ = [
@@ -17,5 +17,6 @@ __all__ = [
     "PublishError",
     "Publisher",
     "PublisherSettings",
+    "ReservedHeader",
     "TopicModels",
 ]

@@ -9,7 +9,8 @@ from typing import Any, TypedDict
 
 from mailbag.broker import Message
 from mailbag.broker.codec import PayloadError, decode, encode
-from mailbag.publishers.errors import PayloadRejected
+from mailbag.broker.headers import PREFIX as RESERVED_PREFIX
+from mailbag.publishers.errors import PayloadRejected, ReservedHeader
 
 
 class MessageFields(TypedDict, total=False):
@@ -57,8 +58,16 @@ class TopicModels:
     ) -> Message:
         """The message for `payload`: a pydantic model, bytes, or a JSON-able value.
         Raises `PayloadRejected` if the topic has a model and the payload does not
-        validate against it as a consumer would decode it."""
+        validate against it as a consumer would decode it, and `ReservedHeader` for a
+        header named `x-mailbag-...` (mailbag's own bookkeeping)."""
         ids: dict[str, Any] = {"id": message_id} if message_id else {}
+        reserved = sorted(k for k in headers or {} if k.lower().startswith(RESERVED_PREFIX))
+        if reserved:
+            raise ReservedHeader(
+                f"header {reserved[0]!r} is in the reserved {RESERVED_PREFIX}* namespace, which only mailbag "
+                "writes; rename it",
+                [message_id or "(new message)"],
+            )
         try:
             body, content_type, type_name = encode(payload)
             model = self._models.get(topic)

@@ -54,3 +54,8 @@ class CircuitOpen(PublishError):
 class PayloadRejected(PublishError, ValueError):
     """The payload does not validate against the model registered for its topic; it
     was refused before anything was sent."""
+
+
+class ReservedHeader(PublishError, ValueError):
+    """A header in the `x-mailbag-` namespace, which mailbag alone writes (attempts,
+    dead-letter reasons): refused before anything was sent."""

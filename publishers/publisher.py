@@ -15,7 +15,7 @@ from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_d
 
 from mailbag.broker import Broker, BrokerClosed, BrokerError, Message, MessageTooLarge, PublishFailed, Topology, tracing
 from mailbag.broker.breaker import BreakerPolicy, CircuitBreaker
-from mailbag.broker.errors import TopologyError, UnknownTopic
+from mailbag.broker.errors import TopologyError, UnknownTopic, Unroutable
 from mailbag.publishers.envelope import TopicModels
 from mailbag.publishers.errors import CircuitOpen, PublishError
 
@@ -23,7 +23,7 @@ log = logging.getLogger("mailbag.publisher")
 
 #: faults that say something about this message or this program, not about the broker's
 #: health: retrying cannot help, and they do not count against the circuit
-PERMANENT = (BrokerClosed, MessageTooLarge, TopologyError, UnknownTopic, ValueError, TypeError)
+PERMANENT = (BrokerClosed, MessageTooLarge, TopologyError, UnknownTopic, Unroutable, ValueError, TypeError)
 
 
 @dataclass(frozen=True)
@@ -61,8 +61,11 @@ class Publisher:
 
     Every call returns the message ids once the broker confirmed them, or raises
     `PublishError` naming the ones it did not (`CircuitOpen` when it failed fast,
-    `PayloadRejected` when validation refused it). Safe to share between the tasks of
-    one event loop."""
+    `PayloadRejected` when validation refused it). A message no queue takes is
+    published and dropped (see `Broker.publish`), unless `mandatory` is set (here for
+    every call, or per call): then the call raises `Unroutable` naming the topic, at
+    once and without touching the circuit. Safe to share between the tasks of one
+    event loop."""
 
     def __init__(
         self,
@@ -71,8 +74,10 @@ class Publisher:
         app: Any = None,
         models: Mapping[str, Any] | None = None,
         settings: PublisherSettings | None = None,
+        mandatory: bool = False,
     ) -> None:
         self.broker = broker
+        self.mandatory = mandatory
         self.settings = settings or PublisherSettings()
         self.models = TopicModels(models, app)
         self.breaker = CircuitBreaker(self.settings.breaker, name="publish")
@@ -88,6 +93,7 @@ class Publisher:
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
         message_id: str | None = None,
+        mandatory: bool | None = None,
     ) -> str:
         """Publish one payload (pydantic model, dict or other JSON-able value, or bytes);
         returns its message id. Giving `message_id` makes the call idempotent for
@@ -95,7 +101,7 @@ class Publisher:
         message = self.models.message(
             topic, payload, key=key, headers=headers, correlation_id=correlation_id, message_id=message_id
         )
-        (message_id,) = await self.send([message])
+        (message_id,) = await self.send([message], mandatory=mandatory)
         return message_id
 
     async def publish_many(
@@ -106,15 +112,16 @@ class Publisher:
         key: str | None = None,
         headers: Mapping[str, Any] | None = None,
         correlation_id: str | None = None,
+        mandatory: bool | None = None,
     ) -> list[str]:
         """Publish several payloads to one topic in one confirmed batch; all are
         validated before any is sent. Returns their ids in order."""
         messages = [
             self.models.message(topic, p, key=key, headers=headers, correlation_id=correlation_id) for p in payloads
         ]
-        return await self.send(messages)
+        return await self.send(messages, mandatory=mandatory)
 
-    async def send(self, messages: Sequence[Message]) -> list[str]:
+    async def send(self, messages: Sequence[Message], *, mandatory: bool | None = None) -> list[str]:
         """Publish prepared messages (the outbox relay's way in), in order: consecutive
         messages of one topic go as one batch. An id already being published by another
         task is not sent again; this call waits for that publish and shares its outcome."""
@@ -129,7 +136,7 @@ class Publisher:
             for run in _runs_by_topic(own):
                 try:
                     with tracing.publishing(self.broker, run[0].topic, run) as traced:
-                        await self._publish_run(traced)
+                        await self._publish_run(traced, self.mandatory if mandatory is None else mandatory)
                 except PublishError as exc:
                     unconfirmed = set(exc.unconfirmed)
                     confirmed.update(m.id for m in run if m.id not in unconfirmed)
@@ -160,7 +167,7 @@ class Publisher:
                 del self._in_flight[i]
         return ids
 
-    async def _publish_run(self, run: list[Message]) -> None:
+    async def _publish_run(self, run: list[Message], mandatory: bool) -> None:
         """Publish one topic's batch, retrying what is not confirmed until the deadline.
         An attempt that outlives `attempt_timeout` is not cancelled (that would cut the
         adapter's own reconnect short): its messages count as unknown, and the next try
@@ -210,7 +217,7 @@ class Publisher:
                     unknown=[m.id for m in pending if m.id in unknown],
                 )
             sent = pending
-            task = asyncio.ensure_future(self._publish_once(topic, sent))
+            task = asyncio.ensure_future(self._publish_once(topic, sent, mandatory))
             try:
                 done, _ = await asyncio.wait({task}, timeout=self.settings.attempt_timeout)
             except asyncio.CancelledError:
@@ -250,7 +257,7 @@ class Publisher:
             async for try_ in retrying:
                 with try_:
                     await attempt()
-        except CircuitOpen:
+        except (CircuitOpen, Unroutable):
             raise
         except RetryError as exc:
             cause = exc.last_attempt.exception()
@@ -261,11 +268,11 @@ class Publisher:
             if straggler is not None:  # still running: it ends by the adapter's own timeout
                 straggler.add_done_callback(_retrieve)
 
-    async def _publish_once(self, topic: str, messages: list[Message]) -> None:
+    async def _publish_once(self, topic: str, messages: list[Message], mandatory: bool) -> None:
         if self.settings.declare_topics and topic not in self._declared:
             await self.broker.declare(Topology(topics=(topic,)))
             self._declared.add(topic)
-        await self.broker.publish(topic, messages)
+        await self.broker.publish(topic, messages, mandatory=mandatory)
 
 
 def _retrieve(task: asyncio.Future[None]) -> None:

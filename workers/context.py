@@ -13,7 +13,6 @@ from typing import Any
 
 from mailbag.broker import Broker, Delivery, Message, tracing
 from mailbag.broker.codec import encode
-from mailbag.workers.attempts import attempt_of
 
 
 class Context:
@@ -47,7 +46,7 @@ class Context:
     @property
     def attempt(self) -> int:
         """1 on the first try; postponements (open circuit, running duplicate) do not count."""
-        return attempt_of(self.delivery)
+        return self.delivery.attempt
 
     @property
     def transaction(self) -> Any:

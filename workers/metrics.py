@@ -3,9 +3,9 @@ two workers in one process, or two tests, do not mix their numbers).
 
 What is counted and where: the runtime counts settlements (handled, retried,
 dead-lettered, postponed) once the broker took them; `mailbag.workers.middleware.metrics`
-times handlers, counts their failures and how many run; `poll` reads queue depths
-and outbox backlogs every few seconds. Labels are queue, handler, state and outbox
-table: bounded by the app, never a message id. A worker built without `Metrics`
+times handlers, counts their failures and how many run; `poll` reads queue depths,
+publishes no queue took, and outbox backlogs every few seconds. Labels are queue,
+handler, state, topic and outbox table: bounded by the app, never a message id. A worker built without `Metrics`
 records nothing and pays nothing.
 """
 
@@ -80,6 +80,9 @@ class Metrics:
         self.in_flight = gauge("messages_in_flight", "Handlers running now", "queue")
         self.queue_messages = gauge("queue_messages", "Messages in a queue by state, polled", "queue", "state")
         self.broker_up_gauge = gauge("broker_up", "1 when the broker answered the last poll, else 0")
+        self.unrouted = gauge(
+            "unroutable_published", "Messages published that no queue took, since the broker opened, polled", "topic"
+        )
         self.outbox_pending = gauge("outbox_pending", "Outbox rows not yet published", "outbox")
         self.outbox_failing = gauge("outbox_failing", "Pending outbox rows whose publish failed before", "outbox")
         self.outbox_oldest = gauge("outbox_oldest_pending_seconds", "Age of the oldest pending row (0: none)", "outbox")
@@ -133,6 +136,8 @@ class Metrics:
             self._set_broker_up(False)
         else:
             self._set_broker_up(True)
+        for topic, count in broker.unrouted.counts.items():
+            self.unrouted.labels(topic).set(count)
         for outbox in self._outboxes:
             try:
                 async with asyncio.timeout(timeout):

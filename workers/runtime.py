@@ -4,8 +4,10 @@ chain and settles it by the outcome.
 Outcome -> settlement: a result -> ack; `Reject` (raised by the handler, or by the
 retry middleware for a non-retryable error or the last attempt) or an undecodable /
 invalid payload -> dead-letter at once with the reason; `RetryLater` -> back after its
-delay, one attempt used; `Postpone` -> back after its delay without using one (see
-`mailbag.workers.attempts`). Nothing a handler does stops the worker.
+delay, one attempt used; `Postpone` -> back after its delay without using one
+(`Delivery.postpone`). Each delivery comes to one `Outcome`, applied in one place
+(`Worker._settle`): a settlement the broker does not take returns the message to the
+queue at once. Nothing a handler does stops the worker.
 
 Concurrency: at most `concurrency` handlers run at once; each queue's consumer holds at
 most `prefetch` unsettled deliveries, so memory stays flat whatever the backlog. On an
@@ -21,17 +23,18 @@ from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
-from mailbag.broker import Broker, Delivery, tracing
+from mailbag.broker import Broker, Delivery, DeliveryReleased, tracing
 from mailbag.broker.base import Consumer
 from mailbag.broker.clock import Clock
 from mailbag.broker.codec import PayloadError, decode
+from mailbag.broker.errors import MailbagError
 from mailbag.workers.app import App, Handler
-from mailbag.workers.attempts import attempt_of, postponed_copy
 from mailbag.workers.context import Context
 from mailbag.workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
 from mailbag.workers.metrics import Metrics, Settlement
 from mailbag.workers.middleware import Call, Middleware, chain
 from mailbag.workers.middleware.defaults import default_chain
+from mailbag.workers.outcome import Outcome
 from mailbag.workers.settings import WorkerSettings
 from mailbag.workers.stores import IdempotencyStore, TransactionalStore, open_store
 
@@ -283,62 +286,96 @@ class Worker:
 
     async def process(self, delivery: Delivery) -> None:
         """Handle one delivery and settle it. Never raises except on cancellation."""
+        handler, call = self._calls.get((delivery.message.topic, delivery.queue), (None, None))
+        outcome = await self._outcome(delivery, handler, call)
+        await self._settle(delivery, handler, outcome)
+
+    async def _outcome(self, delivery: Delivery, handler: Handler | None, call: Call | None) -> Outcome:
+        """What to do with the delivery: run its handler through the chain, unless it has
+        none or its payload does not decode (refused, traced here as no chain saw it)."""
         message = delivery.message
-        found = self._calls.get((message.topic, delivery.queue))
         try:
-            if found is None:
-                await self._refuse(
-                    delivery, None, f"no handler for topic {message.topic!r} on queue {delivery.queue!r}"
-                )
-                return
-            handler, call = found
+            if handler is None or call is None:
+                raise _Refused(f"no handler for topic {message.topic!r} on queue {delivery.queue!r}")
             try:
                 payload = decode(message.body, message.content_type, handler.model)
             except PayloadError as exc:
-                await self._refuse(delivery, handler, str(exc), exc)
-                return
-            try:
-                await call(Context(delivery, self.broker, handler, payload))
-            except Reject as exc:
-                await self._dead_letter(delivery, handler, str(exc) or "rejected by handler", exc.__cause__ or exc)
-            except Postpone as exc:
-                log.debug("postponed: %s", exc, extra=_where(delivery, action="postpone", delay=round(exc.delay, 3)))
-                await self.broker.send(delivery.queue, [postponed_copy(delivery)], delay=max(0.0, exc.delay))
+                raise _Refused(str(exc)) from exc
+        except _Refused as refused:
+            error = refused.__cause__
+            tracing.refused(self.broker, delivery, delivery.attempt, str(refused), error)
+            return Outcome("dead_letter", reason=str(refused), error=error)
+        try:
+            await call(Context(delivery, self.broker, handler, payload))
+        except Reject as exc:
+            return Outcome("dead_letter", reason=str(exc) or "rejected by handler", error=exc.__cause__ or exc)
+        except Postpone as exc:
+            return Outcome("postpone", delay=max(0.0, exc.delay), reason=str(exc))
+        except RetryLater as exc:
+            return Outcome("retry", delay=max(0.0, exc.delay), reason=str(exc))
+        except Exception as exc:  # a middleware outside the retry middleware failed
+            return Outcome("dead_letter", reason=f"unexpected error: {type(exc).__name__}: {exc}", error=exc)
+        return Outcome("ack")
+
+    async def _settle(self, delivery: Delivery, handler: Handler | None, outcome: Outcome) -> None:
+        """Apply the outcome: the one place a delivery is settled. A settlement the
+        broker does not take gives the message back to the queue (`Delivery.release`),
+        so it is never stranded nor holds a prefetch slot, and the cause is logged."""
+        if outcome.kind == "retry":
+            log.warning(
+                "handler failed",
+                extra=_where(delivery, action="retry", delay=round(outcome.delay, 3), error=outcome.reason),
+            )
+        elif outcome.kind == "dead_letter":
+            log.warning("handler failed", extra=_where(delivery, action="dead-letter", error=outcome.reason))
+        elif outcome.kind == "postpone":
+            log.debug(
+                "postponed: %s",
+                outcome.reason,
+                extra=_where(delivery, action="postpone", delay=round(outcome.delay, 3)),
+            )
+        try:
+            if outcome.kind == "ack":
                 await delivery.ack()
-                self._settled("postponed", delivery, handler)
-            except RetryLater as exc:
-                log.warning(
-                    "handler failed", extra=_where(delivery, action="retry", delay=round(exc.delay, 3), error=str(exc))
-                )
-                await delivery.retry(max(0.0, exc.delay))
-                self._settled("retried", delivery, handler)
-            except Exception as exc:  # a middleware outside the retry middleware failed
-                await self._dead_letter(delivery, handler, f"unexpected error: {type(exc).__name__}: {exc}", exc)
+            elif outcome.kind == "retry":
+                await delivery.retry(outcome.delay)
+            elif outcome.kind == "postpone":
+                await delivery.postpone(outcome.delay)
             else:
-                await delivery.ack()
-                self._settled("handled", delivery, handler)
+                await delivery.dead_letter(outcome.reason, outcome.error)
+        except DeliveryReleased as exc:
+            log.warning("settling came too late", extra=_where(delivery, action=outcome.kind, error=str(exc)))
+            return
         except Exception as exc:
-            # the broker could not take the settlement; the message comes back to us or another worker
-            log.error("settling failed", extra=_where(delivery, error=repr(exc)))
-
-    async def _refuse(
-        self, delivery: Delivery, handler: Handler | None, reason: str, exc: BaseException | None = None
-    ) -> None:
-        """Dead-letter a delivery before any handler ran; traced here, as no chain saw it."""
-        tracing.refused(self.broker, delivery, attempt_of(delivery), reason, exc)
-        await self._dead_letter(delivery, handler, reason, exc)
-
-    async def _dead_letter(
-        self, delivery: Delivery, handler: Handler | None, reason: str, exc: BaseException | None = None
-    ) -> None:
-        log.warning("handler failed", extra=_where(delivery, action="dead-letter", error=reason))
-        await delivery.dead_letter(reason, exc)
-        self._settled("dead_lettered", delivery, handler)
-
-    def _settled(self, outcome: Settlement, delivery: Delivery, handler: Handler | None) -> None:
-        """Count a settlement the broker took (with metrics only)."""
+            log.error(
+                "settling failed, the message goes back to the queue",
+                extra=_where(delivery, action=outcome.kind, error=f"{type(exc).__name__}: {exc}"),
+            )
+            await self._release(delivery)
+            return
         if self.metrics is not None:
-            self.metrics.settle(outcome, delivery.queue, handler.name if handler is not None else "")
+            name = handler.name if handler is not None else ""
+            self.metrics.settle(_SETTLEMENTS[outcome.kind], delivery.queue, name)
+
+    @staticmethod
+    async def _release(delivery: Delivery) -> None:
+        try:
+            await delivery.release()
+        except Exception as exc:  # it comes back after the broker's own timeout, or with its channel
+            log.error("giving the message back failed", extra=_where(delivery, error=f"{type(exc).__name__}: {exc}"))
+
+
+class _Refused(MailbagError):
+    """A delivery no handler may run: no handler for its topic, or a payload that does not
+    decode. Never leaves the runtime: it becomes a dead-letter outcome."""
+
+
+_SETTLEMENTS: dict[str, Settlement] = {
+    "ack": "handled",
+    "retry": "retried",
+    "postpone": "postponed",
+    "dead_letter": "dead_lettered",
+}
 
 
 class _Inbox:
@@ -416,6 +453,6 @@ def _where(delivery: Delivery, **more: Any) -> Mapping[str, Any]:
         "message_id": message.id,
         "correlation_id": message.correlation_id or message.id,
         "queue": delivery.queue,
-        "attempt": attempt_of(delivery),
+        "attempt": delivery.attempt,
         **more,
     }

@@ -3,18 +3,21 @@
 One robust connection per broker; it reconnects by itself and consumers resume on it.
 Publishing goes through one channel with publisher confirms, pipelined: every message
 of a call is in flight at once and the call returns when the broker has confirmed
-them all. `mandatory` is set, so a message no queue takes comes back and the call
-fails naming it (aio-pika hands a returned message back as a result, it does not
-raise). What a dropped connection left unconfirmed is sent again once it is back (a
-duplicate at worst); a publish fails only when nothing moved for `publish_timeout`.
+them all. `mandatory` is always set on the wire, so a message no queue takes comes
+back (aio-pika hands it back as a result, it does not raise): `publish` counts it as
+unrouted, or raises `Unroutable` when the caller asked for `mandatory`; `send` and
+settlements fail with `PublishFailed` (the target queue is gone). What a dropped
+connection left unconfirmed is sent again once it is back (a duplicate at worst); a
+publish fails only when nothing moved for `publish_timeout`.
 Each consumer has a channel of its own with `prefetch` as its QoS.
 
 Settlement:
 - `ack` acks;
-- `retry(delay)` publishes a copy carrying attempt + 1 to the retry queue of that delay
-  (declared on first use when the policy did not name it; delays are whole
-  milliseconds) or, for no delay, to the back of the work queue, and acks the original
-  only once the copy is confirmed: a crash in between duplicates, never loses;
+- `retry(delay)` publishes a copy carrying attempt + 1 through the fixed binary delay
+  levels (`mailbag.broker.rabbitmq.delays`: 10 ms steps, never early, at most 10 ms
+  plus a hop per level late) or, for no delay, to the back of the work queue, and acks
+  the original only once the copy is confirmed: a crash in between duplicates, never
+  loses; `postpone(delay)` does the same with the attempt unchanged;
 - on an ordered queue `retry` keeps the message unacked in the consumer and hands it
   out again after the delay, ahead of the rest of its key, which waits;
 - `dead_letter` publishes a stamped copy to the dead-letter queue, then acks;
@@ -65,15 +68,10 @@ from mailbag.broker.errors import (
     UnknownTopic,
 )
 from mailbag.broker.message import Delivery, Message
+from mailbag.broker.rabbitmq import delays
 from mailbag.broker.rabbitmq.cluster import FailoverConnection, node_urls
 from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
-from mailbag.broker.rabbitmq.topology import (
-    declare_retry_queue,
-    declare_topology,
-    delay_ms,
-    filter_exchange_name,
-    retry_queue_name,
-)
+from mailbag.broker.rabbitmq.topology import declare_topology, filter_exchange_name
 from mailbag.broker.topology import Queue, Topology
 from mailbag.broker.url import check_options, mask_url
 
@@ -102,6 +100,8 @@ _LOST_WHILE_OPENING = (
 _REOPEN_PAUSE = 0.1
 #: the longest one step of closing (a consumer, the connection) waits for the broker
 CLOSE_TIMEOUT = 2.0
+#: seconds an exhausted message is held before it goes back, while it cannot be dead-lettered
+RETURN_PAUSE = 1.0
 
 
 class RabbitBroker(Broker):
@@ -116,7 +116,9 @@ class RabbitBroker(Broker):
         self._dead_letter_queues: set[str] = set()
         self._topics: set[str] = set()
         self._known_queues: set[str] = set()
-        self._retry_queues: set[str] = set()
+        #: queue kinds whose delay levels are declared, and queues bound to them
+        self._delay_kinds: set[str] = set()
+        self._delay_targets: set[str] = set()
         self._consumers: set[_RabbitConsumer] = set()
         self._closed = False
 
@@ -137,48 +139,52 @@ class RabbitBroker(Broker):
                 raise TopologyError(
                     f"{spec.dead_letter_queue!r} is already declared as a queue, not a dead-letter queue"
                 )
+        for kind in sorted({spec.kind for spec in topology.queues}):
+            await self._delay_levels(kind)
         async with self._scratch() as channel:
             await declare_topology(channel, topology)
         for spec in topology.queues:
             self._specs[spec.name] = spec
             self._dead_letter_queues.add(spec.dead_letter_queue)
             self._known_queues.update((spec.name, spec.dead_letter_queue))
-            self._retry_queues.update(retry_queue_name(spec.name, delay_ms(d)) for d in spec.retry.delays)
+            self._delay_targets.add(spec.name)
         self._topics.update(topology.topics)
 
     async def remove(self, topology: Topology) -> None:
         self._check_open()
         async with self._scratch() as channel:
             for spec in topology.queues:
-                retry = {retry_queue_name(spec.name, delay_ms(d)) for d in spec.retry.delays}
-                retry |= {n for n in self._retry_queues if n.startswith(f"{spec.name}.retry.")}
-                for name in (spec.name, spec.dead_letter_queue, *sorted(retry)):
+                for name in (spec.name, spec.dead_letter_queue):
                     await channel.queue_delete(name)
                     self._known_queues.discard(name)
-                    self._retry_queues.discard(name)
                 self._specs.pop(spec.name, None)
                 self._dead_letter_queues.discard(spec.dead_letter_queue)
+                self._delay_targets.discard(spec.name)
             for topic in topology.topics:
                 await channel.exchange_delete(topic)
                 await channel.exchange_delete(filter_exchange_name(topic))
                 self._topics.discard(topic)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         self._check_open()
         for m in messages:
             if m.topic != topic:
                 raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
         await self._check_topic(topic)
-        await self._confirmed(topic, "", [to_amqp(m) for m in messages], f"topic {topic!r}")
+        returned = await self._confirmed(topic, "", [to_amqp(m) for m in messages], f"topic {topic!r}", routed=False)
+        self.unrouted.note(topic, returned, mandatory=mandatory)
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
-        """A delay goes through the queue's retry queue of that delay, like a retry."""
+        """A delay goes through the delay levels, like a retry."""
         self._check_open()
         if delay < 0:
             raise ValueError(f"send delay must be >= 0, got {delay}")
         await self._check_queue(queue)
-        target = await self._retry_queue(self._specs.get(queue) or Queue(queue), delay) if delay > 0 else queue
-        await self._confirmed("", target, [to_amqp(m) for m in messages], f"queue {target!r}")
+        if delay <= 0:
+            await self._confirmed("", queue, [to_amqp(m) for m in messages], f"queue {queue!r}")
+            return
+        outgoing = [to_amqp(m, extra_headers={delays.TARGET: queue}) for m in messages]
+        await self._delayed(queue, outgoing, delay)
 
     def consume(self, queue: str, prefetch: int = 10) -> Consumer:
         self._check_open()
@@ -195,10 +201,7 @@ class RabbitBroker(Broker):
             raise UnknownQueue(f"queue {queue!r} is not declared")
         spec = self._specs.get(queue)
         dead = await self._count(spec.dead_letter_queue if spec else f"{queue}.dlq")
-        delayed = 0
-        for name in sorted(q for q in self._retry_queues if q.startswith(f"{queue}.retry.")):
-            delayed += await self._count(name) or 0
-        return QueueStats(queue, ready, None, delayed, dead or 0)
+        return QueueStats(queue, ready, None, None, dead or 0)  # delay queues are shared: delayed unknown
 
     async def browse(self, queue: str, limit: int = 100) -> list[Message]:
         """Gets up to `limit` messages unacked and closes the channel, which puts them
@@ -236,11 +239,12 @@ class RabbitBroker(Broker):
             log.warning("closing the connection to %s: %r; leaving it", self.url, exc)
 
     async def delete_declared(self) -> None:
-        """Delete every queue (retry and dead-letter queues included) and exchange this
-        broker declared or used, with their messages: the cleanup of a test that ran
-        on a shared RabbitMQ (`mailbag.testing`). Names it did not touch stay."""
+        """Delete every queue (dead-letter queues included) and exchange this broker
+        declared or used, with their messages: the cleanup of a test that ran on a shared
+        RabbitMQ (`mailbag.testing`). Names it did not touch stay, and so do the delay
+        levels, which every queue of the vhost shares."""
         self._check_open()
-        queues = set(self._specs) | self._dead_letter_queues | self._retry_queues | self._known_queues
+        queues = set(self._specs) | self._dead_letter_queues | self._known_queues
         async with self._scratch() as channel:
             for name in sorted(queues):
                 await channel.queue_delete(name)
@@ -282,12 +286,15 @@ class RabbitBroker(Broker):
                 raise UnknownTopic(f"topic {topic!r} is not declared") from None
             self._topics.add(topic)
 
-    async def _confirmed(self, exchange: str, routing_key: str, messages: list[Outgoing], where: str) -> None:
+    async def _confirmed(
+        self, exchange: str, routing_key: str, messages: list[Outgoing], where: str, *, routed: bool = True
+    ) -> list[str]:
         """Publish all at once and wait for every confirm. What the connection lost is
         published again once it is back (a duplicate at worst). Gives up when nothing
         moved (no confirm, no reconnect) for the publish timeout, and raises
-        `PublishFailed` naming what the broker returned (no queue took it), refused, or
-        never confirmed."""
+        `PublishFailed` naming what the broker refused or never confirmed, and what it
+        returned (no queue took it) when `routed` asks that every message be taken.
+        Returns the ids of the returned messages."""
         returned: list[str] = []
         refused: list[str] = []
         for _ in range(_PUBLISH_ROUNDS):
@@ -300,7 +307,7 @@ class RabbitBroker(Broker):
                 break
             messages = lost
         problems = []
-        if returned:
+        if returned and routed:
             problems.append(f"{len(returned)} unroutable on {where} (no queue is bound, or none of its filters match)")
         if refused:
             problems.append(f"{len(refused)} refused (nacked) by the broker on {where}")
@@ -308,7 +315,8 @@ class RabbitBroker(Broker):
             problems.append(f"{len(lost)} not confirmed on {where} (nothing moved for {self._publish_timeout:g}s)")
         if problems:
             unknown = [m.id for m in lost]  # sent, never confirmed: they may be in the queue
-            raise PublishFailed("; ".join(problems), returned + refused + unknown, unknown=unknown)
+            raise PublishFailed("; ".join(problems), (returned if routed else []) + refused + unknown, unknown=unknown)
+        return returned
 
     async def _publish_once(
         self,
@@ -348,13 +356,26 @@ class RabbitBroker(Broker):
                 returned.append(m.id)
         return lost, stuck
 
-    async def _retry_queue(self, spec: Queue, delay: float) -> str:
-        name = retry_queue_name(spec.name, delay_ms(delay))
-        if name not in self._retry_queues:
+    async def _delay_levels(self, kind: str) -> None:
+        if kind not in self._delay_kinds:
             async with self._scratch() as channel:
-                await declare_retry_queue(channel, spec, delay_ms(delay))
-            self._retry_queues.add(name)
-        return name
+                await delays.declare_levels(channel, kind)
+            self._delay_kinds.add(kind)
+
+    async def _delayed(self, queue: str, messages: list[Outgoing], delay: float) -> None:
+        """Publish messages carrying `delays.TARGET` through the delay levels of the
+        queue's kind; they reach `queue` after `delay` seconds."""
+        count = delays.units(delay)
+        kind = self._specs[queue].kind if queue in self._specs else "classic"
+        await self._delay_levels(kind)
+        if queue not in self._delay_targets:
+            async with self._scratch() as channel:
+                await delays.bind_target(channel, queue, kind)
+            self._delay_targets.add(queue)
+        prefix = delays.prefix_for(kind)
+        await self._confirmed(
+            delays.entry(prefix, count), delays.routing_key(count), messages, f"the delay levels for {queue!r}"
+        )
 
     async def _republish(self, queue: str, message: Outgoing) -> None:
         await self._confirmed("", queue, [message], f"queue {queue!r}")
@@ -425,22 +446,43 @@ class _RabbitDelivery(Delivery):
         spec = consumer.spec
         if spec is not None and self.attempt >= spec.retry.max_attempts:
             await consumer.settle(self, self._to_dead_letter_queue(h.DELIVERY_LIMIT_EXCEEDED, None))
-        elif spec is not None and spec.ordered:
-            consumer.hold(self, delay)
         else:
-            await consumer.settle(self, self._requeue(delay))
+            await self._again(delay, self.attempt + 1)
+
+    async def _postpone(self, delay: float) -> None:
+        await self._again(delay, self.attempt)
+
+    async def _again(self, delay: float, attempt: int) -> None:
+        consumer = self._consumer
+        if consumer.spec is not None and consumer.spec.ordered:
+            consumer.hold(self, delay, attempt)
+        else:
+            await consumer.settle(self, self._requeue(delay, attempt))
+
+    async def _release(self) -> None:
+        """Nack with requeue: the broker puts the message back where it was."""
+        self._consumer.finished(self)
+        if self.stale():
+            return  # its channel is gone, so the broker has it back already
+        tag = self._raw.delivery_tag
+        assert tag is not None  # set on every message a consumer receives
+        try:
+            await self._raw.channel.basic_nack(delivery_tag=tag, requeue=True, wait=False)
+        except _GONE as exc:
+            log.debug("releasing %s: %r (its channel is gone, so it is back)", self.message.id, exc)
 
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         if self.queue in self._consumer.broker._dead_letter_queues:
             raise TopologyError(f"{self.queue!r} is a dead-letter queue; it has no dead-letter queue of its own")
         await self._consumer.settle(self, self._to_dead_letter_queue(reason, error))
 
-    async def _requeue(self, delay: float) -> None:
+    async def _requeue(self, delay: float, attempt: int) -> None:
         broker = self._consumer.broker
-        target = self.queue
         if delay > 0:
-            target = await broker._retry_queue(self._consumer.spec or Queue(self.queue), delay)
-        await broker._republish(target, republished(self._raw, {ATTEMPT: self.attempt + 1}))
+            copy = republished(self._raw, self.message, {ATTEMPT: attempt, delays.TARGET: self.queue})
+            await broker._delayed(self.queue, [copy], delay)
+        else:
+            await broker._republish(self.queue, republished(self._raw, self.message, {ATTEMPT: attempt}))
         await self._basic_ack()
 
     async def _to_dead_letter_queue(
@@ -451,7 +493,7 @@ class _RabbitDelivery(Delivery):
             self.message.topic, self.queue, self.attempt if attempts is None else attempts, reason, error
         )
         target = spec.dead_letter_queue if spec else f"{self.queue}.dlq"
-        await self._consumer.broker._republish(target, republished(self._raw, stamp))
+        await self._consumer.broker._republish(target, republished(self._raw, self.message, stamp))
         await self._basic_ack()
 
 
@@ -542,9 +584,18 @@ class _RabbitConsumer(Consumer):
     async def _on_message(self, raw: AbstractIncomingMessage) -> None:
         if self._closed:
             return  # closing the channel puts it back
-        delivery = _RabbitDelivery(self, raw, from_amqp(raw), attempt_of(raw))
-        if self.spec is not None and delivery.attempt > self.spec.retry.max_attempts:
-            self._spawn(self._exhausted(delivery))
+        message = from_amqp(raw)
+        try:
+            attempt, returns = attempt_of(raw)
+        except ValueError as exc:  # a plain client's header we cannot read: never runs, never stalls
+            unread = _RabbitDelivery(self, raw, message, 1)
+            self._spawn(self._dead_letter_unrun(unread, f"unreadable reserved header: {exc}", exc, 1))
+            return
+        delivery = _RabbitDelivery(self, raw, message, attempt)
+        # back from the broker more often than the queue allows: its handler keeps crashing
+        # the worker. A first delivery always runs, whatever attempt its headers claim.
+        if self.spec is not None and returns and attempt > self.spec.retry.max_attempts:
+            self._spawn(self._dead_letter_unrun(delivery, h.DELIVERY_LIMIT_EXCEEDED, None, attempt - 1))
             return
         if self._ordered:
             if delivery.key in self._busy:
@@ -553,13 +604,17 @@ class _RabbitConsumer(Consumer):
             self._busy.add(delivery.key)
         self._push(delivery)
 
-    async def _exhausted(self, delivery: _RabbitDelivery) -> None:
-        """A message back more often than the queue allows (its handler keeps crashing
-        the worker): dead-letter it without running the handler again."""
+    async def _dead_letter_unrun(
+        self, delivery: _RabbitDelivery, reason: str, error: BaseException | None, attempts: int
+    ) -> None:
+        """Dead-letter a message without handing it out. If that fails (the dead-letter
+        queue is gone) it goes back to the queue after `RETURN_PAUSE`."""
         try:
-            await delivery._to_dead_letter_queue(h.DELIVERY_LIMIT_EXCEEDED, None, attempts=delivery.attempt - 1)
+            await delivery._to_dead_letter_queue(reason, error, attempts=attempts)
         except (*_GONE, PublishFailed) as exc:
-            log.warning("could not dead-letter exhausted message %s: %r", delivery.message.id, exc)
+            log.warning("could not dead-letter message %s (%s), it goes back: %r", delivery.message.id, reason, exc)
+            await asyncio.sleep(RETURN_PAUSE)
+            await delivery._release()
 
     def _push(self, delivery: _RabbitDelivery) -> None:
         self._ready.append(delivery)
@@ -605,11 +660,11 @@ class _RabbitConsumer(Consumer):
                 f"to {self.queue!r} (a copy may already be published)"
             ) from exc
 
-    def hold(self, delivery: _RabbitDelivery, delay: float) -> None:
-        """Hand the same message out again after `delay`, its key held meanwhile."""
+    def hold(self, delivery: _RabbitDelivery, delay: float, attempt: int) -> None:
+        """Hand the same message out again after `delay` as `attempt`, its key held meanwhile."""
         self.check_live(delivery)
         self._held.discard(delivery)
-        again = _RabbitDelivery(self, delivery._raw, delivery.message, delivery.attempt + 1)
+        again = _RabbitDelivery(self, delivery._raw, delivery.message, attempt)
         loop = asyncio.get_running_loop()
         timer: asyncio.TimerHandle
 

@@ -7,9 +7,8 @@
   dead-letters (a quorum queue's delivery limit, a plain client's reject);
 - subscription filter -> a headers exchange `<topic>.filter` bound to the topic, the
   queue bound to it once per combination of allowed values (x-match all);
-- retry delay -> `<queue>.retry.<ms>ms`, a queue whose message TTL is the delay and
-  whose dead-letter route is the work queue. One per distinct delay: the policy's
-  delays are declared with the topology, any other delay on its first use.
+- retry delay -> the fixed binary delay levels of `mailbag.broker.rabbitmq.delays`,
+  shared by every queue of its kind; each queue is bound to their deliver exchange.
 
 RabbitMQ closes the channel on any failed declaration, so every declaration runs on
 a channel of its own, and a conflict becomes a `TopologyError` naming the queue or
@@ -27,6 +26,7 @@ from aio_pika import ExchangeType
 from aio_pika.abc import AbstractChannel
 
 from mailbag.broker.errors import TopologyError
+from mailbag.broker.rabbitmq.delays import bind_target
 from mailbag.broker.topology import Queue, Subscription, Topology
 
 #: the setting behind each queue argument, to name it in a conflict
@@ -35,19 +35,9 @@ _SETTING_OF = {
     "x-single-active-consumer": "ordered",
     "x-delivery-limit": "retry.max_attempts",
     "x-dead-letter-routing-key": "dead_letter_queue",
-    "x-message-ttl": "the retry delay",
 }
 
 _INEQUIVALENT = re.compile(r"inequivalent arg '([^']+)' for (queue|exchange) '([^']+)'[^:]*: (.*)$")
-
-
-def retry_queue_name(queue: str, delay_ms: int) -> str:
-    return f"{queue}.retry.{delay_ms}ms"
-
-
-def delay_ms(delay: float) -> int:
-    """A retry delay as a whole number of milliseconds, the unit of a queue's TTL."""
-    return max(1, round(delay * 1000))
 
 
 def filter_exchange_name(topic: str) -> str:
@@ -76,22 +66,14 @@ def queue_arguments(spec: Queue) -> dict[str, Any]:
     return args
 
 
-def retry_queue_arguments(spec: Queue, delay_ms: int) -> dict[str, Any]:
-    return {
-        **_replicated(spec.kind),
-        "x-message-ttl": delay_ms,
-        "x-dead-letter-exchange": "",
-        "x-dead-letter-routing-key": spec.name,
-    }
-
-
 def dead_letter_queue_arguments(spec: Queue) -> dict[str, Any]:
     return {"x-queue-type": "quorum"} if spec.kind == "quorum" else {}
 
 
 async def declare_topology(channel: AbstractChannel, topology: Topology) -> None:
     """Declare every exchange, queue and binding of `topology` on `channel` (which a
-    failure closes). Idempotent: RabbitMQ accepts an identical redeclaration."""
+    failure closes), the delay levels of its queues' kinds being declared already.
+    Idempotent: RabbitMQ accepts an identical redeclaration."""
     try:
         exchanges = {}
         for topic in topology.topics:
@@ -101,8 +83,7 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
                 spec.dead_letter_queue, durable=True, arguments=dead_letter_queue_arguments(spec)
             )
             queue = await channel.declare_queue(spec.name, durable=True, arguments=queue_arguments(spec))
-            for delay in spec.retry.delays:
-                await declare_retry_queue(channel, spec, delay_ms(delay))
+            await bind_target(channel, spec.name, spec.kind)
             for sub in spec.subscriptions:
                 if not sub.filter:
                     await queue.bind(exchanges[sub.topic])
@@ -115,15 +96,6 @@ async def declare_topology(channel: AbstractChannel, topology: Topology) -> None
                     await queue.bind(headers, arguments=arguments)
     except aiormq.exceptions.ChannelPreconditionFailed as exc:
         raise _conflict(exc) from None
-
-
-async def declare_retry_queue(channel: AbstractChannel, spec: Queue, delay_ms: int) -> str:
-    name = retry_queue_name(spec.name, delay_ms)
-    try:
-        await channel.declare_queue(name, durable=True, arguments=retry_queue_arguments(spec, delay_ms))
-    except aiormq.exceptions.ChannelPreconditionFailed as exc:
-        raise _conflict(exc) from None
-    return name
 
 
 def _filter_bindings(sub: Subscription) -> list[dict[str, Any]]:

@@ -9,11 +9,17 @@ standard AWS chain, never from the URL.
 
 Publishing goes through `PublishBatch` (topics) and `SendMessageBatch` (queues) in
 groups of ten. Consumers long-poll ten at a time, extend visibility while a handler
-still runs (a heartbeat every third of the timeout) and batch their deletes. The
-attempt number is SQS's `ApproximateReceiveCount`; `retry(delay)` hides the message for
-`ceil(delay)` seconds. Dead letters carry their reason only when this adapter moved them
-(`dead_letter`, or `retry` past max attempts); a message SQS redrives itself (a consumer
-crashing past maxReceiveCount) arrives without one. See docs/sqs.md.
+still runs (a heartbeat every third of the timeout) and batch their deletes.
+
+Attempts count handler runs: SQS's `ApproximateReceiveCount`, plus the attempts a
+postponed copy carries (`x-mailbag-attempts-used`), less the receives this consumer
+knows ran no handler (a FIFO postpone, followers returned behind a retried message of
+their group). `retry(delay)` hides the message for `ceil(delay)` seconds; `postpone`
+sends a delayed copy (standard) or hides it (FIFO, which takes no per-message delay).
+A message received more often than its queue's max attempts is dead-lettered unrun
+with `DELIVERY_LIMIT_EXCEEDED`; the redrive policy's maxReceiveCount has headroom
+above max attempts (`REDRIVE_HEADROOM`), so SQS moves a message without a reason only
+when no mailbag consumer could. See docs/sqs.md.
 """
 
 from __future__ import annotations
@@ -45,9 +51,16 @@ from mailbag.broker.errors import (
 )
 from mailbag.broker.message import Delivery, Message, new_message_id
 from mailbag.broker.sqs.client import AwsClients
-from mailbag.broker.sqs.mapping import SQS_MAX_BYTES
-from mailbag.broker.sqs.marshal import from_wire, to_wire
-from mailbag.broker.sqs.topology import QueueRef, Resources
+from mailbag.broker.sqs.mapping import MAX_DELAY_SECONDS, MAX_VISIBILITY, SQS_MAX_BYTES, policy_matches
+from mailbag.broker.sqs.marshal import (
+    attempts_used,
+    dead_letter_copy,
+    from_wire,
+    to_wire,
+    uncount,
+    with_attempts_used,
+)
+from mailbag.broker.sqs.topology import ROUTES_TTL, QueueRef, Resources, TopicRef
 from mailbag.broker.topology import Topology
 from mailbag.broker.url import mask_url, query_options
 
@@ -57,9 +70,10 @@ BATCH = 10
 #: largest message (body plus attributes) an SNS topic takes
 SNS_MAX_BYTES = 262_144
 SEND_ATTEMPTS = 3
-#: longest `DelaySeconds` SQS allows
-MAX_DELAY_SECONDS = 900
+
 _SYSTEM_ATTRIBUTES = ["ApproximateReceiveCount", "SentTimestamp", "MessageGroupId"]
+#: seconds a topic seen without a taker is trusted before its subscriptions are listed again
+RELIST_UNROUTED = 1.0
 _TOKEN = re.compile(r"^[!-~]{1,128}$")
 
 
@@ -80,13 +94,19 @@ class SqsBroker(Broker):
         self._check_open()
         await self._resources.declare(topology)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        """SNS accepts what no subscription takes and drops it silently, so the topic's
+        subscriptions and filter policies are checked here (listed again at most every
+        `ROUTES_TTL` seconds, and at once before a message is called unroutable)."""
         self._check_open()
         for m in messages:
             if m.topic != topic:
                 raise ValueError(f"message {m.id} is for topic {m.topic!r}, not {topic!r}")
         ref = await self._resources.topic(topic)
         entries = [_entry(m, "Message", SNS_MAX_BYTES, f"SNS topic {topic!r}", ref.fifo, m.id) for m in messages]
+        unrouted = await self._unrouted(ref, messages, mandatory)
+        if unrouted and mandatory:
+            entries = [e for e in entries if e.message_id not in unrouted]
         await self._send_batches(
             self.aws.sns.publish_batch,
             {"TopicArn": ref.arn},
@@ -95,6 +115,19 @@ class SqsBroker(Broker):
             SNS_MAX_BYTES,
             ordered=ref.fifo,
         )
+        self.unrouted.note(topic, [m.id for m in messages if m.id in unrouted], mandatory=mandatory)
+
+    async def _unrouted(self, ref: TopicRef, messages: Sequence[Message], mandatory: bool) -> set[str]:
+        """Ids of the messages no subscription of the topic takes. Subscriptions are
+        listed again before a message is called unroutable: at once when mandatory,
+        else when what is known is older than `RELIST_UNROUTED` seconds."""
+        missed: set[str] = set()
+        for max_age in (ROUTES_TTL, 0.0 if mandatory else RELIST_UNROUTED):
+            policies = await self._resources.routes(ref, max_age=max_age)
+            missed = {m.id for m in messages if not any(policy_matches(p, m.headers) for p in policies)}
+            if not missed:
+                break
+        return missed
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         """`delay` becomes SQS `DelaySeconds`, rounded up: at most 900 s, and only on
@@ -211,16 +244,39 @@ class SqsBroker(Broker):
         ordered: bool,
     ) -> None:
         """Send in batches of ten (and at most `max_bytes` together). FIFO batches go one
-        after another to keep the publisher's order; others go at once."""
+        after another to keep the publisher's order. Other batches go at once, except
+        that a batch waits for the earlier ones holding messages of its ordering keys:
+        one call keeps each key's order as far as the queue does (SQS standard queues
+        promise no order, but sending a key's batches at once reorders them for sure)."""
         batches = list(_batches(entries, max_bytes))
         if ordered:
             results = [await self._send_batch(method, target, key, b) for b in batches]
         else:
-            results = await asyncio.gather(*(self._send_batch(method, target, key, b) for b in batches))
+            last_of_key: dict[str, asyncio.Future[dict[str, str]]] = {}
+            sends: list[asyncio.Future[dict[str, str]]] = []
+            for batch in batches:
+                keys = {e.key for e in batch if e.key is not None}
+                before = {last_of_key[k] for k in keys if k in last_of_key}
+                send = asyncio.ensure_future(self._send_after(before, method, target, key, batch))
+                sends.append(send)
+                last_of_key.update(dict.fromkeys(keys, send))
+            results = await asyncio.gather(*sends)
         failed = {mid: why for result in results for mid, why in result.items()}
         if failed:
             reasons = sorted(set(failed.values()))
             raise PublishFailed(f"{len(failed)} message(s) not accepted ({'; '.join(reasons)})", list(failed))
+
+    async def _send_after(
+        self,
+        before: set[asyncio.Future[dict[str, str]]],
+        method: Callable[..., Any],
+        target: dict[str, str],
+        key: str,
+        batch: list[_Entry],
+    ) -> dict[str, str]:
+        if before:
+            await asyncio.wait(before)
+        return await self._send_batch(method, target, key, batch)
 
     async def _send_batch(
         self, method: Callable[..., Any], target: dict[str, str], key: str, batch: list[_Entry]
@@ -319,12 +375,14 @@ class SqsBroker(Broker):
 
 
 class _Entry:
-    __slots__ = ("message_id", "params", "size")
+    __slots__ = ("key", "message_id", "params", "size")
 
-    def __init__(self, message_id: str, size: int, params: dict[str, Any]) -> None:
+    def __init__(self, message_id: str, size: int, params: dict[str, Any], key: str | None) -> None:
         self.message_id = message_id
         self.size = size
         self.params = params
+        #: the ordering key: batches sharing one are sent one after another
+        self.key = key
 
 
 def _entry(message: Message, body_key: str, limit: int, where: str, fifo: bool, dedup_id: str) -> _Entry:
@@ -337,7 +395,7 @@ def _entry(message: Message, body_key: str, limit: int, where: str, fifo: bool, 
     if fifo:
         params["MessageGroupId"] = _token(message.ordering_key or message.id)
         params["MessageDeduplicationId"] = _token(dedup_id)
-    return _Entry(message.id, wire.size, params)
+    return _Entry(message.id, wire.size, params, message.ordering_key)
 
 
 def _token(value: str) -> str:
@@ -370,6 +428,10 @@ def _default_topic(ref: QueueRef) -> str:
     """The topic of a message whose publisher did not say: the queue's only topic, or
     else the queue's name."""
     return ref.topics[0] if len(ref.topics) == 1 else ref.name
+
+
+def _receives(held: _Held) -> int:
+    return int(held.raw["Attributes"].get("ApproximateReceiveCount", 1))
 
 
 class _Held:
@@ -438,8 +500,8 @@ class _Deletes:
 class _SqsDelivery(Delivery):
     __slots__ = ("_consumer", "_held")
 
-    def __init__(self, consumer: _SqsConsumer, held: _Held, message: Message) -> None:
-        super().__init__(message, consumer.queue, int(held.raw["Attributes"].get("ApproximateReceiveCount", 1)))
+    def __init__(self, consumer: _SqsConsumer, held: _Held, message: Message, attempt: int) -> None:
+        super().__init__(message, consumer.queue, attempt)
         self._consumer = consumer
         self._held = held
 
@@ -455,8 +517,14 @@ class _SqsDelivery(Delivery):
     async def _retry(self, delay: float) -> None:
         await self._consumer.retry(self, delay)
 
+    async def _postpone(self, delay: float) -> None:
+        await self._consumer.postpone(self, delay)
+
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         await self._consumer.dead_letter(self, reason, error)
+
+    async def _release(self) -> None:
+        await self._consumer.release(self)
 
 
 #: seconds `close` waits for long polls in flight before it abandons them
@@ -477,6 +545,8 @@ class _SqsConsumer(Consumer):
         self._buffer: deque[_Held] = deque()
         self._unsettled: dict[_SqsDelivery, None] = {}
         self._busy_groups: set[str | None] = set()
+        #: SQS message id -> receives that ran no handler (FIFO postpones), not attempts
+        self._uncounted: dict[str, int] = {}
         self._poll: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._visibility = asyncio.Lock()
@@ -528,18 +598,34 @@ class _SqsConsumer(Consumer):
         return None
 
     async def _hand_out(self, ref: QueueRef, held: _Held) -> _SqsDelivery | None:
+        """The delivery for a received message, or None when it was dead-lettered unrun:
+        undecodable (not ours to drop: parked as it came, with the reason), or received
+        more often than its queue allows attempts (its handler keeps crashing workers),
+        counted by SQS's own receive count less receives that ran no handler."""
         try:
-            message = from_wire(held.raw, _default_topic(ref))
+            message, used = attempts_used(from_wire(held.raw, _default_topic(ref)))
         except (ValueError, KeyError, TypeError) as exc:
-            # not ours to drop: park it in the DLQ, as it came, with the reason
             fallback = Message(_default_topic(ref), held.raw["Body"].encode(), id=held.raw["MessageId"])
-            delivery = self._track(ref, held, fallback)
-            await delivery.dead_letter(f"undecodable SQS message: {exc}", exc)
+            await self._dead_letter_unrun(self._track(ref, held, fallback, 0), f"undecodable SQS message: {exc}", exc)
             return None
-        return self._track(ref, held, message)
+        delivery = self._track(ref, held, message, used)
+        runs = _receives(held) - self._uncounted.get(held.raw["MessageId"], 0)
+        if ref.max_attempts is not None and runs > ref.max_attempts:
+            delivery.attempt -= 1
+            await self._dead_letter_unrun(delivery, h.DELIVERY_LIMIT_EXCEEDED, None)
+            return None
+        return delivery
 
-    def _track(self, ref: QueueRef, held: _Held, message: Message) -> _SqsDelivery:
-        delivery = _SqsDelivery(self, held, message)
+    async def _dead_letter_unrun(self, delivery: _SqsDelivery, reason: str, error: BaseException | None) -> None:
+        try:
+            await delivery.dead_letter(reason, error)
+        except Exception as failed:
+            log.error("could not dead-letter message %s, it goes back: %r", delivery.message.id, failed)
+            await delivery.release()
+
+    def _track(self, ref: QueueRef, held: _Held, message: Message, used: int) -> _SqsDelivery:
+        attempt = _receives(held) + used - self._uncounted.get(held.raw["MessageId"], 0)
+        delivery = _SqsDelivery(self, held, message, max(1, attempt))
         self._unsettled[delivery] = None
         if ref.fifo:
             self._busy_groups.add(held.group)
@@ -588,6 +674,7 @@ class _SqsConsumer(Consumer):
         held = self._finish(delivery)
         assert self._deletes is not None
         self._deletes.add(held.receipt)
+        self._uncounted.pop(held.raw["MessageId"], None)
 
     async def retry(self, delivery: _SqsDelivery, delay: float) -> None:
         ref = self._ref
@@ -595,26 +682,56 @@ class _SqsConsumer(Consumer):
         if ref.max_attempts is not None and delivery.attempt >= ref.max_attempts:
             await self.dead_letter(delivery, h.DELIVERY_LIMIT_EXCEEDED, None)
             return
-        held = self._finish(delivery)
-        # FIFO: the rest of the group we hold goes back too, behind the retried message,
-        # which keeps the group locked in SQS until it is visible again
+        await self._hide(ref, self._finish(delivery), delay)
+
+    async def _hide(self, ref: QueueRef, held: _Held, delay: float) -> None:
+        """Keep a settled message invisible for `delay` (rounded up to whole seconds).
+        FIFO: the rest of the group we hold goes back too, behind it, which keeps the
+        group locked in SQS until it is visible again."""
         behind = [b for b in self._buffer if ref.fifo and b.group == held.group]
         for b in behind:
             self._buffer.remove(b)
+            uncount(self._uncounted, b.raw["MessageId"])  # held back unrun: its receive is no attempt
         async with self._visibility:
             await self.broker._change_visibility(ref, [b.receipt for b in behind], 0)
-            await self.broker._change_visibility(ref, [held.receipt], math.ceil(delay))
+            await self.broker._change_visibility(ref, [held.receipt], min(MAX_VISIBILITY, math.ceil(delay)))
+
+    async def postpone(self, delivery: _SqsDelivery, delay: float) -> None:
+        """Standard queue: a copy goes back with `DelaySeconds`, carrying the attempts
+        used so far, and the original is deleted. FIFO (no per-message delay, and a copy
+        would go behind its group), or a delay past SQS's 900 s: the message is hidden
+        for the delay and this receive is remembered as no attempt."""
+        ref = self._ref
+        assert ref is not None and self._deletes is not None
+        seconds = math.ceil(delay)
+        if ref.fifo or seconds > MAX_DELAY_SECONDS:
+            held = self._finish(delivery)
+            uncount(self._uncounted, held.raw["MessageId"])
+            await self._hide(ref, held, delay)
+            return
+        await self.broker._send_to(ref, [with_attempts_used(delivery.message, delivery.attempt - 1)], seconds)
+        self._deletes.add(self._finish(delivery).receipt)
 
     async def dead_letter(self, delivery: _SqsDelivery, reason: str, error: BaseException | None) -> None:
         ref = self._ref
         assert ref is not None and self._deletes is not None
         if ref.dead_letter is None:
             raise TopologyError(f"{self.queue!r} has no dead-letter queue (it is one, or has no RedrivePolicy)")
-        held = self._finish(delivery)
         message = delivery.message
         stamp = h.dead_letter_stamp(message.topic, self.queue, delivery.attempt, reason, error)
-        await self.broker._send_to(ref.dead_letter, [message.evolve(headers={**message.headers, **stamp})])
+        await self.broker._send_to(ref.dead_letter, [dead_letter_copy(message, stamp, SQS_MAX_BYTES)])
+        held = self._finish(delivery)
         self._deletes.add(held.receipt)
+        self._uncounted.pop(held.raw["MessageId"], None)
+
+    async def release(self, delivery: _SqsDelivery) -> None:
+        """Visible again at once (best effort: a failed change leaves the queue's visibility timeout)."""
+        if self._unsettled.pop(delivery, False) is not False:
+            self._busy_groups.discard(delivery._held.group)
+            self._wakeup.set()
+        if self._ref is not None and not self._closed:
+            async with self._visibility:
+                await self.broker._change_visibility(self._ref, [delivery._held.receipt], 0)
 
     # -- heartbeat and shutdown -----------------------------------------------
 

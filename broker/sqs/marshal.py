@@ -21,6 +21,8 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+from mailbag.broker import headers as h
+from mailbag.broker.headers import ATTEMPTS_USED
 from mailbag.broker.message import HeaderValue, Message
 
 #: SNS delivers at most this many attributes to a raw-delivery SQS subscription
@@ -115,7 +117,9 @@ def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
         headers.update(json.loads(packed))
     body = raw["Body"].encode()
     if attributes.get(BODY_ENCODING) == "base64":
-        body = base64.b64decode(body)
+        body = base64.b64decode(body, validate=True)  # binascii.Error is a ValueError
+        if not body:
+            raise ValueError("the body is empty once decoded from base64 (SNS and SQS carry no empty body)")
     created = attributes.get(CREATED_AT)
     if isinstance(created, str):
         created_at = datetime.fromisoformat(created)
@@ -134,6 +138,56 @@ def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
         ordering_key=_optional(attributes.get(ORDERING_KEY)),
         created_at=created_at,
     )
+
+
+def attempts_used(message: Message) -> tuple[Message, int]:
+    """The message without its `ATTEMPTS_USED` header, and that count (0 without it).
+    Raises `ValueError` naming the header when it holds no whole number >= 0."""
+    raw = message.headers.get(ATTEMPTS_USED)
+    if raw is None:
+        return message, 0
+    try:
+        used = int(raw) if not isinstance(raw, float) or raw.is_integer() else -1
+    except (TypeError, ValueError):
+        used = -1
+    if isinstance(raw, bool) or used < 0:
+        raise ValueError(f"reserved header {ATTEMPTS_USED!r} is not a whole number >= 0: {raw!r}")
+    return message.evolve(headers={k: v for k, v in message.headers.items() if k != ATTEMPTS_USED}), used
+
+
+def with_attempts_used(message: Message, used: int) -> Message:
+    return message.evolve(headers={**message.headers, ATTEMPTS_USED: used})
+
+
+def dead_letter_copy(message: Message, stamp: Mapping[str, HeaderValue], limit: int) -> Message:
+    """The message as it goes to a dead-letter queue, stamped, within `limit` bytes: the
+    traceback, then the error's text, then the reason are cut down (never away) until it
+    fits, so a message near the size limit still carries why it died. An empty body
+    (SQS carries none) is replaced by a note saying so."""
+    body = message.body or b"(empty body)"
+    stamp = dict(stamp)
+    for name in (h.TRACEBACK, h.ERROR_MESSAGE, h.DEAD_REASON):
+        dead = message.evolve(body=body, headers={**message.headers, **stamp})
+        excess = to_wire(dead).size - limit
+        value = stamp.get(name)
+        if excess <= 0 or not isinstance(value, str):
+            continue
+        keep = max(0, len(value.encode()) - excess - 16) if name != h.DEAD_REASON else max(40, len(value) - excess)
+        stamp[name] = value.encode()[-keep:].decode("utf-8", "ignore") if name == h.TRACEBACK else value[:keep]
+    return message.evolve(body=body, headers={**message.headers, **stamp})
+
+
+#: message ids whose uncounted receives a consumer remembers (the oldest are forgotten)
+UNCOUNTED_KEPT = 10_000
+
+
+def uncount(uncounted: dict[str, int], message_id: str) -> None:
+    """One more receive of SQS message `message_id` that ran no handler (a FIFO
+    postpone, a record held back behind a failure of its group): SQS counts it in
+    `ApproximateReceiveCount`, mailbag does not count it as an attempt."""
+    uncounted[message_id] = uncounted.pop(message_id, 0) + 1
+    while len(uncounted) > UNCOUNTED_KEPT:
+        del uncounted[next(iter(uncounted))]
 
 
 def from_lambda_record(record: Mapping[str, Any], default_topic: str) -> Message:

@@ -2,7 +2,7 @@
 
 topic -> SNS topic; queue -> SQS queue whose policy admits only its topics
 (`aws:SourceArn`), subscribed with raw delivery and an optional filter policy on message
-attributes; dead-letter queue -> `RedrivePolicy` with maxReceiveCount = max attempts;
+attributes; dead-letter queue -> `RedrivePolicy` with maxReceiveCount = max attempts plus headroom;
 ordered queue -> FIFO queue (and FIFO topics feeding it). Every AWS name is the broker's
 prefix plus ours with '.' turned into '_' (SNS and SQS names allow no dots), plus
 `.fifo` where FIFO; each queue carries its own name in the `mailbag-name` tag. The
@@ -12,6 +12,7 @@ mapping itself lives in `mailbag.broker.sqs.mapping`, shared with the CloudForma
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,13 +23,16 @@ from mailbag.broker.sqs.mapping import (
     POLICY_SID,
     QUEUE_NAME_MAX,
     TOPIC_NAME_MAX,
+    TOPICS_TAG,
     admit_topics_statement,
     aws_name,
     check_collisions,
     check_prefix,
     fifo_topics,
     filter_policy,
+    max_attempts_of,
     queue_attributes,
+    queue_tags,
     redrive_policy,
     subscription_attributes,
     topic_attributes,
@@ -36,6 +40,8 @@ from mailbag.broker.sqs.mapping import (
 from mailbag.broker.topology import Queue, Subscription, Topology
 
 _MISSING_QUEUE = ("AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+#: seconds a topic's subscriptions are trusted before they are listed again
+ROUTES_TTL = 30.0
 _QUEUE_EXISTS = ("QueueAlreadyExists", "QueueNameExists")
 
 
@@ -48,7 +54,7 @@ class QueueRef:
     arn: str
     fifo: bool
     visibility: int
-    #: receives before SQS redrives to the dead-letter queue; None for a queue without one
+    #: the queue's max attempts (SQS redrives with some headroom past it); None for a queue without a DLQ
     max_attempts: int | None
     dead_letter: QueueRef | None
     topics: tuple[str, ...] = ()
@@ -74,6 +80,8 @@ class Resources:
         self._queues: dict[str, QueueRef] = {}
         self._topics: dict[str, TopicRef] = {}
         self._topic_arns: dict[str, str] = {}
+        #: topic name -> (when listed, the filter policy of each SQS subscription, None for none)
+        self._routes: dict[str, tuple[float, list[dict[str, Any] | None]]] = {}
 
     # -- names ----------------------------------------------------------------
 
@@ -92,6 +100,7 @@ class Resources:
             await self._admit(queue, [topics[t].arn for t in spec.topics])
             for sub in spec.subscriptions:
                 await self._subscribe(topics[sub.topic], queue, sub)
+                self._routes.pop(sub.topic, None)
 
     async def remove(self, topology: Topology) -> None:
         """Delete the queues (dead-letter queues too) and the topics; SNS drops a deleted
@@ -156,7 +165,10 @@ class Resources:
             try:
                 url = (
                     await self.aws.call(
-                        self.aws.sqs.create_queue, QueueName=aws_name, Attributes=wanted, tags={NAME_TAG: name}
+                        self.aws.sqs.create_queue,
+                        QueueName=aws_name,
+                        Attributes=wanted,
+                        tags=queue_tags(name, redrive[0].topics if redrive else ()),
                     )
                 )["QueueUrl"]
             except AwsError as exc:
@@ -238,6 +250,31 @@ class Resources:
 
     # -- lookup ---------------------------------------------------------------
 
+    async def routes(self, topic: TopicRef, *, max_age: float = ROUTES_TTL) -> list[dict[str, Any] | None]:
+        """The filter policy of each SQS queue subscribed to `topic` (None: no filter),
+        listed again when what is known is older than `max_age` seconds: SNS drops what
+        no subscription takes without a word, so the adapter checks this itself."""
+        cached = self._routes.get(topic.name)
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        policies: list[dict[str, Any] | None] = []
+        params: dict[str, Any] = {"TopicArn": topic.arn}
+        while True:
+            page = await self.aws.call(self.aws.sns.list_subscriptions_by_topic, **params)
+            for sub in page.get("Subscriptions", []):
+                if sub["Protocol"] != "sqs" or not sub["SubscriptionArn"].startswith("arn:"):
+                    continue  # another protocol, or pending confirmation
+                attrs = await self.aws.call(
+                    self.aws.sns.get_subscription_attributes, SubscriptionArn=sub["SubscriptionArn"]
+                )
+                policy = attrs.get("Attributes", {}).get("FilterPolicy")
+                policies.append(json.loads(policy) if policy else None)
+            if not page.get("NextToken"):
+                break
+            params["NextToken"] = page["NextToken"]
+        self._routes[topic.name] = (time.monotonic(), policies)
+        return policies
+
     async def topic(self, name: str) -> TopicRef:
         ref = await self._find_topic(name)
         if ref is None:
@@ -297,14 +334,16 @@ class Resources:
             dlq_url = (await self.aws.call(self.aws.sqs.get_queue_url, QueueName=dlq_aws_name))["QueueUrl"]
             dlq_name = dlq_aws_name[len(self.prefix) :].removesuffix(".fifo")
             dead_letter = await self._ref(dlq_name, dlq_url)
+        tags = (await self.aws.call(self.aws.sqs.list_queue_tags, QueueUrl=url)).get("Tags", {})
         return QueueRef(
             name=name,
             url=url,
             arn=attrs["QueueArn"],
             fifo=attrs.get("FifoQueue", "false").lower() == "true",
             visibility=int(attrs.get("VisibilityTimeout", self.visibility)),
-            max_attempts=int(redrive["maxReceiveCount"]) if redrive else None,
+            max_attempts=max_attempts_of(redrive) if redrive else None,
             dead_letter=dead_letter,
+            topics=tuple(tags.get(TOPICS_TAG, "").split()),
         )
 
     async def _attributes(self, url: str) -> dict[str, str]:

@@ -31,7 +31,6 @@ from typing import Any
 
 from mailbag.broker.errors import TopologyError
 from mailbag.broker.sqs.mapping import (
-    NAME_TAG,
     QUEUE_NAME_MAX,
     SQS_MAX_BYTES,
     TOPIC_NAME_MAX,
@@ -41,6 +40,7 @@ from mailbag.broker.sqs.mapping import (
     check_prefix,
     fifo_topics,
     queue_attributes,
+    queue_tags,
     redrive_policy,
     subscription_attributes,
     topic_attributes,
@@ -65,8 +65,8 @@ _RETAIN = {"DeletionPolicy": "Retain", "UpdateReplacePolicy": "Retain"}
 
 # What the adapter calls, as IAM actions (a *Batch call needs the action it batches):
 # consuming receives, deletes on ack, changes visibility on retry, heartbeat and close,
-# reads attributes to find the DLQ and count, and sends to its DLQ and (postponing) to
-# itself. A starting worker declares its topology, which on a deployed one only reads:
+# reads attributes (and tags: a queue's topics) to find the DLQ and count, and sends to
+# its DLQ and (postponing) to itself. A starting worker declares its topology, which on a deployed one only reads:
 # queue attributes, and its topics' subscriptions. Listing has no resource to scope
 # to: opening a broker lists queues, and publishing finds a topic's ARN by listing.
 _CONSUME = [
@@ -75,9 +75,10 @@ _CONSUME = [
     "sqs:ChangeMessageVisibility",
     "sqs:GetQueueAttributes",
     "sqs:GetQueueUrl",
+    "sqs:ListQueueTags",
     "sqs:SendMessage",
 ]
-_LOOK_UP = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl"]
+_LOOK_UP = ["sqs:GetQueueAttributes", "sqs:GetQueueUrl", "sqs:ListQueueTags"]
 _SEND = ["sqs:SendMessage", *_LOOK_UP]
 _DRAIN = [
     "sqs:ReceiveMessage",
@@ -186,7 +187,7 @@ class _Builder:
         logical: dict[str, tuple[str, str]] = {}
         for spec in self.topology.queues:
             dlq = self._queue(spec.dead_letter_queue, spec.ordered, None)
-            queue = self._queue(spec.name, spec.ordered, redrive_policy(_arn(dlq), spec))
+            queue = self._queue(spec.name, spec.ordered, redrive_policy(_arn(dlq), spec), spec.topics)
             queues.append(queue)
             dead_letters.append(dlq)
             logical[spec.name] = (queue, dlq)
@@ -257,7 +258,7 @@ class _Builder:
         self.outputs[f"{logical}Arn"] = {"Description": f"ARN of topic {name}", "Value": {"Ref": logical}}
         return logical
 
-    def _queue(self, name: str, fifo: bool, redrive: dict[str, Any] | None) -> str:
+    def _queue(self, name: str, fifo: bool, redrive: dict[str, Any] | None, topics: tuple[str, ...] = ()) -> str:
         logical = self._id("Queue", name)
         if fifo:
             standard = aws_name(self.prefix, name, False, QUEUE_NAME_MAX)
@@ -275,7 +276,7 @@ class _Builder:
             "Properties": {
                 "QueueName": aws_name(self.prefix, name, fifo, QUEUE_NAME_MAX),
                 **attributes,
-                "Tags": [{"Key": NAME_TAG, "Value": name}],
+                "Tags": [{"Key": key, "Value": value} for key, value in queue_tags(name, topics).items()],
             },
         }
         kind = "dead-letter queue" if redrive is None else "queue"

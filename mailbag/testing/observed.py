@@ -18,7 +18,6 @@ from mailbag.broker import headers as h
 from mailbag.broker.base import Consumer, QueueStats
 from mailbag.broker.clock import ManualClock
 from mailbag.broker.memory import MemoryBroker
-from mailbag.workers.attempts import attempt_of
 from mailbag.workers.context import Context
 from mailbag.workers.middleware import Call
 
@@ -102,9 +101,9 @@ class Observed(Broker):
             )
         await self.inner.remove(topology)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         async with self._expecting(topic, messages):
-            await self.inner.publish(self.remote(topic), [self._inward(m) for m in messages])
+            await self.inner.publish(self.remote(topic), [self._inward(m) for m in messages], mandatory=mandatory)
         self.published.extend(messages)
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
@@ -238,7 +237,18 @@ class _Delivery(Delivery):
     async def _retry(self, delay: float) -> None:
         async with self._settling():
             await self._inner.retry(delay)
-        self._track.attempts = attempt_of(self)
+        self._track.attempts = self.attempt
+        self._show_after(delay)
+
+    async def _postpone(self, delay: float) -> None:
+        async with self._settling():
+            await self._inner.postpone(delay)
+        self._show_after(delay)
+
+    async def _release(self) -> None:
+        await self._inner.release()
+
+    def _show_after(self, delay: float) -> None:
         receipt = getattr(self._inner, "receipt", None)
         observed = self._observed
         if observed.clock is not None and receipt is not None:
@@ -254,7 +264,7 @@ class _Delivery(Delivery):
 
     def _finish(self, status: Status, reason: str | None, error: BaseException | None) -> None:
         track = self._track
-        track.status, track.attempts, track.reason = status, attempt_of(self), reason
+        track.status, track.attempts, track.reason = status, self.attempt, reason
         if error is not None:
             track.error = error
 

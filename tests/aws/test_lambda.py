@@ -11,8 +11,9 @@ from pydantic import BaseModel
 
 from mailbag.broker import Message, RetryPolicy
 from mailbag.broker import headers as h
+from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
 from mailbag.testing import sqs_event
-from mailbag.workers import App, Context, RetryLater, WorkerSettings
+from mailbag.workers import App, Context, Postpone, RetryLater, WorkerSettings
 from mailbag.workers.aws_lambda import BatchFailed, handler_for
 from tests.aws.events import (
     LambdaContext,
@@ -318,7 +319,7 @@ async def test_a_redelivered_record_runs_its_handler_once_with_the_dynamodb_stor
 async def test_retries_stop_at_the_queues_max_receive_count_and_the_message_lands_in_the_dlq(
     broker, sqs, prefix, lambda_for, failure, reason
 ):
-    # Given a handler that always fails, on a queue whose redrive maxReceiveCount is 3
+    # Given a handler that always fails, on a queue of 3 attempts (its redrive maxReceiveCount has headroom)
     app = App("shop")
     runs: list[int] = []
 
@@ -332,7 +333,7 @@ async def test_retries_stop_at_the_queues_max_receive_count_and_the_message_land
     await broker.declare(app.topology)
     url = queue_url(sqs, f"{prefix}shop_orders")
     redrive = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["RedrivePolicy"])["Attributes"]["RedrivePolicy"]
-    assert json.loads(redrive)["maxReceiveCount"] == 3
+    assert json.loads(redrive)["maxReceiveCount"] == 3 + REDRIVE_HEADROOM
     sent = order(1)
     await broker.publish(TOPIC, [sent])
     handler = lambda_for(app)
@@ -410,3 +411,60 @@ def test_the_lambda_runtimes_log_handler_gets_redaction_and_ids(monkeypatch):
     # Then what reaches that handler is redacted
     logging.getLogger("mailbag.test").warning("connecting to %s", "amqp://svc:hunter2@rabbit/")
     assert stream.getvalue() == "connecting to amqp://svc:***@rabbit/\n"
+
+
+async def test_a_fifo_follower_held_back_behind_a_failing_head_is_charged_no_attempt(broker, sqs, prefix, lambda_for):
+    # Given an ordered queue of 3 attempts; the head of a group always fails, the record after it fails once
+    runs: list[tuple[str, int]] = []
+    app = App("shop")
+
+    @app.handler(TOPIC, queue="shop.ledger", ordered=True, retry=QUICK)
+    async def book(entry: dict, ctx: Context) -> None:
+        runs.append((entry["name"], ctx.attempt))
+        if entry["name"] == "head" or ctx.attempt == 1:
+            raise ConnectionError(f"{entry['name']} fails")
+
+    await broker.declare(app.topology)
+    await broker.publish(
+        TOPIC, [Message(TOPIC, json.dumps({"name": n}).encode(), ordering_key="k") for n in ("head", "follower")]
+    )
+    url = queue_url(sqs, f"{prefix}shop_ledger.fifo")
+    handler = lambda_for(app)
+    # When SQS hands the group to the function batch after batch, as the event source mapping does
+    for _ in range(6):
+        if ("follower", 2) in runs:
+            break
+        head_alive = sum(r[0] == "head" for r in runs) < 3
+        event = sqs_event(url, 2 if head_alive else 1, timeout=10, client=sqs)  # the whole group while it has two
+        settle_like_lambda(sqs, url, event, await outcome(handler, event))  # a wholly failed batch raises
+    # Then the head ran exactly 3 times and was dead-lettered, and the follower started at attempt 1
+    assert [r for r in runs if r[0] == "head"] == [("head", 1), ("head", 2), ("head", 3)]
+    assert [r for r in runs if r[0] == "follower"] == [("follower", 1), ("follower", 2)]
+    dlq = queue_url(sqs, f"{prefix}shop_ledger_dlq.fifo")
+    assert visible_count(sqs, dlq) == 1
+
+
+@pytest.mark.parametrize("ordered", [False, True])
+async def test_a_postponed_record_comes_back_without_using_an_attempt(broker, sqs, prefix, lambda_for, ordered):
+    # Given a handler that postpones its message twice (its dependency's circuit is open), on a queue of 2 attempts
+    runs: list[int] = []
+    app = App("shop")
+
+    @app.handler(TOPIC, queue="shop.ledger", ordered=ordered, retry=RetryPolicy(max_attempts=2, initial_delay=0))
+    async def book(entry: dict, ctx: Context) -> None:
+        runs.append(ctx.attempt)
+        if len(runs) <= 2:
+            raise Postpone(0, "circuit open")
+
+    await broker.declare(app.topology)
+    await broker.publish(TOPIC, [Message(TOPIC, b'{"name": "a"}', ordering_key="k")])
+    url = queue_url(sqs, f"{prefix}shop_ledger" + (".fifo" if ordered else ""))
+    handler = lambda_for(app)
+    # When SQS hands it over three times (FIFO: hidden and back; standard: a delayed copy)
+    for _ in range(3):
+        event = sqs_event(url, 1, timeout=10, client=sqs)
+        settle_like_lambda(sqs, url, event, await outcome(handler, event))
+    # Then every run was attempt 1, and nothing was dead-lettered
+    assert runs == [1, 1, 1]
+    dlq = queue_url(sqs, f"{prefix}shop_ledger_dlq" + (".fifo" if ordered else ""))
+    assert visible_count(sqs, dlq) == 0

@@ -15,6 +15,7 @@ from moto.iam.access_control import IAMPolicy, PermissionResult
 
 from mailbag.broker import Message
 from mailbag.broker.sqs import open_broker
+from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
 from mailbag.deploy.cloudformation import LambdaFunctions, template
 from mailbag.dlq import DeadLetters
 from mailbag.examples.orders.app import app as orders_app
@@ -65,7 +66,7 @@ def test_the_order_app_stack_makes_its_topics_queues_subscriptions_and_roles(aws
         attrs = _queue_attributes(sqs, name)
         assert json.loads(attrs["RedrivePolicy"]) == {
             "deadLetterTargetArn": f"arn:aws:sqs:{REGION}:{ACCOUNT}:{name}_dlq",
-            "maxReceiveCount": q.retry.max_attempts,
+            "maxReceiveCount": q.retry.max_attempts + REDRIVE_HEADROOM,
         }
         # the queue admits its own topics only
         [statement] = json.loads(attrs["Policy"])["Statement"]

@@ -5,6 +5,7 @@ import re
 import pytest
 
 from mailbag.broker import Queue, RetryPolicy, Topology, TopologyError
+from mailbag.broker.sqs.mapping import REDRIVE_HEADROOM
 from mailbag.deploy.cloudformation import LambdaFunctions, template
 from tests.cloudformation.topologies import everything, lambda_ready
 
@@ -39,10 +40,13 @@ def test_fifo_topics_and_queues_redrive_and_names_follow_the_adapter():
     assert ledger["FifoQueue"] is True and ledger["ContentBasedDeduplication"] is False
     assert ledger["RedrivePolicy"] == {
         "deadLetterTargetArn": {"Fn::GetAtt": ["QueueLedgerV1Dlq", "Arn"]},
-        "maxReceiveCount": 3,
+        "maxReceiveCount": 3 + REDRIVE_HEADROOM,
     }
-    assert ledger["Tags"] == [{"Key": "mailbag-name", "Value": "ledger.v1"}]
-    assert queues["dev-audit"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 7
+    assert ledger["Tags"] == [
+        {"Key": "mailbag-name", "Value": "ledger.v1"},
+        {"Key": "mailbag-topics", "Value": "payments"},  # a plain client's message is of the queue's topic
+    ]
+    assert queues["dev-audit"]["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 7 + REDRIVE_HEADROOM
     assert queues["dev-eu_orders"]["Properties"]["RedrivePolicy"]["deadLetterTargetArn"] == {
         "Fn::GetAtt": ["QueueEuParked", "Arn"]
     }
@@ -119,6 +123,7 @@ def test_the_worker_role_reaches_only_its_own_queues_and_topics():
         "sqs:ChangeMessageVisibility": queues,
         "sqs:SendMessage": queues | dead,
         "sqs:GetQueueAttributes": queues | dead,
+        "sqs:ListQueueTags": queues | dead,
         "sqs:GetQueueUrl": queues | dead | PROBED,
         "sns:Publish": topics,
         "sns:ListSubscriptionsByTopic": topics,
@@ -149,6 +154,7 @@ def test_the_replay_role_drains_dead_letters_and_sends_only_to_their_queues():
         "sqs:ChangeMessageVisibility": dead,
         "sqs:SendMessage": queues,
         "sqs:GetQueueAttributes": queues | dead,
+        "sqs:ListQueueTags": queues | dead,
         "sqs:GetQueueUrl": queues | dead | PROBED,
     }
 
@@ -294,16 +300,6 @@ def test_an_app_whose_handlers_keep_no_idempotency_records_is_not_asked_for_a_st
             {"visibility": 179, "functions": LambdaFunctions("svc.aws.handler")},
             "visibility 179s is below 6 x the Lambda timeout (180s)",
         ),
-        (
-            everything(),
-            {"functions": LambdaFunctions("svc.aws.handler", queues=("ledger.v1",))},
-            "queue 'ledger.v1' redrives to its dead-letter queue after 3 receive(s), below the 5",
-        ),
-        (
-            Topology(queues=(Queue("q", ("t",), retry=RetryPolicy(max_attempts=4)),)),
-            {"functions": LambdaFunctions("svc.aws.handler")},
-            "after 4 receive",
-        ),
         (lambda_ready(), {"functions": LambdaFunctions("svc.aws.handler", queues=("nope",))}, "no queue 'nope'"),
     ],
 )
@@ -323,3 +319,11 @@ def test_a_lambda_trigger_that_would_break_aws_rules_is_refused(topology, option
 def test_bad_lambda_options_are_refused(fields, says):
     with pytest.raises(ValueError, match=says):
         LambdaFunctions(**fields)
+
+
+def test_a_lambda_triggered_queue_of_few_attempts_redrives_only_after_the_headroom():
+    # the redrive headroom keeps even a 1-attempt queue above the Lambda trigger's 5 receives
+    one = Topology(queues=(Queue("q", ("t",), retry=RetryPolicy(max_attempts=1)),))
+    t = template(one, functions=LambdaFunctions("svc.aws.handler"))
+    [queue] = [r for r in t["Resources"].values() if r["Properties"].get("RedrivePolicy")]
+    assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 1 + REDRIVE_HEADROOM

@@ -1,4 +1,5 @@
 from contextlib import asynccontextmanager
+from functools import partial
 
 from mailbag.broker.clock import ManualClock
 from mailbag.broker.memory import MemoryBroker
@@ -11,11 +12,16 @@ def _memory(name: str, **queue_defaults: object) -> Backend:
         clock = ManualClock()
         broker = MemoryBroker(clock=clock)
         try:
-            yield Env(broker, Features(manual_clock=True, queue_defaults=dict(queue_defaults)), clock.advance)
+            features = Features(manual_clock=True, queue_defaults=dict(queue_defaults))
+            yield Env(broker, features, clock.advance, partial(_delete_queue, broker))
         finally:
             await broker.close()
 
     return Backend(name, open_env)
+
+
+async def _delete_queue(broker: MemoryBroker, name: str) -> None:
+    del broker._queues[name]
 
 
 BACKENDS = [_memory("memory"), _memory("memory-ordered", ordered=True)]

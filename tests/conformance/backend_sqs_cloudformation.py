@@ -15,8 +15,10 @@ from moto import mock_aws
 from mailbag.broker import Broker, Message, Topology
 from mailbag.broker.base import Consumer, QueueStats
 from mailbag.broker.sqs import open_broker
+from mailbag.broker.unroutable import Unrouted
 from mailbag.deploy.cloudformation import template
 from tests.cloudformation.stack import deploy
+from tests.conformance.backend_sqs import DELAY_BOUND, REDRIVE, delete_queue, plain_publish
 from tests.conformance.env import Backend, Env, Features
 from tests.moto_server import REGION
 
@@ -45,8 +47,12 @@ class StackBroker(Broker):
         """What a stack's deletion does, without waiting for one: the resources go."""
         await self.broker.remove(topology)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        await self.broker.publish(topic, messages)
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        await self.broker.publish(topic, messages, mandatory=mandatory)
+
+    @property
+    def unrouted(self) -> Unrouted:  # type: ignore[override]
+        return self.broker.unrouted
 
     async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
         await self.broker.send(queue, messages, delay=delay)
@@ -82,7 +88,13 @@ def _stack(name: str, **queue_defaults: object) -> Backend:
         with mock_aws():
             broker = StackBroker(await open_broker(f"sqs://?region={REGION}&prefix={prefix}&wait=1"), prefix)
             try:
-                yield Env(broker, Features(min_delay=1.0, queue_defaults=dict(queue_defaults)), _real_time)
+                features = Features(
+                    min_delay=1.0,
+                    delay_bound=DELAY_BOUND,
+                    queue_defaults=dict(queue_defaults),
+                    redrive_without_dead_letter_queue=REDRIVE,
+                )
+                yield Env(broker, features, _real_time, delete_queue(broker.broker), plain_publish(broker.broker))
             finally:
                 await broker.close()
 

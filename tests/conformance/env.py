@@ -26,6 +26,11 @@ class Features:
     queue_defaults: dict[str, Any] = field(default_factory=dict)
     #: shortest retry delay the broker honours, in seconds
     min_delay: float = 0.0
+    #: most a retry may come later than its delay (the documented bound), in seconds
+    delay_bound: float = 0.0
+    #: why a message past the queue's receive limit can be lost when its dead-letter
+    #: queue is deleted (the broker redrives it there itself), or None where it stays
+    redrive_without_dead_letter_queue: str | None = None
 
 
 @dataclass
@@ -33,6 +38,12 @@ class Env:
     broker: Broker
     features: Features
     advance: Callable[[float], Awaitable[None]]
+    #: delete a queue behind the adapter's back (to make a settlement fail)
+    delete_queue: Callable[[str], Awaitable[None]] | None = None
+    #: publish as a plain client would (no id, no timestamp, no content type, none of
+    #: our headers): (topic, queue subscribed to it, body, headers); None where no
+    #: plain client can reach the broker (memory)
+    plain_publish: Callable[[str, str, bytes, dict[str, Any]], Awaitable[None]] | None = None
     run_id: str = field(default_factory=lambda: run_name("t"))
 
     def name(self, base: str) -> str:

@@ -8,6 +8,8 @@ import sqlite3
 
 import pytest
 
+from mailbag.broker import Message, Topology
+from mailbag.broker.memory import MemoryBroker
 from mailbag.broker.rabbitmq import open_broker
 from mailbag.cli import main
 from mailbag.publishers.outbox import open_outbox
@@ -124,3 +126,16 @@ async def test_outbox_backlog_is_polled(tmp_path):
         assert metrics.registry.get_sample_value("mailbag_outbox_pending", {"outbox": outbox.table}) == 2
         assert metrics.registry.get_sample_value("mailbag_outbox_failing", {"outbox": outbox.table}) == 0
         assert metrics.registry.get_sample_value("mailbag_outbox_oldest_pending_seconds", {"outbox": outbox.table}) > 0
+
+
+async def test_publishes_no_queue_took_are_polled_per_topic():
+    # Given a topic nobody subscribes to, published to three times
+    broker = MemoryBroker()
+    await broker.declare(Topology(topics=("nobody",)))
+    for _ in range(3):
+        await broker.publish("nobody", [Message("nobody", b"{}")])
+    # When the metrics poll the broker, Then the count is exported under the topic
+    metrics = Metrics()
+    await metrics.poll_once(broker, [])
+    assert metrics.registry.get_sample_value("mailbag_unroutable_published", {"topic": "nobody"}) == 3
+    await broker.close()

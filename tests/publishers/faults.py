@@ -28,9 +28,9 @@ class Delegating(Broker):
     async def remove(self, topology: Topology) -> None:
         await self.inner.remove(topology)
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         self._check()
-        await self.inner.publish(topic, messages)
+        await self.inner.publish(topic, messages, mandatory=mandatory)
 
     async def send(self, queue: str, messages: Sequence[Message]) -> None:
         self._check()
@@ -72,9 +72,9 @@ class Cuttable(Delegating):
         if self._cut:
             raise BrokerUnavailable(f"broker {self.url} is unreachable (link cut)")
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         self.publish_calls += 1
-        await super().publish(topic, messages)
+        await super().publish(topic, messages, mandatory=mandatory)
 
 
 class Recording(Delegating):
@@ -85,8 +85,8 @@ class Recording(Delegating):
         super().__init__(inner)
         self.confirmed = [] if confirmed is None else confirmed
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        await super().publish(topic, messages)
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        await super().publish(topic, messages, mandatory=mandatory)
         self.confirmed.extend(m.id for m in messages)
 
     async def close(self) -> None:

@@ -28,8 +28,8 @@ class Logged(Delegating):
         self.hang_after = hang_after
         self.confirmed = 0
 
-    async def publish(self, topic: str, messages: Sequence[Message]) -> None:
-        await super().publish(topic, messages)
+    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
+        await super().publish(topic, messages, mandatory=mandatory)
         with open(self.log, "a") as fh:
             fh.write("".join(f"{m.id}\n" for m in messages))
             fh.flush()

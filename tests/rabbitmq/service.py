@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from collections.abc import Iterable
 
 import aio_pika
 import pytest
@@ -38,7 +39,7 @@ async def remove_declared(broker) -> None:
     connection = await aio_pika.connect(amqp_url())
     async with connection:
         channel = await connection.channel()
-        queues = set(broker._specs) | broker._dead_letter_queues | broker._retry_queues | broker._known_queues
+        queues = set(broker._specs) | broker._dead_letter_queues | broker._known_queues
         for name in sorted(queues):
             await channel.queue_delete(name)
         for topic in sorted(broker._topics):
@@ -61,3 +62,31 @@ def vhost_names() -> tuple[set[str], set[str]] | None:
             return None
         names.append({n for n in listed.stdout.split() if n != "name"})
     return names[0], names[1]
+
+
+def queue_depths(prefix: str) -> dict[str, int]:
+    """Every queue of the test vhost whose name starts with `prefix`, and the messages it
+    holds (ready and unacked), as `rabbitmqctl` lists them: what no AMQP client can list."""
+    listed = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "-p", VHOST, "name", "messages"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    if listed.returncode != 0:
+        pytest.fail(f"`rabbitmqctl list_queues` failed ({listed.stderr.strip()}); {START}", pytrace=False)
+    depths = {}
+    for line in listed.stdout.splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[0].startswith(prefix) and parts[1].isdigit():
+            depths[parts[0]] = int(parts[1])
+    return depths
+
+
+async def delete_queues(names: Iterable[str]) -> None:
+    """Delete these queues (names a test made and listed with `queue_depths`)."""
+    connection = await aio_pika.connect(amqp_url())
+    async with connection:
+        channel = await connection.channel()
+        for name in sorted(names):
+            await channel.queue_delete(name)

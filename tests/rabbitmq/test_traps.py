@@ -7,14 +7,22 @@ import time
 import aio_pika
 import pytest
 
-from mailbag.broker import BrokerUnavailable, DeliveryReleased, Message, PublishFailed, Queue, Topology, TopologyError
+from mailbag.broker import (
+    BrokerUnavailable,
+    DeliveryReleased,
+    Message,
+    Queue,
+    Topology,
+    TopologyError,
+    Unroutable,
+)
 from mailbag.broker import headers as h
 from mailbag.broker.rabbitmq import open_broker
 from tests.conformance.env import drain, eventually, next_delivery, nothing_within
 from tests.rabbitmq.service import amqp_url
 
 
-async def test_aio_pika_returns_an_unroutable_message_and_we_raise_naming_it(broker, url, names):
+async def test_aio_pika_returns_an_unroutable_message_and_we_count_it_or_raise_when_mandatory(broker, url, names):
     # Given a topic no queue is bound to
     topic = names("void")
     await broker.declare(Topology(topics=(topic,)))
@@ -26,9 +34,11 @@ async def test_aio_pika_returns_an_unroutable_message_and_we_raise_naming_it(bro
         exchange = await channel.get_exchange(topic)
         result = await exchange.publish(aio_pika.Message(b"{}", message_id="x"), routing_key="", mandatory=True)
     assert getattr(result, "body", None) == b"{}"  # the returned message, not an ack
-    # Then our publish raises, naming the message
-    with pytest.raises(PublishFailed, match="unroutable") as failed:
-        await broker.publish(topic, [message])
+    # Then our publish counts it, and raises naming it when mandatory
+    await broker.publish(topic, [message])
+    assert broker.unrouted.counts[topic] == 1
+    with pytest.raises(Unroutable, match=topic) as failed:
+        await broker.publish(topic, [message], mandatory=True)
     assert failed.value.message_ids == [message.id]
 
 

@@ -5,7 +5,8 @@ import json
 
 from mailbag.broker import Queue, Topology
 from mailbag.broker.sqs import marshal as wire
-from tests.conformance.env import next_delivery
+from mailbag.dlq import DeadLetters
+from tests.conformance.env import eventually, next_delivery
 from tests.sqs.helpers import message
 
 
@@ -73,3 +74,33 @@ async def test_we_consume_what_plain_boto3_sends_to_our_queue_with_our_fields(br
         assert (d.message.topic, d.message.id) == ("refunds", "ext-1")
         assert d.message.headers == {"amount": 12.5}
         await d.ack()
+
+
+async def test_a_body_that_does_not_decode_is_dead_lettered_with_its_reason(broker, prefix, sqs):
+    # Given messages a plain client sent saying base64 whose bodies are not, or empty once decoded,
+    # and one whose reserved attempts header is no number
+    await broker.declare(Topology(queues=(Queue("billing", ("orders",)),)))
+    url = sqs.get_queue_url(QueueName=f"{prefix}billing")["QueueUrl"]
+    base64 = {wire.BODY_ENCODING: {"DataType": "String", "StringValue": "base64"}}
+    for body in ("not base64 at all!", "===="):
+        sqs.send_message(QueueUrl=url, MessageBody=body, MessageAttributes=base64)
+    sqs.send_message(
+        QueueUrl=url,
+        MessageBody="{}",
+        MessageAttributes={"x-mailbag-attempts-used": {"DataType": "String", "StringValue": "many"}},
+    )
+    sqs.send_message(QueueUrl=url, MessageBody='{"good": 1}')
+    # When the queue is consumed, Then the good one arrives and the others are dead-lettered with their reason
+    async with broker.consume("billing") as consumer:
+        d = await next_delivery(consumer)
+        assert d.message.body == b'{"good": 1}'
+        await d.ack()
+    letters = DeadLetters(broker, "billing")
+
+    async def three_dead() -> bool:
+        return len(await letters.ls()) == 3
+
+    await eventually(three_dead, what="three dead letters")
+    reasons = sorted(r.reason for r in await letters.ls())
+    assert all(r.startswith("undecodable SQS message") for r in reasons), reasons
+    assert any("x-mailbag-attempts-used" in r for r in reasons)

@@ -79,3 +79,17 @@ async def test_send_with_a_delay_holds_the_message_back(broker):
     assert d.message.id == sent.id and d.attempt == 1
     with pytest.raises(BrokerError, match="900"):
         await broker.send("later", [sent], delay=901)
+
+
+async def test_one_publish_keeps_each_keys_order_on_a_standard_queue(broker):
+    # Given a standard queue and one call publishing 100 messages of 5 keys, 20 each, keys interleaved
+    await broker.declare(Topology(queues=(Queue("orders.audit", ("orders",)),)))
+    sent = [message("orders", b'{"key": %d, "n": %d}' % (i % 5, i // 5), ordering_key=f"k{i % 5}") for i in range(100)]
+    # When it is published (ten batches, those sharing a key one after another) and read by one consumer
+    await broker.publish("orders", sent)
+    async with broker.consume("orders.audit", prefetch=100) as consumer:
+        got = await drain(consumer, 100)
+    # Then each key's messages arrive in the order they were published
+    for key in range(5):
+        order = [d.message.id for d in got if d.message.ordering_key == f"k{key}"]
+        assert order == [m.id for m in sent if m.ordering_key == f"k{key}"]

@@ -66,8 +66,14 @@ from typing import Any, Literal
 from mailbag.broker import Broker, BrokerError, Delivery, Message, Queue, connect
 from mailbag.broker import headers as h
 from mailbag.broker.errors import MailbagError
-from mailbag.broker.sqs.mapping import aws_name
-from mailbag.broker.sqs.marshal import from_lambda_record
+from mailbag.broker.sqs.mapping import MAX_DELAY_SECONDS, MAX_VISIBILITY, SQS_MAX_BYTES, aws_name
+from mailbag.broker.sqs.marshal import (
+    attempts_used,
+    dead_letter_copy,
+    from_lambda_record,
+    uncount,
+    with_attempts_used,
+)
 from mailbag.broker.url import mask_url, query_options, scheme_of
 from mailbag.workers.app import App
 from mailbag.workers.logs import filter_root_handlers
@@ -77,8 +83,6 @@ from mailbag.workers.settings import WorkerSettings
 
 log = logging.getLogger("mailbag.lambda")
 
-#: longest visibility timeout SQS allows, in seconds
-MAX_VISIBILITY = 43_200
 #: on a FIFO queue, what a failure stops: the rest of its message group, or the rest of the batch
 FifoMode = Literal["group", "batch"]
 
@@ -150,6 +154,9 @@ class LambdaHandler:
         self.queues = {aws_name(prefix, q.name, q.ordered): q for q in app.topology.queues}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._worker: Worker | None = None
+        #: SQS message id -> receives that ran no handler (FIFO postpones, records held
+        #: back behind a failure of their group): not attempts. Kept while warm.
+        self.uncounted: dict[str, int] = {}
         logging.getLogger("mailbag").setLevel(settings.log_level)
         filter_root_handlers()
 
@@ -194,7 +201,7 @@ class LambdaHandler:
         if remaining is not None:
             run_ends_by.set(time.monotonic() + remaining)  # the runs below cannot outlive the invocation
         worker = await self._ready()
-        deliveries = [_LambdaDelivery(r, spec, worker.broker) for r, spec in zip(records, specs)]
+        deliveries = [_LambdaDelivery(r, spec, worker.broker, self.uncounted) for r, spec in zip(records, specs)]
         slots = asyncio.Semaphore(worker.concurrency)
 
         async def run(lane: list[_LambdaDelivery]) -> None:
@@ -205,8 +212,8 @@ class LambdaHandler:
                     else:
                         await delivery.park_undecodable()
                 if delivery.failed:
-                    if delivery.settled != "retry":
-                        delivery.visibility = None  # settling failed: back after the queue's visibility timeout
+                    for unrun in lane[lane.index(delivery) + 1 :]:
+                        uncount(self.uncounted, unrun.record["messageId"])  # held back, never run
                     return  # on a FIFO queue the rest of the group waits behind it
 
         tasks = [asyncio.create_task(run(lane)) for lane in _lanes(deliveries, self.fifo)]
@@ -266,18 +273,22 @@ class _LambdaDelivery(Delivery):
     stays hidden (None: leave it to the queue). `undecodable` is why a record could
     not be read as a message (its message is then the raw body)."""
 
-    __slots__ = ("broker", "failed", "group", "record", "spec", "undecodable", "visibility")
+    __slots__ = ("broker", "failed", "group", "record", "spec", "uncounted", "undecodable", "visibility")
 
-    def __init__(self, record: Mapping[str, Any], spec: Queue, broker: Broker) -> None:
+    def __init__(self, record: Mapping[str, Any], spec: Queue, broker: Broker, uncounted: dict[str, int]) -> None:
         attributes = record.get("attributes", {})
         default_topic = spec.topics[0] if len(spec.topics) == 1 else spec.name
         self.undecodable: Exception | None = None
+        used = 0
         try:
-            message = from_lambda_record(record, default_topic)
+            message, used = attempts_used(from_lambda_record(record, default_topic))
         except (ValueError, KeyError, TypeError) as exc:
             self.undecodable = exc
             message = Message(default_topic, str(record.get("body", "")).encode(), id=str(record.get("messageId")))
-        super().__init__(message, spec.name, int(attributes.get("ApproximateReceiveCount", 1)))
+        receives = int(attributes.get("ApproximateReceiveCount", 1))
+        attempt = max(1, receives + used - uncounted.get(str(record.get("messageId")), 0))
+        super().__init__(message, spec.name, attempt)
+        self.uncounted = uncounted
         self.record = record
         self.group: str | None = attributes.get("MessageGroupId")
         self.spec = spec
@@ -287,14 +298,16 @@ class _LambdaDelivery(Delivery):
 
     async def park_undecodable(self) -> None:
         """Dead-letter a record that is no message of ours, as it came, with the reason
-        (as the worker's SQS consumer does)."""
+        (as the worker's SQS consumer does); if that fails it is reported and comes back."""
         try:
             await self.dead_letter(f"undecodable SQS message: {self.undecodable}", self.undecodable)
         except Exception as exc:
             log.error("settling failed", extra={"message_id": self.message.id, "queue": self.queue, "error": repr(exc)})
+            await self.release()
 
     async def _ack(self) -> None:
         self.failed = False
+        self.uncounted.pop(self.record["messageId"], None)
 
     async def _retry(self, delay: float) -> None:
         if self.attempt >= self.spec.retry.max_attempts:
@@ -302,11 +315,29 @@ class _LambdaDelivery(Delivery):
             return
         self.visibility = min(MAX_VISIBILITY, math.ceil(delay))
 
+    async def _postpone(self, delay: float) -> None:
+        """Standard queue: a delayed copy carrying the attempts used, and the record is
+        deleted. FIFO (no per-message delay), or past SQS's 900 s: the record is
+        reported, hidden for the delay, and this receive is not counted as an attempt."""
+        seconds = math.ceil(delay)
+        if self.spec.ordered or seconds > MAX_DELAY_SECONDS:
+            uncount(self.uncounted, self.record["messageId"])
+            self.visibility = min(MAX_VISIBILITY, seconds)
+            return
+        await self.broker.send(self.queue, [with_attempts_used(self.message, self.attempt - 1)], delay=seconds)
+        self.failed = False
+
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         message = self.message
         stamp = h.dead_letter_stamp(message.topic, self.queue, self.attempt, reason, error)
-        await self.broker.send(self.spec.dead_letter_queue, [message.evolve(headers={**message.headers, **stamp})])
+        await self.broker.send(self.spec.dead_letter_queue, [dead_letter_copy(message, stamp, SQS_MAX_BYTES)])
         self.failed = False
+        self.uncounted.pop(self.record["messageId"], None)
+
+    async def _release(self) -> None:
+        """Reported, and visible again at once."""
+        self.failed = True
+        self.visibility = 0
 
 
 def _lanes(deliveries: Iterable[_LambdaDelivery], fifo: FifoMode) -> list[list[_LambdaDelivery]]:

@@ -3,7 +3,7 @@
 Closed: calls go through; `failures` consecutive retryable failures open the circuit.
 Open: for `reset_after` seconds no handler of that dependency is called; each message
 is postponed (put back for the rest of the open time without using up an attempt, see
-`mailbag.workers.attempts`), so an outage does not walk every message to the DLQ.
+`Delivery.postpone`), so an outage does not walk every message to the DLQ.
 Half-open: one trial call; success closes the circuit, failure opens it again.
 
 The state is per worker process: each worker finds out about an outage on its own.

@@ -1,0 +1,297 @@
+"""The edges every broker must treat alike (DESIGN.md, "The edges too"): a publish no
+queue takes, a settlement that fails, messages from plain clients, retry timing within
+a documented bound, FIFO postpones, dead letters that always carry their reason."""
+
+import asyncio
+import logging
+
+import pytest
+
+from mailbag.broker import Message, Subscription, Unroutable
+from mailbag.dlq import DeadLetters, NotInQueue
+from mailbag.workers import App, Context, Worker
+from mailbag.workers.stores import open_store
+from tests.conformance.env import drain, eventually, next_delivery, nothing_within
+
+
+def _msgs(topic: str, n: int, **kw) -> list[Message]:
+    return [Message(topic=topic, body=b'{"n": %d}' % i, **kw) for i in range(n)]
+
+
+# -- a publish no queue takes ------------------------------------------------------
+
+
+async def test_a_publish_no_queue_takes_succeeds_is_counted_and_warned_once(env, caplog):
+    # Given a declared topic no queue subscribes to
+    topic = env.name("nobody")
+    await env.declare(topics=(topic,))
+    # When it is published to three times
+    with caplog.at_level(logging.WARNING, logger="mailbag.broker"):
+        for _ in range(3):
+            await env.broker.publish(topic, _msgs(topic, 2))
+    # Then every call succeeds, all six are counted, and one warning names the topic
+    assert env.broker.unrouted.counts[topic] == 6
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING and topic in r.getMessage()]
+    assert len(warnings) == 1
+
+
+async def test_a_mandatory_publish_no_queue_takes_raises_unroutable_naming_the_topic(env):
+    topic = env.name("nobody")
+    await env.declare(topics=(topic,))
+    sent = _msgs(topic, 2)
+    with pytest.raises(Unroutable, match=topic) as raised:
+        await env.broker.publish(topic, sent, mandatory=True)
+    assert raised.value.topic == topic and sorted(raised.value.message_ids) == sorted(m.id for m in sent)
+    assert env.broker.unrouted.counts[topic] == 0
+
+
+async def test_a_mandatory_publish_delivers_what_a_filter_takes_and_names_the_rest(env):
+    # Given a queue that takes only region=eu
+    topic = env.name("orders")
+    eu = env.queue("eu", Subscription(topic, {"region": ("eu",)}))
+    await env.declare(eu)
+    taken = Message(topic, b'{"n": 1}', headers={"region": "eu"}, ordering_key="k")
+    missed = Message(topic, b'{"n": 2}', headers={"region": "us"}, ordering_key="k")
+    # When both are published with mandatory
+    with pytest.raises(Unroutable) as raised:
+        await env.broker.publish(topic, [taken, missed], mandatory=True)
+    # Then the one no filter takes is named, and the other arrives
+    assert raised.value.message_ids == [missed.id]
+    async with env.broker.consume(eu.name) as consumer:
+        [got] = await drain(consumer, 1)
+        assert got.message.id == taken.id
+        assert await nothing_within(consumer, 0.3)
+
+
+async def test_a_publish_a_queue_takes_is_not_counted_as_unrouted(env):
+    topic = env.name("orders")
+    q = env.queue("taker", topic)
+    await env.declare(q)
+    await env.broker.publish(topic, _msgs(topic, 3, ordering_key="k"), mandatory=True)
+    assert env.broker.unrouted.counts[topic] == 0
+    async with env.broker.consume(q.name) as consumer:
+        assert len(await drain(consumer, 3)) == 3
+
+
+# -- a failed settlement never strands a message ---------------------------------------
+
+
+async def test_a_settlement_that_fails_returns_the_message_and_the_rest_flow_on(env):
+    # Given a queue whose dead-letter queue was deleted, a poison message and 100 healthy ones
+    topic = env.name("orders")
+    queue = env.name("settle")
+    app = App(env.name("app"))
+    handled: set[str] = set()
+
+    @app.handler(topic, queue=queue, retry_on=(), idempotency=False, **env.features.queue_defaults)
+    async def work(payload: dict, ctx: Context) -> None:
+        if payload.get("poison"):
+            raise ValueError("poison")
+        handled.add(ctx.message_id)
+
+    poison = Message(topic, b'{"poison": true}', ordering_key="poison")
+    healthy = [Message(topic, b'{"n": %d}' % i, ordering_key=f"k{i % 10}") for i in range(100)]
+    store = await open_store("memory://")
+    async with Worker(app, env.broker, concurrency=4, prefetch=8, store=store):  # declares the topology
+        await env.broker.stats(queue)  # known to the adapter before its dead-letter queue goes
+        assert env.delete_queue is not None
+        await env.delete_queue(app.topology.queue(queue).dead_letter_queue)
+        # When they are published, and the poison one's dead-lettering fails every time
+        await env.broker.publish(topic, [poison, *healthy])
+
+        async def all_healthy_handled() -> bool:
+            await env.advance(1.0)
+            return handled == {m.id for m in healthy}
+
+        # Then every healthy one is handled
+        await eventually(all_healthy_handled, timeout=60, what="every healthy message handled")
+
+    # and the poison one is back on the queue, except where the broker redrives it itself
+    async def poison_back() -> bool:
+        await env.advance(1.0)
+        return [m.id for m in await env.broker.browse(queue, limit=10)] == [poison.id]
+
+    if env.features.redrive_without_dead_letter_queue is None:
+        await eventually(poison_back, what="the poison message back on the queue")
+    else:  # it is back, or the broker redrove it towards the deleted queue
+        left = [m.id for m in await env.broker.browse(queue, limit=10)]
+        assert left in ([poison.id], []), env.features.redrive_without_dead_letter_queue
+
+
+async def test_postpone_redelivers_after_the_delay_without_using_an_attempt(env):
+    topic = env.name("orders")
+    q = env.queue("postpone", topic, retry=env.policy(max_attempts=2))
+    await env.declare(q)
+    await env.broker.publish(topic, _msgs(topic, 1, ordering_key="k"))
+    async with env.broker.consume(q.name) as consumer:
+        first = await next_delivery(consumer)
+        assert first.attempt == 1
+        for _ in range(3):  # more postpones than the queue has attempts
+            await first.postpone(env.features.min_delay)
+            await env.advance(env.features.min_delay)
+            first = await next_delivery(consumer)
+            assert first.attempt == 1
+        await first.retry(env.features.min_delay)
+        await env.advance(env.features.min_delay)
+        second = await next_delivery(consumer)
+        assert (second.message.id, second.attempt) == (first.message.id, 2)
+        await second.ack()
+
+
+# -- retry timing within the documented bound ----------------------------------------
+
+
+async def test_a_retry_comes_back_no_earlier_than_its_delay_and_within_the_bound(env):
+    topic = env.name("orders")
+    q = env.queue("timing", topic, retry=env.policy(max_attempts=5))
+    await env.declare(q)
+    await env.broker.publish(topic, _msgs(topic, 1, ordering_key="k"))
+    loop = asyncio.get_running_loop()
+    async with env.broker.consume(q.name) as consumer:
+        d = await next_delivery(consumer)
+        for delay in (env.features.min_delay or 0.05, 2.5 * (env.features.min_delay or 0.05)):
+            # When the message is retried with this delay
+            retried_at = loop.time()
+            await d.retry(delay)
+            if env.features.manual_clock:
+                # Then (time under the test's control) it is not back a moment before the delay, and back at it
+                await env.advance(delay * 0.999)
+                assert await nothing_within(consumer, 0.05)
+                await env.advance(delay * 0.001)
+                d = await next_delivery(consumer)
+                continue
+            d = await next_delivery(consumer)
+            waited = loop.time() - retried_at
+            # Then it came back no earlier than the delay, and no later than the delay plus the bound
+            assert delay <= waited <= delay + env.features.delay_bound, (delay, waited)
+        await d.ack()
+
+
+# -- messages from plain clients --------------------------------------------------------
+
+
+async def _publish_plain(env, topic: str, queue: str, body: bytes, headers: dict | None = None) -> None:
+    if env.plain_publish is None:  # memory:// lives in one process: the closest is a message with only a body
+        await env.broker.publish(topic, [Message(topic, body, headers=headers or {})])
+    else:
+        await env.plain_publish(topic, queue, body, headers or {})
+
+
+async def test_a_plain_message_keeps_its_topic_id_and_time_through_retry_dead_letter_and_replay(env):
+    # Given a message from a plain client: no id, no timestamp, no content type, none of our headers
+    topic = env.name("orders")
+    q = env.queue("plain", topic, retry=env.policy(max_attempts=3))
+    await env.declare(q)
+    await _publish_plain(env, topic, q.name, b'{"order": 1}')
+
+    async def ready() -> bool:
+        return (await env.broker.stats(q.name)).ready == 1
+
+    await eventually(ready, what="the plain message")
+    [seen] = await env.broker.browse(q.name)
+    async with env.broker.consume(q.name) as consumer:
+        # When it is read, retried and read again
+        first = await next_delivery(consumer)
+        assert (first.message.topic, first.message.id, first.message.created_at) == (
+            topic,
+            seen.id,
+            seen.created_at,
+        ), "a second read of one message gives another topic, id or time"
+        assert first.message.content_type == "application/json"
+        await first.retry(env.features.min_delay)
+        await env.advance(env.features.min_delay)
+        second = await next_delivery(consumer)
+        # Then the retried copy keeps the topic, the id and the time
+        assert (second.message.topic, second.message.id, second.message.created_at, second.attempt) == (
+            topic,
+            seen.id,
+            seen.created_at,
+            first.attempt + 1,  # (a browse counts as a delivery on RabbitMQ and SQS)
+        )
+        await second.dead_letter("parked")
+    # and so do the dead letter, and the message replayed from it
+    letters = DeadLetters(env.broker, q.name)
+    [record] = await letters.ls()
+    assert (record.id, record.message.topic, record.message.created_at) == (seen.id, topic, seen.created_at)
+
+    async def shown() -> bool:  # (a browse on a quorum queue puts what it saw back a moment later)
+        try:
+            return (await letters.show(seen.id)).id == seen.id
+        except NotInQueue:
+            return False
+
+    await eventually(shown, what="the dead letter shown by its id")
+    await letters.replay(all=True)
+    async with env.broker.consume(q.name) as consumer:
+        replayed = await next_delivery(consumer)
+        assert (replayed.message.topic, replayed.message.id, replayed.attempt) == (topic, seen.id, 1)
+        await replayed.ack()
+
+
+# -- a dead letter always carries its reason ----------------------------------------------
+
+#: a body this close to SQS's 1 MiB limit leaves no room for a long traceback
+NEAR_LIMIT = 1_048_576 - 3_000
+
+
+async def test_a_dead_letter_near_the_size_limit_carries_its_reason_with_a_trimmed_traceback(env):
+    # Given a message close to the broker's size limit, and an error with a long text and traceback
+    topic = env.name("orders")
+    q = env.queue("big", topic)
+    await env.declare(q)
+    big = Message(topic, b"x" * NEAR_LIMIT, content_type="text/plain", ordering_key="k")
+    await env.broker.send(q.name, [big])
+
+    def deep(n: int) -> None:
+        if n:
+            deep(n - 1)
+        raise RuntimeError("upstream said: " + "no " * 20_000)
+
+    try:
+        deep(200)
+    except RuntimeError as exc:
+        error = exc
+    # When it is dead-lettered
+    async with env.broker.consume(q.name) as consumer:
+        d = await next_delivery(consumer)
+        await d.dead_letter("payment provider refused", error)
+    # Then the dead letter is there, body intact, with its reason and what fits of the error
+    [record] = await DeadLetters(env.broker, q.name).ls()
+    assert record.id == big.id and record.message.body == big.body
+    assert record.reason == "payment provider refused" and record.error_type == "RuntimeError"
+
+
+# -- FIFO: attempts count handler runs --------------------------------------------------
+
+
+async def test_a_follower_held_back_behind_a_failing_message_of_its_key_is_charged_no_attempt(env):
+    # Given an ordered queue of 3 attempts; in one key the head always fails, the one after it fails once
+    topic = env.name("orders")
+    queue = env.name("fifo")
+    app = App(env.name("app"))
+    runs: list[tuple[str, int]] = []
+    policy = env.policy(max_attempts=3)
+
+    @app.handler(topic, queue=queue, retry=policy, retry_on=(RuntimeError,), idempotency=False, ordered=True)
+    async def work(payload: dict, ctx: Context) -> None:
+        runs.append((payload["name"], ctx.attempt))
+        if payload["name"] == "head" or (payload["name"] == "follower" and ctx.attempt == 1):
+            raise RuntimeError(f"{payload['name']} fails")
+
+    store = await open_store("memory://")
+    async with Worker(app, env.broker, concurrency=2, store=store):
+        await env.broker.publish(
+            topic, [Message(topic, b'{"name": "%s"}' % n, ordering_key="k") for n in (b"head", b"follower")]
+        )
+
+        async def follower_handled() -> bool:
+            await env.advance(policy.max_delay)
+            return ("follower", 2) in runs
+
+        # When the worker runs them
+        await eventually(follower_handled, timeout=60, what="the follower handled")
+    # Then the head ran exactly 3 times and was dead-lettered; the follower started at attempt 1
+    assert [r for r in runs if r[0] == "head"] == [("head", 1), ("head", 2), ("head", 3)]
+    assert [r for r in runs if r[0] == "follower"] == [("follower", 1), ("follower", 2)]
+    [record] = await DeadLetters(env.broker, queue).ls()
+    assert record.attempts == 3 and "head fails" in (record.error_message or "")
