@@ -27,8 +27,10 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 	MYPY=$(abspath $(BIN))/mypy bash scripts/typecheck.sh
 
+# three pytest processes: most tests wait on brokers, not on the CPU; a file's tests
+# stay in one process (its fixtures and names are set up once)
 test: lint services
-	$(BIN)/pytest
+	$(BIN)/pytest -n 3 --dist loadfile
 
 # the fault suite alone (tests/faults: stopped brokers, blackholes, kills) with the
 # three-node cluster failover test; `make test` runs all of it but the cluster test

@@ -52,7 +52,7 @@ async def test_sixty_one_second_transactional_handlers_at_concurrency_40_are_all
 
             async def drained() -> bool:
                 s = await broker.stats(topic)
-                return (s.ready, s.delayed) == (0, 0)
+                return s.ready == 0 and not s.delayed  # None on RabbitMQ: the delay levels are shared
 
             await eventually(drained, what="the queue to drain")
         # Then every message was applied exactly once, and none was dead-lettered

@@ -101,24 +101,26 @@ async def test_sqs_logs_carry_no_token_key_or_body(captured, moto_server, monkey
     assert_no_secret(text)
 
 
-@pytest.mark.parametrize(
-    "line, kept",
-    [
-        (f"connecting to amqp://guest:{PASSWORD}@rabbit:5672/vh", "amqp://guest:***@rabbit:5672/vh"),
-        (f"URL('amqps://svc:{PASSWORD}@host/')", "amqps://svc:***@host/"),
-        (f"postgresql://app:{PASSWORD}@db/orders failed", "postgresql://app:***@db/orders failed"),
-        (f"headers={{'X-Amz-Security-Token': b'{SESSION_TOKEN}', 'Host': 'sqs'}}", "'Host': 'sqs'"),
-        (f"x-amz-security-token:{SESSION_TOKEN}\nhost:sqs", "host:sqs"),
-        (f"aws_secret_access_key = {SECRET_KEY}", "aws_secret_access_key = ***"),
-        (f"{{'SessionToken': '{SESSION_TOKEN}', 'SecretAccessKey': \"{SECRET_KEY}\"}}", "'SessionToken': ***"),
-        (f"Authorization: 'AWS4-HMAC-SHA256 Credential=AKID/x, Signature={PASSWORD}'", "Authorization: ***"),
-        (f"?X-Amz-Security-Token={SESSION_TOKEN}&X-Amz-Signature={PASSWORD}&a=1", "&a=1"),
-        (f"password={PASSWORD} user=bob", "user=bob"),
-        (f"amqp://guest:a/{PASSWORD}@rabbit/ up", "amqp://guest:***@rabbit/ up"),
-        (f"postgresql://app:a@{PASSWORD}@db/orders", "postgresql://app:***@db/orders"),
-        (f"Credentials(access_key='AKID', secret_key='{SECRET_KEY}', token='{SESSION_TOKEN}')", "access_key='AKID'"),
-    ],
-)
+#: (a line carrying secrets, what stays of it); the ids name what stays, so they are the
+#: same in every process (pytest-xdist workers collect them apart)
+REDACTED = [
+    (f"connecting to amqp://guest:{PASSWORD}@rabbit:5672/vh", "amqp://guest:***@rabbit:5672/vh"),
+    (f"URL('amqps://svc:{PASSWORD}@host/')", "amqps://svc:***@host/"),
+    (f"postgresql://app:{PASSWORD}@db/orders failed", "postgresql://app:***@db/orders failed"),
+    (f"headers={{'X-Amz-Security-Token': b'{SESSION_TOKEN}', 'Host': 'sqs'}}", "'Host': 'sqs'"),
+    (f"x-amz-security-token:{SESSION_TOKEN}\nhost:sqs", "host:sqs"),
+    (f"aws_secret_access_key = {SECRET_KEY}", "aws_secret_access_key = ***"),
+    (f"{{'SessionToken': '{SESSION_TOKEN}', 'SecretAccessKey': \"{SECRET_KEY}\"}}", "'SessionToken': ***"),
+    (f"Authorization: 'AWS4-HMAC-SHA256 Credential=AKID/x, Signature={PASSWORD}'", "Authorization: ***"),
+    (f"?X-Amz-Security-Token={SESSION_TOKEN}&X-Amz-Signature={PASSWORD}&a=1", "&a=1"),
+    (f"password={PASSWORD} user=bob", "user=bob"),
+    (f"amqp://guest:a/{PASSWORD}@rabbit/ up", "amqp://guest:***@rabbit/ up"),
+    (f"postgresql://app:a@{PASSWORD}@db/orders", "postgresql://app:***@db/orders"),
+    (f"Credentials(access_key='AKID', secret_key='{SECRET_KEY}', token='{SESSION_TOKEN}')", "access_key='AKID'"),
+]
+
+
+@pytest.mark.parametrize("line, kept", REDACTED, ids=[kept for _, kept in REDACTED])
 def test_redact_masks_urls_and_credentials(line, kept):
     masked = logs.redact(line)
     assert_no_secret(masked)
