@@ -27,10 +27,12 @@ lint: $(VENV)/.dev-installed
 	$(BIN)/ruff format --check .
 	MYPY=$(abspath $(BIN))/mypy bash scripts/typecheck.sh
 
-# three pytest processes: most tests wait on brokers, not on the CPU; a file's tests
-# stay in one process (its fixtures and names are set up once)
+# Most tests wait on brokers, not on the CPU: they run in three pytest processes, a
+# file's tests in one. The conformance suite's timing bounds and the fault suite's
+# deadlines hold on a machine of their own, so those two run alone afterwards.
 test: lint services
-	$(BIN)/pytest -n 3 --dist loadfile
+	$(BIN)/pytest -n 3 --dist loadfile --ignore=tests/conformance --ignore=tests/faults
+	$(BIN)/pytest tests/conformance tests/faults
 
 # the fault suite alone (tests/faults: stopped brokers, blackholes, kills) with the
 # three-node cluster failover test; `make test` runs all of it but the cluster test
