@@ -141,7 +141,9 @@ async def test_postpone_redelivers_after_the_delay_without_using_an_attempt(env)
 # -- retry timing within the documented bound ----------------------------------------
 
 
-async def test_a_retry_comes_back_no_earlier_than_its_delay_and_within_the_bound(env):
+async def test_a_retry_comes_back_no_earlier_than_its_delay_and_within_the_bound(env, request):
+    if env.features.late_retry:  # stated, not hidden: it runs, and a failure is reported as this fault
+        request.applymarker(pytest.mark.xfail(reason=env.features.late_retry, strict=False))
     topic = env.name("orders")
     q = env.queue("timing", topic, retry=env.policy(max_attempts=5))
     await env.declare(q)
