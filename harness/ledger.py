@@ -64,22 +64,31 @@ class Ledger:
         now = time.monotonic()
         for m in messages:
             self.sent[m.id] = Sent(m.id, m.ordering_key, len(self.sent), now)
-        self.last_change = now
+        self._changed(now)
 
     def arrived(self, delivery: Delivery, consumer: int = 0) -> Arrival:
         arrival = Arrival(delivery.message.id, delivery.queue, delivery.attempt, time.monotonic(), consumer)
         self.arrivals.append(arrival)
-        self.last_change = arrival.at
+        self._changed(arrival.at)
         return arrival
+
+    def retrying(self, delay: float) -> None:
+        """The scenario handed a delivery back to come again after `delay` seconds: the
+        ledger counts as busy until then, so nothing is judged lost (nor any queue
+        removed) while a retry is still on its way."""
+        self._changed(time.monotonic() + delay)
 
     def done(self, arrival: Arrival) -> None:
         """The scenario is done with this delivery; a second one for the same message
         is a duplicate."""
         self.handled.append(arrival)
         self._handled_count[arrival.id] += 1
-        self.last_change = time.monotonic()
+        self._changed(time.monotonic())
         if self._handled_count[arrival.id] == 1:
             self.meter.tick()
+
+    def _changed(self, at: float) -> None:
+        self.last_change = max(self.last_change, at)
 
     @property
     def complete(self) -> bool:
