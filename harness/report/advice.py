@@ -114,13 +114,20 @@ def _duplicates(report: Report) -> str | None:
     seen: dict[str, int] = {}
     for r in report.results:
         seen[r.broker] = seen.get(r.broker, 0) + r.duplicates
-    if not any(seen.values()):
-        return (
-            f"No duplicates in this run (listened {_listened(report)} after the last message); "
-            "delivery is still at least once, so keep handlers idempotent."
-        )
+    excluded = _excluded(report)
+    listened = {b["label"]: b.get("listen") for b in report.brokers}
+    none = [
+        f"{b} (listened {listened[b]:g}s after the last message)" if listened.get(b) is not None else b
+        for b, n in seen.items()
+        if not n and b not in excluded
+    ]
     dup = ", ".join(f"{b} {n}" for b, n in sorted(seen.items()) if n)
-    return f"Duplicates delivered: {dup}. Handlers must be idempotent (mailbag's idempotency store drops them)."
+    if dup:
+        text = f"Duplicates delivered: {dup}. Handlers must be idempotent (mailbag's idempotency store drops them)"
+        return text + (f"; none from {', '.join(none)}." if none else ".")
+    if not none:
+        return None
+    return f"No duplicates from {', '.join(none)}; delivery is still at least once, so keep handlers idempotent."
 
 
 def _crash(report: Report) -> str | None:
@@ -163,10 +170,6 @@ def _clean(report: Report) -> str | None:
     if not clean:
         return None
     return f"Passed every scenario without a warning: {', '.join(clean)}."
-
-
-def _listened(report: Report) -> str:
-    return ", ".join(f"{b['listen']:g}s on {b['label']}" for b in report.brokers if "listen" in b) or "no time"
 
 
 #: the advice, in the order a reader needs it: what to avoid first

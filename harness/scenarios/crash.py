@@ -52,6 +52,7 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
         result.note("simulated crash: the in-memory broker shares this process, so the consumer was closed unsettled")
     else:
         held, killed_at = await _kill_holding(target, name, hold, settings.patience)
+    ledger.mark(killed_at)  # the consumer took a while to start: patience counts from its death
     back: dict[str, float] = {}
     attempts: Counter[int] = Counter()
 

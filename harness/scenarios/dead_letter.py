@@ -38,8 +38,9 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
     reasons: Counter[str] = Counter()
 
     async def failing(delivery: Delivery, consumer: int) -> None:
-        tries[ledger.arrived(delivery, consumer).id] += 1
-        ledger.retrying(policy.delay(delivery.attempt))
+        arrival = ledger.arrived(delivery, consumer)
+        tries[arrival.id] += 1
+        ledger.retrying(arrival, policy.delay(delivery.attempt))
         await delivery.retry(policy.delay(delivery.attempt))
 
     async def dead(delivery: Delivery, consumer: int) -> None:

@@ -44,7 +44,7 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
         arrival = ledger.arrived(delivery, consumer)
         if arrival.id in to_retry and arrival.id not in retried:
             retried[arrival.id] = (time.monotonic(), len(ledger.handled))
-            ledger.retrying(asked)
+            ledger.retrying(arrival, asked)
             await delivery.retry(asked)
             return
         if arrival.id in retried and arrival.id not in came_back:
