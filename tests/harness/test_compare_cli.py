@@ -9,8 +9,8 @@ import pytest
 from tests.rabbitmq.service import amqp_url, vhost_names
 
 
-def mailbag(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mailbag.cli", *args], capture_output=True, text=True, timeout=120)
+def mailbag(*args: str, timeout: float = 110) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mailbag.cli", *args], capture_output=True, text=True, timeout=timeout)
 
 
 def test_compare_on_memory_writes_the_whole_report(tmp_path):
@@ -70,6 +70,7 @@ def compare_names() -> tuple[set[str], set[str]]:
     return queues, exchanges
 
 
+@pytest.mark.timeout(300)  # every scenario on two RabbitMQ variants, on a busy machine
 def test_compare_on_rabbitmq_leaves_the_broker_as_it_found_it_and_says_which_to_pick(tmp_path):
     # Given the harness's queues and exchanges in the tests' vhost
     before = compare_names()
@@ -87,6 +88,7 @@ def test_compare_on_rabbitmq_leaves_the_broker_as_it_found_it_and_says_which_to_
         f"{amqp_url()}?queue=quorum&ordered=1",
         "--out",
         str(out),
+        timeout=280,
     )
     assert result.returncode == 0, result.stderr
     # Then the vhost holds exactly the harness names it held before
