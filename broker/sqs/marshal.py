@@ -109,7 +109,10 @@ def to_wire(message: Message) -> Wire:
 
 def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
     """The message in an SQS `ReceiveMessage` result. Fields a plain client did not set
-    fall back to the SQS message id, `default_topic` and the time SQS received it."""
+    fall back to the SQS message id, `default_topic` and the time SQS received it, and
+    on a FIFO queue its ordering key to its `MessageGroupId`. (mailbag writes the
+    ordering key whenever a message has one; the group of its own keyless FIFO message,
+    the message id, is no key.)"""
     attributes = {name: _value(attr) for name, attr in raw.get("MessageAttributes", {}).items()}
     headers = {k: v for k, v in attributes.items() if not k.startswith(_RESERVED_PREFIX)}
     packed = attributes.get(HEADERS)
@@ -135,9 +138,16 @@ def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
         headers=headers,
         correlation_id=_optional(attributes.get(CORRELATION_ID)),
         causation_id=_optional(attributes.get(CAUSATION_ID)),
-        ordering_key=_optional(attributes.get(ORDERING_KEY)),
+        ordering_key=_optional(attributes.get(ORDERING_KEY)) or _plain_group(raw, attributes),
         created_at=created_at,
     )
+
+
+def _plain_group(raw: Mapping[str, Any], attributes: Mapping[str, HeaderValue]) -> str | None:
+    """The FIFO message group of a message a plain client sent (one without mailbag's id)."""
+    if ID in attributes:
+        return None
+    return raw.get("Attributes", {}).get("MessageGroupId")
 
 
 def attempts_used(message: Message) -> tuple[Message, int]:
