@@ -18,8 +18,8 @@ from mailbag.broker.sqs import open_broker
 from mailbag.broker.unroutable import Unrouted
 from mailbag.deploy.cloudformation import template
 from tests.cloudformation.stack import deploy
-from tests.conformance.backend_sqs import DELAY_BOUND, REDRIVE, delete_queue, plain_publish
-from tests.conformance.env import Backend, Env, Features
+from tests.conformance.backend_sqs import delete_queue, plain_publish, sqs_features
+from tests.conformance.env import Backend, Env
 from tests.moto_server import REGION
 
 
@@ -88,12 +88,7 @@ def _stack(name: str, **queue_defaults: object) -> Backend:
         with mock_aws():
             broker = StackBroker(await open_broker(f"sqs://?region={REGION}&prefix={prefix}&wait=1"), prefix)
             try:
-                features = Features(
-                    min_delay=1.0,
-                    delay_bound=DELAY_BOUND,
-                    queue_defaults=dict(queue_defaults),
-                    redrive_without_dead_letter_queue=REDRIVE,
-                )
+                features = sqs_features(dict(queue_defaults))
                 yield Env(broker, features, _real_time, delete_queue(broker.broker), plain_publish(broker.broker))
             finally:
                 await broker.close()

@@ -34,6 +34,9 @@ class Features:
     #: a known fault that can bring a retried message back later than `delay_bound` (or
     #: not within the suite's patience), or None where the bound holds in every run
     late_retry: str | None = None
+    #: the ordering key a plain client's message reads from the broker's own field for it
+    #: (a FIFO SQS queue's message group), or None where a plain client's message has none
+    plain_ordering_key: str | None = None
 
 
 @dataclass

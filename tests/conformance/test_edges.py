@@ -179,7 +179,7 @@ async def _publish_plain(env, topic: str, queue: str, body: bytes, headers: dict
         await env.plain_publish(topic, queue, body, headers or {})
 
 
-async def test_a_plain_message_keeps_its_topic_id_and_time_through_retry_dead_letter_and_replay(env):
+async def test_a_plain_message_keeps_its_topic_id_time_and_ordering_key_through_retry_dead_letter_and_replay(env):
     # Given a message from a plain client: no id, no timestamp, no content type, none of our headers
     topic = env.name("orders")
     q = env.queue("plain", topic, retry=env.policy(max_attempts=3))
@@ -200,16 +200,18 @@ async def test_a_plain_message_keeps_its_topic_id_and_time_through_retry_dead_le
             seen.created_at,
         ), "a second read of one message gives another topic, id or time"
         assert first.message.content_type == "application/json"
+        assert first.message.ordering_key == env.features.plain_ordering_key
         await first.retry(env.features.min_delay)
         await env.advance(env.features.min_delay)
         second = await next_delivery(consumer)
-        # Then the retried copy keeps the topic, the id and the time
+        # Then the retried copy keeps the topic, the id, the time and the ordering key
         assert (second.message.topic, second.message.id, second.message.created_at, second.attempt) == (
             topic,
             seen.id,
             seen.created_at,
             first.attempt + 1,  # (a browse counts as a delivery on RabbitMQ and SQS)
         )
+        assert second.message.ordering_key == env.features.plain_ordering_key
         await second.dead_letter("parked")
     # and so do the dead letter, and the message replayed from it
     letters = DeadLetters(env.broker, q.name)
@@ -227,6 +229,7 @@ async def test_a_plain_message_keeps_its_topic_id_and_time_through_retry_dead_le
     async with env.broker.consume(q.name) as consumer:
         replayed = await next_delivery(consumer)
         assert (replayed.message.topic, replayed.message.id, replayed.attempt) == (topic, seen.id, 1)
+        assert replayed.message.ordering_key == env.features.plain_ordering_key
         await replayed.ack()
 
 
