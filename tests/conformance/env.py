@@ -47,6 +47,9 @@ class Env:
     #: our headers): (topic, queue subscribed to it, body, headers); None where no
     #: plain client can reach the broker (memory)
     plain_publish: Callable[[str, str, bytes, dict[str, Any]], Awaitable[None]] | None = None
+    #: the broker's connection as it is now (a reconnect, such as one after the broker closed
+    #: it, gives another); None where there is no connection to lose (memory, SQS over HTTP)
+    connection: Callable[[], object] | None = None
     run_id: str = field(default_factory=lambda: run_name("t"))
 
     def name(self, base: str) -> str:
