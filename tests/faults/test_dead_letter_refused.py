@@ -14,10 +14,9 @@ import subprocess
 from mailbag.broker import Message
 from mailbag.broker.rabbitmq import open_broker
 from mailbag.dlq import DeadLetters
-from mailbag.workers import App, Context, Worker
+from mailbag.workers import Worker
 from mailbag.workers.stores import open_store
-from tests.conformance.env import eventually
-from tests.conformance.test_edges import POISON_RUNS_MAX, WINDOW
+from tests.conformance.env import WINDOW, PoisonApp, assert_backed_off, eventually, mailbag_warnings
 from tests.names import run_name
 from tests.rabbitmq.service import VHOST, amqp_url, remove_declared
 
@@ -41,17 +40,8 @@ async def test_a_dead_letter_queue_refusing_publishes_backs_the_poison_message_o
     # Given a worker, and the queue's dead-letter queue refusing every publish
     stem = run_name("dr")
     topic, queue = f"{stem}-orders", f"{stem}-work"
-    app = App(f"{stem}-app")
-    handled: set[str] = set()
-    poison_runs = 0
-
-    @app.handler(topic, queue=queue, retry_on=(), idempotency=False)
-    async def work(payload: dict, ctx: Context) -> None:
-        nonlocal poison_runs
-        if payload.get("poison"):
-            poison_runs += 1
-            raise ValueError("poison")
-        handled.add(ctx.message_id)
+    poisoned = PoisonApp(f"{stem}-app", topic, queue)
+    app = poisoned.app
 
     broker = await open_broker(amqp_url())
     policy = f"{stem}-refuse"
@@ -81,14 +71,11 @@ async def test_a_dead_letter_queue_refusing_publishes_backs_the_poison_message_o
                     return loop.time() - started >= WINDOW
 
                 await eventually(window_over, timeout=WINDOW + 5, what="the window")
-                runs = poison_runs
-                lines = [r for r in caplog.records if r.levelno >= logging.WARNING and r.name.startswith("mailbag")]
+                runs, lines = poisoned.poison_runs, mailbag_warnings(caplog.records)
             # Then the healthy ones were handled, and the poison one ran a bounded number of
             # times, one log line each return, each naming the refusal
-            assert handled == {m.id for m in healthy}
-            print(f"poison runs in {WINDOW:g}s: {runs}; log lines: {len(lines)}")
-            assert 2 <= runs <= POISON_RUNS_MAX, runs
-            assert runs <= len(lines) <= POISON_RUNS_MAX, [r.getMessage() for r in lines]
+            assert poisoned.handled == {m.id for m in healthy}
+            assert_backed_off(runs, lines)
             assert all("refused" in r.getMessage() for r in lines), [r.getMessage() for r in lines]
             # When the dead-letter queue takes messages again
             await asyncio.to_thread(_ctl, "clear_policy", "-p", VHOST, policy)
