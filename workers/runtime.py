@@ -361,7 +361,8 @@ class Worker:
             name = handler.name if handler is not None else ""
             self.metrics.settle(_SETTLEMENTS[outcome.kind], delivery.queue, name)
 
-    async def _give_back(self, delivery: Delivery, outcome: Outcome, why: str) -> None:
+    @staticmethod
+    async def _give_back(delivery: Delivery, outcome: Outcome, why: str) -> None:
         """Return a delivery whose settlement failed, logging one line."""
         pause = 0.0
         if outcome.kind == "dead_letter":
