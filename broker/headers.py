@@ -7,6 +7,7 @@ reading it (our `dlq` tools or a plain client) can see why it is there.
 import socket
 import traceback
 from datetime import UTC, datetime
+from typing import Literal
 
 PREFIX = "x-mailbag-"
 
@@ -92,7 +93,7 @@ def dead_letter_stamp(
     return stamp
 
 
-def cut(text: str, room: int, *, keep: str = "head") -> str:
+def cut(text: str, room: int, *, keep: Literal["head", "tail"] = "head") -> str:
     """`text` within `room` UTF-8 bytes, keeping its head (or its tail with
     `keep="tail"`), never splitting a character; what is cut is replaced by a marker
     saying how many bytes went. The one way mailbag shortens text for a wire or a log."""
