@@ -56,6 +56,7 @@ from tenacity import (
 )
 
 from mailbag.broker import headers as h
+from mailbag.broker.backoff import RETURNS
 from mailbag.broker.base import Broker, Consumer, QueueStats
 from mailbag.broker.errors import (
     BrokerClosed,
@@ -70,7 +71,15 @@ from mailbag.broker.errors import (
 from mailbag.broker.message import Delivery, Message
 from mailbag.broker.rabbitmq import delays
 from mailbag.broker.rabbitmq.cluster import FailoverConnection, node_urls
-from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
+from mailbag.broker.rabbitmq.marshal import (
+    ATTEMPT,
+    Outgoing,
+    attempt_of,
+    from_amqp,
+    header_frame_size,
+    republished,
+    to_amqp,
+)
 from mailbag.broker.rabbitmq.topology import declare_topology, filter_exchange_name
 from mailbag.broker.topology import Queue, Topology
 from mailbag.broker.url import check_options, mask_url
@@ -100,8 +109,11 @@ _LOST_WHILE_OPENING = (
 _REOPEN_PAUSE = 0.1
 #: the longest one step of closing (a consumer, the connection) waits for the broker
 CLOSE_TIMEOUT = 2.0
-#: seconds an exhausted message is held before it goes back, while it cannot be dead-lettered
-RETURN_PAUSE = 1.0
+#: header bytes a dead letter keeps for its stamp's fields other than its text (queue,
+#: topic, time, host, error type) and their encoding
+STAMP_ROOM = 2048
+#: frame_max RabbitMQ negotiates unless configured otherwise
+DEFAULT_FRAME_MAX = 131_072
 
 
 class RabbitBroker(Broker):
@@ -121,6 +133,13 @@ class RabbitBroker(Broker):
         self._delay_targets: set[str] = set()
         self._consumers: set[_RabbitConsumer] = set()
         self._closed = False
+
+    @property
+    def frame_max(self) -> int:
+        """The largest frame the connection takes, as negotiated with the broker."""
+        transport = self._connection.transport
+        tune = getattr(transport.connection, "connection_tune", None) if transport is not None else None
+        return int(tune.frame_max) if tune is not None and tune.frame_max else DEFAULT_FRAME_MAX
 
     @property
     def node(self) -> str:
@@ -459,11 +478,21 @@ class _RabbitDelivery(Delivery):
         else:
             await consumer.settle(self, self._requeue(delay, attempt))
 
-    async def _release(self) -> None:
-        """Nack with requeue: the broker puts the message back where it was."""
+    async def _release(self, delay: float) -> None:
+        """After `delay`: a copy through the delay levels (attempt + 1), the original
+        acked; at once (or when that copy is not taken): a nack with requeue, and the
+        broker puts the message back where it was."""
         self._consumer.finished(self)
         if self.stale():
             return  # its channel is gone, so the broker has it back already
+        if delay > 0:
+            try:
+                await self._requeue(delay, self.attempt + 1)
+                return
+            except (*_GONE, PublishFailed) as exc:
+                log.warning("could not delay the return of %s (%r); it goes back at once", self.message.id, exc)
+                if self.stale():
+                    return
         tag = self._raw.delivery_tag
         assert tag is not None  # set on every message a consumer receives
         try:
@@ -489,12 +518,27 @@ class _RabbitDelivery(Delivery):
         self, reason: str, error: BaseException | None, attempts: int | None = None
     ) -> None:
         spec = self._consumer.spec
-        stamp = h.dead_letter_stamp(
-            self.message.topic, self.queue, self.attempt if attempts is None else attempts, reason, error
-        )
         target = spec.dead_letter_queue if spec else f"{self.queue}.dlq"
-        await self._consumer.broker._republish(target, republished(self._raw, self.message, stamp))
+        copy = self._dead_letter_copy(reason, error, self.attempt if attempts is None else attempts)
+        await self._consumer.broker._republish(target, copy)
         await self._basic_ack()
+
+    def _dead_letter_copy(self, reason: str, error: BaseException | None, attempts: int) -> Outgoing:
+        """The stamped copy, its reason and traceback cut to what the connection's frame
+        leaves beside the message's own properties (`STAMP_ROOM` kept for the stamp's
+        other fields): every header travels in one frame. Raises `PublishFailed` rather
+        than send a copy the broker would answer by closing the connection."""
+        frame_max = self._consumer.broker.frame_max
+        room = frame_max - header_frame_size(republished(self._raw, self.message, {})) - STAMP_ROOM
+        stamp = h.dead_letter_stamp(self.message.topic, self.queue, attempts, reason, error, room)
+        copy = republished(self._raw, self.message, stamp)
+        size = header_frame_size(copy)
+        if size > frame_max:
+            raise PublishFailed(
+                f"a dead letter needing a {size}-byte header frame was not sent (the connection takes {frame_max})",
+                [self.message.id],
+            )
+        return copy
 
 
 class _RabbitConsumer(Consumer):
@@ -608,13 +652,19 @@ class _RabbitConsumer(Consumer):
         self, delivery: _RabbitDelivery, reason: str, error: BaseException | None, attempts: int
     ) -> None:
         """Dead-letter a message without handing it out. If that fails (the dead-letter
-        queue is gone) it goes back to the queue after `RETURN_PAUSE`."""
+        queue is gone) it goes back to the queue after a growing pause
+        (`mailbag.broker.backoff`)."""
+        message_id = delivery.message.id
         try:
             await delivery._to_dead_letter_queue(reason, error, attempts=attempts)
         except (*_GONE, PublishFailed) as exc:
-            log.warning("could not dead-letter message %s (%s), it goes back: %r", delivery.message.id, reason, exc)
-            await asyncio.sleep(RETURN_PAUSE)
-            await delivery._release()
+            pause = RETURNS.failed(delivery.queue, message_id)
+            log.warning(
+                "could not dead-letter message %s (%s), it goes back in %gs: %r", message_id, reason, pause, exc
+            )
+            await delivery._release(pause)
+        else:
+            RETURNS.settled(delivery.queue, message_id)
 
     def _push(self, delivery: _RabbitDelivery) -> None:
         self._ready.append(delivery)

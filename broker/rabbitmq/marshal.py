@@ -25,7 +25,9 @@ from typing import Any, NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from aio_pika.message import encode_expiration
+from pamqp import frame
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from mailbag.broker import headers as h
 from mailbag.broker.codec import JSON
@@ -92,6 +94,13 @@ def to_amqp(message: Message, *, extra_headers: Mapping[str, Any] | None = None)
             message_type=message.type,
         ),
     )
+
+
+def header_frame_size(message: Outgoing) -> int:
+    """Bytes of the content header frame that carries `message`'s properties, headers
+    included: AMQP never splits it, so past the connection's frame_max the broker closes
+    the connection (`frame_too_large`)."""
+    return len(frame.marshal(ContentHeader(0, len(message.body), message.properties), 1))
 
 
 def republished(raw: AbstractIncomingMessage, message: Message, extra_headers: Mapping[str, Any]) -> Outgoing:

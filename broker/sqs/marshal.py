@@ -169,22 +169,23 @@ def with_attempts_used(message: Message, used: int) -> Message:
     return message.evolve(headers={**message.headers, ATTEMPTS_USED: used})
 
 
-def dead_letter_copy(message: Message, stamp: Mapping[str, HeaderValue], limit: int) -> Message:
-    """The message as it goes to a dead-letter queue, stamped, within `limit` bytes: the
-    traceback, then the error's text, then the reason are cut down (never away) until it
-    fits, so a message near the size limit still carries why it died. An empty body
+def dead_letter_copy(
+    message: Message, queue: str, attempts: int, reason: str, error: BaseException | None, limit: int
+) -> Message:
+    """The message as it goes to a dead-letter queue, stamped (`dead_letter_stamp`),
+    within `limit` bytes on the wire: the stamp's text gets less room by what the wire
+    form is over (JSON escaping of packed headers makes a non-ASCII character up to six
+    bytes), so a message near the size limit still carries why it died. An empty body
     (SQS carries none) is replaced by a note saying so."""
-    body = message.body or b"(empty body)"
-    stamp = dict(stamp)
-    for name in (h.TRACEBACK, h.ERROR_MESSAGE, h.DEAD_REASON):
-        dead = message.evolve(body=body, headers={**message.headers, **stamp})
+    message = message.evolve(body=message.body or b"(empty body)")
+    room = h.DEAD_LETTER_TEXT_MAX
+    while True:
+        stamp = h.dead_letter_stamp(message.topic, queue, attempts, reason, error, room)
+        dead = message.evolve(headers={**message.headers, **stamp})
         excess = to_wire(dead).size - limit
-        value = stamp.get(name)
-        if excess <= 0 or not isinstance(value, str):
-            continue
-        keep = max(0, len(value.encode()) - excess - 16) if name != h.DEAD_REASON else max(40, len(value) - excess)
-        stamp[name] = value.encode()[-keep:].decode("utf-8", "ignore") if name == h.TRACEBACK else value[:keep]
-    return message.evolve(body=body, headers={**message.headers, **stamp})
+        if excess <= 0 or room <= h.DEAD_LETTER_TEXT_MIN:
+            return dead  # (one still over is refused by the send, and comes back later)
+        room = max(h.DEAD_LETTER_TEXT_MIN, room - excess)
 
 
 #: message ids whose uncounted receives a consumer remembers (the oldest are forgotten)

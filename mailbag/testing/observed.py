@@ -245,8 +245,9 @@ class _Delivery(Delivery):
             await self._inner.postpone(delay)
         self._show_after(delay)
 
-    async def _release(self) -> None:
-        await self._inner.release()
+    async def _release(self, delay: float) -> None:
+        await self._inner.release(delay)
+        self._show_after(delay)
 
     def _show_after(self, delay: float) -> None:
         receipt = getattr(self._inner, "receipt", None)
