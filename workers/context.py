@@ -12,21 +12,27 @@ from collections.abc import Mapping
 from typing import Any
 
 from mailbag.broker import Broker, Delivery, Message, tracing
-from mailbag.broker.codec import encode
+from mailbag.broker.message import HeaderValue
+from mailbag.broker.outgoing import TopicModels
 
 
 class Context:
     """The delivery behind a handler call. `publish` carries the correlation id over,
     records this message as the cause and (with tracing on) continues its trace, so a
-    flow can be followed across services."""
+    flow can be followed across services. A follow-up is built like any published
+    message: `x-mailbag-*` headers are refused (`ReservedHeader`), and a payload for a
+    topic with a model in `models` must validate (`PayloadRejected`)."""
 
-    __slots__ = ("_broker", "_follow_ups", "delivery", "extras", "handler", "payload")
+    __slots__ = ("_broker", "_follow_ups", "_models", "delivery", "extras", "handler", "payload")
 
-    def __init__(self, delivery: Delivery, broker: Broker, handler: Any, payload: Any = None) -> None:
+    def __init__(
+        self, delivery: Delivery, broker: Broker, handler: Any, payload: Any = None, models: TopicModels | None = None
+    ) -> None:
         self.delivery = delivery
         self.payload = payload
         self.handler = handler
         self._broker = broker
+        self._models = models or TopicModels()
         self._follow_ups = 0
         #: a place for middleware to leave things for handlers (e.g. a transaction)
         self.extras: dict[str, Any] = {}
@@ -64,28 +70,41 @@ class Context:
         return self._broker
 
     def follow_up(
-        self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        stamp: Mapping[str, HeaderValue] | None = None,
     ) -> Message:
         """The next message `publish` would send: correlated with, and caused by, this
-        one, with the id of this position in the run (see the module docstring)."""
-        body, content_type, type_name = encode(payload)
-        self._follow_ups += 1
-        return Message(
-            id=follow_up_id(self.message_id, f"{self.queue}/{self.handler.name}", self._follow_ups),
-            topic=topic,
-            body=body,
-            content_type=content_type,
-            type=type_name,
-            headers=dict(headers or {}),
+        one, with the id of this position in the run (see the module docstring).
+        `stamp` is for mailbag's own headers (a saga's reply)."""
+        message = self._models.message(
+            topic,
+            payload,
+            key=key,
+            headers=headers,
+            stamp=stamp,
+            message_id=follow_up_id(self.message_id, f"{self.queue}/{self.handler.name}", self._follow_ups + 1),
             correlation_id=self.correlation_id,
             causation_id=self.message_id,
-            ordering_key=key,
+            max_size=self._broker.max_message_size,
         )
+        self._follow_ups += 1
+        return message
 
     async def publish(
-        self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
+        self,
+        topic: str,
+        payload: Any,
+        *,
+        key: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        stamp: Mapping[str, HeaderValue] | None = None,
     ) -> str:
-        message = self.follow_up(topic, payload, key=key, headers=headers)
+        message = self.follow_up(topic, payload, key=key, headers=headers, stamp=stamp)
         with tracing.publishing(self._broker, topic, [message]) as traced:
             await self._broker.publish(topic, traced)
         return message.id

@@ -78,6 +78,9 @@ _TOKEN = re.compile(r"^[!-~]{1,128}$")
 
 
 class SqsBroker(Broker):
+    #: SNS takes no more per message (body plus attributes), and SQS's own limit is no lower
+    max_message_size = SNS_MAX_BYTES
+
     def __init__(self, url: str, aws: AwsClients, resources: Resources, *, wait: int, linger: float) -> None:
         self.url = url
         self.aws = aws
