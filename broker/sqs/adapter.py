@@ -193,12 +193,6 @@ class SqsBroker(Broker):
         """Every queue under the broker's prefix (the whole account and region without one)."""
         return await self._resources.queue_names()
 
-    async def delete_declared(self) -> None:
-        """Delete every SNS topic and SQS queue (dead-letter queues included) this broker
-        declared or used, with their messages: the cleanup of a test that ran on a
-        real account (`mailbag.testing`). Names it did not touch stay."""
-        await self._resources.delete_declared()
-
     async def close(self) -> None:
         """Gives running long polls `CLOSE_WAIT` seconds to end, so that what they
         receive goes back to the queue at once, then abandons them: a stopping worker
