@@ -9,11 +9,20 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from mailbag.broker import Broker, Delivery, Message, tracing
 from mailbag.broker.message import HeaderValue
 from mailbag.broker.outgoing import TopicModels
+
+
+class FollowUpFields(TypedDict, total=False):
+    """What a handler sets on a follow-up: the ordering `key`, `headers`, and `stamp`
+    for mailbag's own headers (a saga's reply)."""
+
+    key: str | None
+    headers: Mapping[str, Any] | None
+    stamp: Mapping[str, HeaderValue] | None
 
 
 class Context:
@@ -69,24 +78,13 @@ class Context:
         """The broker the delivery came from (and `publish` sends through)."""
         return self._broker
 
-    def follow_up(
-        self,
-        topic: str,
-        payload: Any,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        stamp: Mapping[str, HeaderValue] | None = None,
-    ) -> Message:
+    def follow_up(self, topic: str, payload: Any, **fields: Unpack[FollowUpFields]) -> Message:
         """The next message `publish` would send: correlated with, and caused by, this
-        one, with the id of this position in the run (see the module docstring).
-        `stamp` is for mailbag's own headers (a saga's reply)."""
+        one, with the id of this position in the run (see the module docstring)."""
         message = self._models.message(
             topic,
             payload,
-            key=key,
-            headers=headers,
-            stamp=stamp,
+            **fields,
             message_id=follow_up_id(self.message_id, f"{self.queue}/{self.handler.name}", self._follow_ups + 1),
             correlation_id=self.correlation_id,
             causation_id=self.message_id,
@@ -95,16 +93,9 @@ class Context:
         self._follow_ups += 1
         return message
 
-    async def publish(
-        self,
-        topic: str,
-        payload: Any,
-        *,
-        key: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        stamp: Mapping[str, HeaderValue] | None = None,
-    ) -> str:
-        message = self.follow_up(topic, payload, key=key, headers=headers, stamp=stamp)
+    async def publish(self, topic: str, payload: Any, **fields: Unpack[FollowUpFields]) -> str:
+        """Publish a follow-up (see `follow_up`); returns its id."""
+        message = self.follow_up(topic, payload, **fields)
         with tracing.publishing(self._broker, topic, [message]) as traced:
             await self._broker.publish(topic, traced)
         return message.id
