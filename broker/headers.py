@@ -24,6 +24,18 @@ WORKER_HOST = "x-mailbag-host"
 #: (a postpone on SQS); the adapter adds it to the broker's receive count
 ATTEMPTS_USED = "x-mailbag-attempts-used"
 
+#: what AMQP has no basic property for travels in these (see `rabbitmq.marshal`):
+#: the topic a message was published on (the delivery's exchange is lost on retry and send)
+TOPIC = "x-mailbag-topic"
+#: the attempt number of the copy a retry republishes (the broker's counters restart with it)
+ATTEMPT = "x-mailbag-attempt"
+CAUSATION_ID = "x-mailbag-causation-id"
+ORDERING_KEY = "x-mailbag-ordering-key"
+#: float headers at full precision, as JSON {name: value}: AMQP clients (pamqp among
+#: them) write a float as 32 bits, so each float header also travels under its own
+#: name as text, readable by any client, and this carries the double mailbag reads back
+FLOATS = "x-mailbag-floats"
+
 DEAD_LETTER_HEADERS = (
     DEAD_REASON,
     ERROR_TYPE,
@@ -138,3 +150,8 @@ def _traceback(error: BaseException) -> tuple[str, str]:
     if not text.endswith(line):
         return text, ""
     return text[: len(text) - len(line)], line
+
+
+#: the headers the broker layer writes and reads back (attempts, envelope, dead-letter
+#: record): no outgoing message may carry them, not even one mailbag itself builds
+BROKER_OWNED = frozenset((TOPIC, ATTEMPT, CAUSATION_ID, ORDERING_KEY, FLOATS, ATTEMPTS_USED, *DEAD_LETTER_HEADERS))

@@ -30,6 +30,7 @@ from mailbag.broker.clock import Clock
 from mailbag.broker.codec import PayloadError, decode
 from mailbag.broker.errors import MailbagError
 from mailbag.broker.headers import cut
+from mailbag.broker.outgoing import TopicModels
 from mailbag.workers.app import App, Handler
 from mailbag.workers.context import Context
 from mailbag.workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
@@ -93,6 +94,8 @@ class Worker:
             raise ValueError(f"app {app.name!r} has no queue {sorted(unknown)[0]!r}; it has {', '.join(app.queues)}")
         self.app = app
         self.broker = broker
+        #: the models follow-ups to the app's own topics must validate against
+        self.models = TopicModels(app=app)
         self.settings = settings
         self.concurrency = settings.concurrency
         self.prefetch = settings.prefetch or 2 * settings.concurrency
@@ -310,7 +313,7 @@ class Worker:
             tracing.refused(self.broker, delivery, delivery.attempt, str(refused), error)
             return Outcome("dead_letter", reason=str(refused), error=error)
         try:
-            await call(Context(delivery, self.broker, handler, payload))
+            await call(Context(delivery, self.broker, handler, payload, self.models))
         except Reject as exc:
             return Outcome("dead_letter", reason=str(exc) or "rejected by handler", error=exc.__cause__ or exc)
         except Postpone as exc:

@@ -34,16 +34,7 @@ from mailbag.broker.codec import JSON
 from mailbag.broker.message import HeaderValue, Message
 from mailbag.broker.rabbitmq.delays import TARGET
 
-#: the topic a message was published on (the delivery's exchange is lost on retry and send)
-TOPIC = h.PREFIX + "topic"
-#: the attempt number of the copy a retry republishes (the broker's counters restart with it)
-ATTEMPT = h.PREFIX + "attempt"
-CAUSATION_ID = h.PREFIX + "causation-id"
-ORDERING_KEY = h.PREFIX + "ordering-key"
-#: float headers at full precision, as JSON {name: value}: AMQP clients (pamqp among
-#: them) write a float as 32 bits, so each float header also travels under its own
-#: name as text, readable by any client, and this carries the double mailbag reads back
-FLOATS = h.PREFIX + "floats"
+TOPIC, ATTEMPT, CAUSATION_ID, ORDERING_KEY, FLOATS = h.TOPIC, h.ATTEMPT, h.CAUSATION_ID, h.ORDERING_KEY, h.FLOATS
 #: the integer range an AMQP field table carries
 _INT_RANGE = (-(2**63), 2**63 - 1)
 

@@ -79,6 +79,9 @@ _TOKEN = re.compile(r"^[!-~]{1,128}$")
 
 
 class SqsBroker(Broker):
+    #: SNS takes no more per message (body plus attributes), and SQS's own limit is no lower
+    max_message_size = SNS_MAX_BYTES
+
     def __init__(self, url: str, aws: AwsClients, resources: Resources, *, wait: int, linger: float) -> None:
         self.url = url
         self.aws = aws
@@ -190,12 +193,6 @@ class SqsBroker(Broker):
     async def queue_names(self) -> list[str]:
         """Every queue under the broker's prefix (the whole account and region without one)."""
         return await self._resources.queue_names()
-
-    async def delete_declared(self) -> None:
-        """Delete every SNS topic and SQS queue (dead-letter queues included) this broker
-        declared or used, with their messages: the cleanup of a test that ran on a
-        real account (`mailbag.testing`). Names it did not touch stay."""
-        await self._resources.delete_declared()
 
     async def close(self) -> None:
         """Gives running long polls `CLOSE_WAIT` seconds to end, so that what they
