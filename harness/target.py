@@ -20,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mailbag.broker import ADAPTERS, Broker, Queue, Subscription, connect, mask_url
 from mailbag.broker.errors import BrokerUrlError
-from mailbag.broker.url import query_options, queue_kind, scheme_of
+from mailbag.broker.url import check_parses, query_options, queue_kind, scheme_of
 
 _FAMILY = {"memory": "memory", "amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "sqs"}
 #: seconds to listen for late duplicates where the broker redelivers at once
@@ -48,6 +48,7 @@ class Target:
         if scheme not in ADAPTERS:
             known = ", ".join(f"{s}://" for s in ADAPTERS)
             raise BrokerUrlError(f"unknown broker URL scheme {scheme!r} in {mask_url(url)!r}; expected one of {known}")
+        check_parses(url)
         parts = urlsplit(url)
         kept: list[tuple[str, str]] = []
         options: dict[str, str] = {}
