@@ -66,7 +66,7 @@ class Target:
         # rebuilt by hand: urlunsplit drops the '//' of an empty host (memory://, sqs://)
         broker_url = url.split("?", 1)[0] + (f"?{urlencode(kept)}" if kept else "")
         label = options.get("label") or _default_label(scheme, kind, ordered in _TRUE)
-        return cls(url, broker_url, label, kind, ordered in _TRUE)  # type: ignore[arg-type]
+        return cls(url, broker_url, label, kind, ordered in _TRUE)
 
     @property
     def display(self) -> str:

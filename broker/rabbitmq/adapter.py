@@ -1,9 +1,11 @@
 """The RabbitMQ adapter (`amqp://`, `amqps://`) on aio-pika.
 
-One robust connection per broker; it reconnects by itself and consumers resume on it.
-Publishing goes through one channel with publisher confirms, pipelined: every message
-of a call is in flight at once and the call returns when the broker has confirmed
-them all. `mandatory` is always set on the wire, so a message no queue takes comes
+One robust connection per broker; it reconnects by itself (to the next node of a
+cluster URL), and each consumer opens a channel of its own again, every step bounded
+by `OPEN_TIMEOUT` (aio-pika's robust channels are not used: their restore has no time
+bound). Publishing goes through one channel with publisher confirms, pipelined: every
+message of a call is in flight at once and the call returns when the broker has
+confirmed them all; a channel that nacked or stalled is replaced by a fresh one. `mandatory` is always set on the wire, so a message no queue takes comes
 back (aio-pika hands it back as a result, it does not raise): `publish` counts it as
 unrouted, or raises `Unroutable` when the caller asked for `mandatory`; `send` and
 settlements fail with `PublishFailed` (the target queue is gone). What a dropped
