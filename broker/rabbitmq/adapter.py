@@ -5,12 +5,15 @@ cluster URL), and each consumer opens a channel of its own again, every step bou
 by `OPEN_TIMEOUT` (aio-pika's robust channels are not used: their restore has no time
 bound). Publishing goes through one channel with publisher confirms, pipelined: every
 message of a call is in flight at once and the call returns when the broker has
-confirmed them all; a channel that nacked or stalled is replaced by a fresh one. `mandatory` is always set on the wire, so a message no queue takes comes
-back (aio-pika hands it back as a result, it does not raise): `publish` counts it as
-unrouted, or raises `Unroutable` when the caller asked for `mandatory`; `send` and
-settlements fail with `PublishFailed` (the target queue is gone). What a dropped
-connection left unconfirmed is sent again once it is back (a duplicate at worst); a
-publish fails only when nothing moved for `publish_timeout`.
+confirmed them all. A channel that nacked, or left every publish unanswered for
+`STALLED_AFTER`, is replaced by a fresh one (after a failover, a channel that met the
+quorum queue between leaders nacks from then on). `mandatory` is always set on the
+wire, so a message no queue takes comes back (aio-pika hands it back as a result, it
+does not raise): `publish` counts it as unrouted, or raises `Unroutable` when the
+caller asked for `mandatory`; `send` and settlements fail with `PublishFailed` (the
+target queue is gone). What a dropped connection or a replaced channel left
+unconfirmed is sent again (a duplicate at worst); a publish fails only when nothing
+moved for `publish_timeout`.
 Each consumer has a channel of its own with `prefetch` as its QoS.
 
 Settlement:
@@ -82,6 +85,10 @@ log = logging.getLogger("mailbag.broker.rabbitmq")
 
 #: how often a publish sends again what a dropped connection lost
 _PUBLISH_ROUNDS = 3
+#: seconds a publishing channel may leave every publish unanswered before the next
+#: publish goes on a fresh channel (the `Publisher`'s default attempt timeout): the
+#: unanswered ones are then sent again there, a duplicate at worst
+STALLED_AFTER = 5.0
 
 #: errors that mean the connection or channel went away under an operation
 _GONE = (
@@ -124,8 +131,10 @@ class RabbitBroker(Broker):
         self._queue_kind = queue_kind
         self._connection = connection
         self._publish_timeout = publish_timeout
-        #: the channel publishes go on; replaced by a fresh one when it fails (`_publishing_channel`)
+        #: the channel publishes go on, and how it answers them; replaced by a fresh one when
+        #: it nacks or stalls (`_publishing_channel`)
         self._publishing: aio_pika.Channel | None = None
+        self._answers = _Answers()
         self._publishing_lock = asyncio.Lock()
         self._specs: dict[str, Queue] = {}
         self._dead_letter_queues: set[str] = set()
@@ -323,13 +332,15 @@ class RabbitBroker(Broker):
         unsent = ""
         for _ in range(_PUBLISH_ROUNDS):
             try:
-                channel = await self._publishing_channel()
+                channel, answers = await self._publishing_channel()
                 underlay = await channel.get_underlay_channel()
             except _GONE as exc:
                 lost, unsent = messages, f"no channel to publish on ({type(exc).__name__})"
                 break
             nacked = len(refused)
-            lost, stuck = await self._publish_once(underlay, exchange, routing_key, messages, returned, refused)
+            lost, stuck = await self._publish_once(
+                underlay, answers, exchange, routing_key, messages, returned, refused
+            )
             if stuck or len(refused) > nacked:
                 self._renew_publishing(channel)
             sent.update(m.id for m in lost)
@@ -350,18 +361,21 @@ class RabbitBroker(Broker):
             raise PublishFailed("; ".join(problems), failed, unknown=unknown)
         return returned
 
-    async def _publishing_channel(self) -> aio_pika.Channel:
+    async def _publishing_channel(self) -> tuple[aio_pika.Channel, _Answers]:
         """The open channel with publisher confirms that publishes go on: the last one
-        while it is open, else a fresh one once the connection is up, within the publish
-        timeout (else `TimeoutError`)."""
+        while it is open and answering (see `STALLED_AFTER`), else a fresh one once the
+        connection is up, within the publish timeout (else `TimeoutError`)."""
         async with self._publishing_lock:
             current = self._publishing
+            if current is not None and self._answers.stalled():
+                self._renew_publishing(current)
+                current = None
             if current is None or current.is_closed:
                 self._publishing = None
                 async with asyncio.timeout(self._publish_timeout):
                     current = await self._open_publishing()
-                self._publishing = current
-            return current
+                self._publishing, self._answers = current, _Answers()
+            return current, self._answers
 
     async def _open_publishing(self) -> aio_pika.Channel:
         """A new channel with publisher confirms, tried again while the connection is
@@ -392,6 +406,7 @@ class RabbitBroker(Broker):
     async def _publish_once(
         self,
         channel: Any,
+        answers: _Answers,
         exchange: str,
         routing_key: str,
         messages: list[Outgoing],
@@ -411,6 +426,8 @@ class RabbitBroker(Broker):
             )
             for m in messages
         ]
+        for task in tasks:
+            answers.sent(task)
         stuck = not await _while_progressing(tasks, self._publish_timeout)
         lost = []
         for m, task in zip(messages, tasks):
@@ -448,6 +465,29 @@ class RabbitBroker(Broker):
 
     async def _republish(self, queue: str, message: Outgoing) -> None:
         await self._confirmed("", queue, [message], f"queue {queue!r}")
+
+
+class _Answers:
+    """How a publishing channel answers: how many publishes await their confirm (or
+    nack), and when it last answered one or was given one to a channel that owed none."""
+
+    def __init__(self) -> None:
+        self._waiting = 0
+        self._since = asyncio.get_running_loop().time()
+
+    def sent(self, task: asyncio.Future[Any]) -> None:
+        if not self._waiting:
+            self._since = asyncio.get_running_loop().time()
+        self._waiting += 1
+        task.add_done_callback(self._answered)
+
+    def _answered(self, _: asyncio.Future[Any]) -> None:
+        self._waiting -= 1
+        self._since = asyncio.get_running_loop().time()
+
+    def stalled(self) -> bool:
+        """Publishes await an answer and none came for `STALLED_AFTER` seconds."""
+        return self._waiting > 0 and asyncio.get_running_loop().time() - self._since > STALLED_AFTER
 
 
 async def _close_channel(channel: aio_pika.Channel, what: str) -> None:
