@@ -696,9 +696,8 @@ class _RabbitConsumer(Consumer):
     async def _open(self) -> None:
         """Consume on a channel of the consumer's own, every step bounded by
         `OPEN_TIMEOUT`. Not aio-pika's robust channel: the robust connection restores
-        those one after another inside its reconnect, with no time bound, so one
-        `basic.consume` the broker holds unanswered (a quorum queue between leaders)
-        stalls every consumer and the connection's recovery with it."""
+        those one after another inside its reconnect with no time bound, so a step the
+        broker left unanswered would hold up every other channel and the reconnect."""
         step = "checking the queue"
         channel = aio_pika.Channel(self.broker._connection, publisher_confirms=False)
         try:
