@@ -708,7 +708,11 @@ class _RabbitConsumer(Consumer):
                 step = "basic.qos"
                 await channel.set_qos(prefetch_count=self.prefetch)
                 step = "queue.declare"
-                source = await channel.declare_queue(self.queue, passive=True)
+                try:
+                    source = await channel.declare_queue(self.queue, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    self.broker._known_queues.discard(self.queue)
+                    raise UnknownQueue(f"queue {self.queue!r} is not declared (deleted?)") from None
                 step = "basic.consume"
                 tag = await source.consume(self._on_message)
         except BaseException as exc:
