@@ -38,7 +38,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 @pytest.mark.cluster
-@pytest.mark.timeout(480)
+@pytest.mark.timeout(600)  # the first test boots the cluster too (up to 2 minutes seen)
 async def test_a_publisher_whose_node_leads_the_queue_confirms_again_soon_after_that_node_is_killed(
     cluster, tmp_path, caplog
 ):
