@@ -286,20 +286,6 @@ class RabbitBroker(Broker):
         except _GONE as exc:
             log.warning("closing the connection to %s: %r; leaving it", self.url, exc)
 
-    async def delete_declared(self) -> None:
-        """Delete every queue (dead-letter queues included) and exchange this broker
-        declared or used, with their messages: the cleanup of a test that ran on a shared
-        RabbitMQ (`mailbag.testing`). Names it did not touch stay, and so do the delay
-        levels, which every queue of the vhost shares."""
-        self._check_open()
-        queues = set(self._specs) | self._dead_letter_queues | self._known_queues
-        async with self._scratch() as channel:
-            for name in sorted(queues):
-                await channel.queue_delete(name)
-            for topic in sorted(self._topics):
-                await channel.exchange_delete(topic)
-                await channel.exchange_delete(f"{topic}.filter")
-
     # -- internals ------------------------------------------------------------
 
     def _check_open(self) -> None:
