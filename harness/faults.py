@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
 from mailbag.broker import Broker, Consumer, Delivery, Message
-from mailbag.harness.delegate import Delegating
+from mailbag.broker.delegating import Delegating
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ count and recommended nowhere, whatever its other numbers look like."""
 from collections.abc import Sequence
 
 from mailbag.broker import Broker, Message
+from mailbag.broker.delegating import Delegating
 from mailbag.harness import Target, compare
-from mailbag.harness.delegate import Delegating
 from mailbag.harness.report import advice
 from tests.harness.conftest import FAST
 
