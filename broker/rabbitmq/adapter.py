@@ -73,6 +73,7 @@ from mailbag.broker.rabbitmq.cluster import FailoverConnection, node_urls
 from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
 from mailbag.broker.rabbitmq.topology import declare_topology, filter_exchange_name
 from mailbag.broker.topology import Queue, Topology
+from mailbag.broker.unroutable import Sparingly
 from mailbag.broker.url import check_options, mask_url
 
 log = logging.getLogger("mailbag.broker.rabbitmq")
@@ -107,6 +108,8 @@ RETURN_PAUSE = 1.0
 class RabbitBroker(Broker):
     """A broker on one robust aio-pika connection; see the module docstring."""
 
+    orphans_queue = delays.ORPHANS
+
     def __init__(self, url: str, connection: AbstractRobustConnection, channel: Any, publish_timeout: float) -> None:
         self.url = mask_url(url)
         self._connection = connection
@@ -121,6 +124,7 @@ class RabbitBroker(Broker):
         self._delay_targets: set[str] = set()
         self._consumers: set[_RabbitConsumer] = set()
         self._closed = False
+        self._warnings = Sparingly()
 
     @property
     def node(self) -> str:
@@ -203,6 +207,19 @@ class RabbitBroker(Broker):
         dead = await self._count(spec.dead_letter_queue if spec else f"{queue}.dlq")
         return QueueStats(queue, ready, None, None, dead or 0)  # delay queues are shared: delayed unknown
 
+    async def orphans(self) -> int:
+        self._check_open()
+        count = await self._depth(delays.ORPHANS) or 0
+        if count and self._warnings.due(delays.ORPHANS):
+            log.warning(
+                "%d delayed messages wait in queue %r: the queue each was delayed for (header %r) was deleted "
+                "while it waited; browse them there, send them on, or purge them",
+                count,
+                delays.ORPHANS,
+                delays.TARGET,
+            )
+        return count
+
     async def browse(self, queue: str, limit: int = 100) -> list[Message]:
         """Gets up to `limit` messages unacked and closes the channel, which puts them
         back where they were. A quorum queue counts that as a delivery in
@@ -264,13 +281,21 @@ class RabbitBroker(Broker):
         return aio_pika.Channel(self._connection, publisher_confirms=False)
 
     async def _count(self, queue: str) -> int | None:
+        """Ready messages in `queue`, or None when it does not exist; a queue found is
+        one this broker used (`delete_declared` deletes it), but for the catch-all of
+        orphans, which belongs to the vhost like the delay levels."""
+        count = await self._depth(queue)
+        if count is not None and queue != delays.ORPHANS:
+            self._known_queues.add(queue)
+        return count
+
+    async def _depth(self, queue: str) -> int | None:
         """Ready messages in `queue`, or None when it does not exist."""
         try:
             async with self._scratch() as channel:
                 found = await channel.declare_queue(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
-        self._known_queues.add(queue)
         return int(found.declaration_result.message_count or 0)
 
     async def _check_queue(self, queue: str) -> None:
