@@ -233,7 +233,7 @@ class RabbitBroker(Broker):
                 raw = await source.get(no_ack=False, fail=False)
                 if raw is None:
                     break
-                found.append(from_amqp(raw))
+                found.append(from_amqp(raw, orphaned=queue == delays.ORPHANS))
         return found
 
     async def purge(self, queue: str) -> int:
@@ -609,7 +609,7 @@ class _RabbitConsumer(Consumer):
     async def _on_message(self, raw: AbstractIncomingMessage) -> None:
         if self._closed:
             return  # closing the channel puts it back
-        message = from_amqp(raw)
+        message = from_amqp(raw, orphaned=self.queue == delays.ORPHANS)
         try:
             attempt, returns = attempt_of(raw)
         except ValueError as exc:  # a plain client's header we cannot read: never runs, never stalls
