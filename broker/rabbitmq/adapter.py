@@ -212,11 +212,11 @@ class RabbitBroker(Broker):
         count = await self._depth(delays.ORPHANS) or 0
         if count and self._warnings.due(delays.ORPHANS):
             log.warning(
-                "%d delayed messages wait in queue %r: the queue each was delayed for (header %r) was deleted "
-                "while it waited; browse them there, send them on, or purge them",
+                "%d delayed messages wait in queue %r: the queue each was delayed for was deleted while it "
+                "waited; they read as dead letters there: mailbag dlq ls QUEUE --dlq %s (then replay or purge)",
                 count,
                 delays.ORPHANS,
-                delays.TARGET,
+                delays.ORPHANS,
             )
         return count
 
