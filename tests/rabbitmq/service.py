@@ -16,6 +16,7 @@ import asyncio
 import os
 import socket
 import subprocess
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -116,12 +117,14 @@ async def delete_queues(names: Iterable[str]) -> None:
             await channel.queue_delete(name)
 
 
-async def wait_for_delay_levels(timeout: float = 300.0) -> None:
+async def wait_for_delay_levels(timeout: float = 300.0) -> float:
     """Declare the test vhost's quorum delay levels as this version lays them out, and
     wait until levels 0 to `PROBED_LEVELS - 1` pass a message each. On a vhost whose
     levels hold orphans from a version without the catch-all they stand still until
     RabbitMQ next retries dead-lettering those (into the catch-all now): up to
-    `dead_letter_worker_publisher_confirm_timeout`, 3 minutes by default, once."""
+    `dead_letter_worker_publisher_confirm_timeout`, 3 minutes by default, once.
+    Returns the seconds it took."""
+    started = time.monotonic()
     broker = await open_broker(amqp_url())
     probe = Topology(queues=(Queue(run_name("levels"), kind="quorum"),))
     name = probe.queues[0].name
@@ -135,6 +138,7 @@ async def wait_for_delay_levels(timeout: float = 300.0) -> None:
     finally:
         await broker.remove(probe)
         await broker.close()
+    return time.monotonic() - started
 
 
 async def take_orphans(prefix: str) -> int:
