@@ -12,12 +12,13 @@ from prometheus_client import generate_latest
 
 from mailbag.broker import Message, Queue, Topology
 from mailbag.broker import headers as h
-from mailbag.broker.rabbitmq import delays
+from mailbag.broker.rabbitmq import delays, open_broker
 from mailbag.dlq import DeadLetters
+from mailbag.workers import App, Worker
 from mailbag.workers.metrics import Metrics
 from tests.cli.test_cli import mailbag
 from tests.conformance.env import eventually, next_delivery, nothing_within
-from tests.rabbitmq.service import amqp_url, delete_queues, queue_depths
+from tests.rabbitmq.service import amqp_url, delete_queues, queue_depths, remove_declared
 
 RETRIES = 1000
 
@@ -111,6 +112,24 @@ async def test_orphans_are_kept_counted_in_the_metric_listed_by_mailbag_queues_a
     assert float(gauge.split()[1]) >= 3
     warnings = [r.getMessage() for r in caplog.records if delays.ORPHANS in r.getMessage()]
     assert len(warnings) == 1 and "was deleted while it waited" in warnings[0]
+    # And a worker without metrics (on a connection of its own) warns about them too
+    app = App(names("app"))
+
+    @app.handler(names("other-topic"), queue=names("other"))
+    def handle(payload: dict) -> None: ...
+
+    other = await open_broker(amqp_url())
+    try:
+        with caplog.at_level(logging.WARNING, logger="mailbag.broker"):
+            async with Worker(app, other):
+
+                async def warned() -> bool:
+                    return len([r for r in caplog.records if delays.ORPHANS in r.getMessage()]) == 2
+
+                await eventually(warned, what="the worker's warning about orphans")
+    finally:
+        await other.close()
+        await remove_declared(other)
     # And `mailbag queues` lists the catch-all with them
     listed = await asyncio.to_thread(
         mailbag, "queues", "--queue", queue.dead_letter_queue, "--json", "--broker", amqp_url()
