@@ -65,6 +65,8 @@ class Broker(ABC):
 
     #: the URL this broker was opened with, password masked
     url: str = ""
+    #: the most bytes of body and headers one message may have here; None: no limit of ours
+    max_message_size: int | None = None
 
     @cached_property
     def unrouted(self) -> Unrouted:

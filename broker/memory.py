@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 
 from mailbag.broker import headers as h
+from mailbag.broker.backoff import RETURNS
 from mailbag.broker.base import Broker, Consumer, QueueStats
 from mailbag.broker.clock import Clock, RealClock
 from mailbag.broker.errors import BrokerClosed, DeliveryReleased, TopologyError, UnknownQueue, UnknownTopic
@@ -23,9 +24,6 @@ from mailbag.broker.topology import Queue, Topology
 from mailbag.broker.url import check_options
 
 log = logging.getLogger("mailbag.broker.memory")
-
-#: seconds an exhausted message waits before it is dead-lettered again, while its dead-letter queue is gone
-RETURN_PAUSE = 1.0
 
 
 class _Entry:
@@ -240,18 +238,26 @@ class MemoryBroker(Broker):
 
     def _exhausted(self, state: _QueueState, entry: _Entry) -> None:
         """A message back more often than its queue allows: dead-letter it unrun. While
-        the dead-letter queue is gone it waits `RETURN_PAUSE` and is tried again."""
+        the dead-letter queue is gone it waits a growing pause (`mailbag.broker.backoff`)
+        and is tried again."""
         try:
             self._to_dlq(state, entry, h.DELIVERY_LIMIT_EXCEEDED, None, attempts=entry.deliveries - 1)
         except UnknownQueue as exc:
+            pause = RETURNS.failed(state.name, entry.message.id)
             log.warning(
-                "could not dead-letter exhausted message %s, it stays on %s: %s", entry.message.id, state.name, exc
+                "could not dead-letter exhausted message %s, it stays on %s and is tried again in %gs: %s",
+                entry.message.id,
+                state.name,
+                pause,
+                exc,
             )
             entry.deliveries -= 1
             if state.ordered:
                 state.busy_groups.add(entry.group)  # the rest of its key waits behind it
-            heapq.heappush(state.delayed, (self.clock.now() + RETURN_PAUSE, next(self._seq), entry))
+            heapq.heappush(state.delayed, (self.clock.now() + pause, next(self._seq), entry))
             self._arm_timer()
+        else:
+            RETURNS.settled(state.name, entry.message.id)
 
     def _to_dlq(
         self, state: _QueueState, entry: _Entry, reason: str, error: BaseException | None, *, attempts: int
@@ -353,9 +359,9 @@ class _MemoryDelivery(Delivery):
         broker._to_dlq(self._consumer.state, self._entry, reason, error, attempts=self._entry.deliveries)
         broker._settled(self._finish(), self._entry)
 
-    async def _release(self) -> None:
+    async def _release(self, delay: float) -> None:
         if self in self._consumer.unsettled:
-            self._consumer.broker._requeue(self._finish(), self._entry, 0.0)
+            self._consumer.broker._requeue(self._finish(), self._entry, delay)
 
 
 class _MemoryConsumer(Consumer):

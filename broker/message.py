@@ -116,13 +116,17 @@ class Delivery:
         with `reason` (and the error's type, text and traceback) stamped on it."""
         await self._settle("dead_letter", self._dead_letter, reason, error)
 
-    async def release(self) -> None:
-        """Give the message back to the queue now, unsettled, and free its prefetch
-        slot: for a delivery whose settlement raised. It comes back as a new receive
+    async def release(self, delay: float = 0.0) -> None:
+        """Give the message back to the queue, unsettled, visible again after `delay`
+        seconds (at once by default), and free its prefetch slot: for a delivery whose
+        settlement raised (a message that could not be dead-lettered comes back after a
+        growing delay, `mailbag.broker.backoff`). It comes back as a new receive
         (attempt + 1 where the broker counts receives). A no-op for a delivery that is
         back already (its consumer closed)."""
+        if delay < 0:
+            raise ValueError(f"release delay must be >= 0, got {delay}")
         self._claim("release")
-        await self._release()
+        await self._release(delay)
 
     async def _ack(self) -> None:
         raise NotImplementedError
@@ -136,7 +140,7 @@ class Delivery:
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         raise NotImplementedError
 
-    async def _release(self) -> None:
+    async def _release(self, delay: float) -> None:
         raise NotImplementedError
 
     def __repr__(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import Literal
 from urllib.parse import parse_qs, urlsplit
 
 from mailbag.broker.errors import BrokerUrlError
@@ -34,18 +35,41 @@ def scheme_of(url: str) -> str:
     return url.split("://", 1)[0].lower()
 
 
+def hosts_of(url: str) -> list[str]:
+    """The URL's `host[:port]` entries: one, or the nodes of a cluster listed with commas
+    (`amqp://user:pass@node1:5672,node2:5672/vhost`), which share the user, vhost and query."""
+    return [h.strip() for h in urlsplit(url).netloc.rpartition("@")[2].split(",")]
+
+
 def check_parses(url: str) -> None:
     """Raise `BrokerUrlError` when `url` does not mean what it reads: an unencoded '@',
     '/', '?' or '#' in a password splits the URL in the wrong place, and the broker
-    would then be reported unreachable at a host that was never meant."""
+    would then be reported unreachable at a host that was never meant. Every host of a
+    node list must parse too."""
     parts = urlsplit(url)
     shown = mask_url(url)
     if "@" in parts.path + parts.query + parts.fragment:
         raise BrokerUrlError(f"broker URL {shown!r} does not parse: {ENCODE_HINT}")
-    try:
-        parts.port  # noqa: B018 - parsing the port is the check
-    except ValueError:
-        raise BrokerUrlError(f"broker URL {shown!r} does not parse (bad port): {ENCODE_HINT}") from None
+    hosts = hosts_of(url)
+    if len(hosts) > 1 and not all(hosts):
+        raise BrokerUrlError(f"broker URL {shown!r} has an empty host in its node list")
+    for host in hosts:
+        try:
+            urlsplit(f"//{host}").port  # noqa: B018 - parsing the port is the check
+        except ValueError:
+            raise BrokerUrlError(f"broker URL {shown!r} does not parse (bad port): {ENCODE_HINT}") from None
+
+
+def queue_kind(url: str) -> Literal["classic", "quorum"] | None:
+    """The URL's `queue=classic|quorum` option, read the same by `connect()` and
+    `mailbag compare`: `quorum` makes every queue declared through the broker a quorum
+    queue; `classic` keeps each queue's own kind (classic unless it says otherwise)."""
+    kind = query_options(url).get("queue")
+    if kind is None or kind == "classic":
+        return None if kind is None else "classic"
+    if kind != "quorum":
+        raise BrokerUrlError(f"queue={kind!r} in {mask_url(url)!r}: expected queue=classic or queue=quorum")
+    return "quorum"
 
 
 def query_options(url: str) -> dict[str, str]:

@@ -21,7 +21,8 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 
-from mailbag.broker import Broker, Consumer, Delivery, Message, QueueStats, Topology
+from mailbag.broker import Broker, Consumer, Delivery, Message
+from mailbag.broker.delegating import Delegating
 
 
 @dataclass(frozen=True)
@@ -42,13 +43,12 @@ class Faults:
             raise ValueError("delay_seconds must be >= 0 and reorder_distance >= 1")
 
 
-class FaultyBroker(Broker):
+class FaultyBroker(Delegating):
     """Wraps `inner`; everything not listed above passes straight through."""
 
     def __init__(self, inner: Broker, faults: Faults) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.faults = faults
-        self.url = inner.url
         self.injected: Counter[str] = Counter()
         self._rng = random.Random(faults.seed)
         self._late: set[asyncio.Task[None]] = set()
@@ -59,12 +59,6 @@ class FaultyBroker(Broker):
         if hit:
             self.injected[fault] += 1
         return hit
-
-    async def declare(self, topology: Topology) -> None:
-        await self.inner.declare(topology)
-
-    async def remove(self, topology: Topology) -> None:
-        await self.inner.remove(topology)
 
     async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         await self._deliver(messages, lambda batch: self.inner.publish(topic, batch, mandatory=mandatory))
@@ -105,18 +99,6 @@ class FaultyBroker(Broker):
 
     def consume(self, queue: str, prefetch: int = 10) -> Consumer:
         return _FaultyConsumer(self, self.inner.consume(queue, prefetch))
-
-    async def stats(self, queue: str) -> QueueStats:
-        return await self.inner.stats(queue)
-
-    async def browse(self, queue: str, limit: int = 100) -> list[Message]:
-        return await self.inner.browse(queue, limit)
-
-    async def purge(self, queue: str) -> int:
-        return await self.inner.purge(queue)
-
-    async def queue_names(self) -> list[str] | None:
-        return await self.inner.queue_names()
 
     async def close(self) -> None:
         """Late messages still go out first: the wrapper delays, it does not lose."""

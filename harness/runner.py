@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from typing import Protocol
 
 from mailbag.broker import Broker
-from mailbag.harness.cleanup import Declaring
+from mailbag.broker.delegating import Declaring
 from mailbag.harness.ledger import Meter, NoMeter
 from mailbag.harness.result import Report, ScenarioResult
 from mailbag.harness.scenarios import SCENARIOS

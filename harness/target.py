@@ -1,10 +1,12 @@
 """A broker variant under comparison: a broker URL plus the queue options the
 harness reads from its query string.
 
-The options are the harness's own and are removed before the URL reaches
-`mailbag.broker.connect`, so adapters never see them:
+`queue=classic|quorum` is the RabbitMQ adapter's own option (`Queue.kind` of every
+queue declared; `mailbag.broker.url.queue_kind`): it stays in the URL, and a broker that
+has no queue types refuses it as it refuses any unknown option. The other options are the
+harness's own and are removed before the URL reaches `mailbag.broker.connect`, so
+adapters never see them:
 
-- `queue=classic|quorum`: the RabbitMQ queue type (`Queue.kind`);
 - `ordered=1` (or `fifo=1`): order per ordering key (`Queue.ordered`: single active
   consumer on RabbitMQ, a FIFO queue on SQS);
 - `label=NAME`: the name used in reports (default: derived from scheme and options).
@@ -18,7 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mailbag.broker import ADAPTERS, Broker, Queue, Subscription, connect, mask_url
 from mailbag.broker.errors import BrokerUrlError
-from mailbag.broker.url import query_options, scheme_of
+from mailbag.broker.url import check_parses, query_options, queue_kind, scheme_of
 
 _FAMILY = {"memory": "memory", "amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "sqs"}
 #: seconds to listen for late duplicates where the broker redelivers at once
@@ -46,24 +48,25 @@ class Target:
         if scheme not in ADAPTERS:
             known = ", ".join(f"{s}://" for s in ADAPTERS)
             raise BrokerUrlError(f"unknown broker URL scheme {scheme!r} in {mask_url(url)!r}; expected one of {known}")
+        check_parses(url)
         parts = urlsplit(url)
         kept: list[tuple[str, str]] = []
         options: dict[str, str] = {}
         for key, value in parse_qsl(parts.query, keep_blank_values=True):
-            if key in ("queue", "ordered", "fifo", "label"):
+            if key in ("ordered", "fifo", "label"):
                 options["ordered" if key == "fifo" else key] = value
             else:
                 kept.append((key, value))
-        kind = options.get("queue", "classic")
-        if kind not in ("classic", "quorum"):
-            raise BrokerUrlError(f"queue={kind!r} in {mask_url(url)!r}: expected queue=classic or queue=quorum")
+        if _FAMILY[scheme] != "rabbitmq" and "queue" in query_options(url):
+            raise BrokerUrlError(f"{mask_url(url)}: unknown option(s) queue; queue types are RabbitMQ's (amqp://)")
+        kind = queue_kind(url) or "classic"  # `queue=` stays in the URL: the adapter reads it the same way
         ordered = options.get("ordered", "0").lower()
         if ordered not in _TRUE + _FALSE:
             raise BrokerUrlError(f"ordered/fifo={ordered!r} in {mask_url(url)!r}: expected 1 or 0")
         # rebuilt by hand: urlunsplit drops the '//' of an empty host (memory://, sqs://)
         broker_url = url.split("?", 1)[0] + (f"?{urlencode(kept)}" if kept else "")
         label = options.get("label") or _default_label(scheme, kind, ordered in _TRUE)
-        return cls(url, broker_url, label, kind, ordered in _TRUE)  # type: ignore[arg-type]
+        return cls(url, broker_url, label, kind, ordered in _TRUE)
 
     @property
     def display(self) -> str:

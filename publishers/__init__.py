@@ -5,7 +5,7 @@ It publishes through the `broker` contract only; it never consumes.
 """
 
 from mailbag.broker.breaker import BreakerPolicy, CircuitBreaker
-from mailbag.publishers.envelope import TopicModels
+from mailbag.broker.outgoing import TopicModels
 from mailbag.publishers.errors import CircuitOpen, PayloadRejected, PublishError, ReservedHeader
 from mailbag.publishers.publisher import Publisher, PublisherSettings
 

@@ -16,7 +16,7 @@ from tenacity import AsyncRetrying, RetryError, retry_if_exception, stop_after_d
 from mailbag.broker import Broker, BrokerClosed, BrokerError, Message, MessageTooLarge, PublishFailed, Topology, tracing
 from mailbag.broker.breaker import BreakerPolicy, CircuitBreaker
 from mailbag.broker.errors import TopologyError, UnknownTopic, Unroutable
-from mailbag.publishers.envelope import TopicModels
+from mailbag.broker.outgoing import TopicModels
 from mailbag.publishers.errors import CircuitOpen, PublishError
 
 log = logging.getLogger("mailbag.publisher")
@@ -99,7 +99,13 @@ class Publisher:
         returns its message id. Giving `message_id` makes the call idempotent for
         consumers that drop duplicates."""
         message = self.models.message(
-            topic, payload, key=key, headers=headers, correlation_id=correlation_id, message_id=message_id
+            topic,
+            payload,
+            key=key,
+            headers=headers,
+            correlation_id=correlation_id,
+            message_id=message_id,
+            max_size=self.broker.max_message_size,
         )
         (message_id,) = await self.send([message], mandatory=mandatory)
         return message_id
@@ -116,8 +122,10 @@ class Publisher:
     ) -> list[str]:
         """Publish several payloads to one topic in one confirmed batch; all are
         validated before any is sent. Returns their ids in order."""
+        size = self.broker.max_message_size
         messages = [
-            self.models.message(topic, p, key=key, headers=headers, correlation_id=correlation_id) for p in payloads
+            self.models.message(topic, p, key=key, headers=headers, correlation_id=correlation_id, max_size=size)
+            for p in payloads
         ]
         return await self.send(messages, mandatory=mandatory)
 

@@ -9,24 +9,39 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 from mailbag.broker import Broker, Delivery, Message, tracing
-from mailbag.broker.codec import encode
+from mailbag.broker.message import HeaderValue
+from mailbag.broker.outgoing import TopicModels
+
+
+class FollowUpFields(TypedDict, total=False):
+    """What a handler sets on a follow-up: the ordering `key`, `headers`, and `stamp`
+    for mailbag's own headers (a saga's reply)."""
+
+    key: str | None
+    headers: Mapping[str, Any] | None
+    stamp: Mapping[str, HeaderValue] | None
 
 
 class Context:
     """The delivery behind a handler call. `publish` carries the correlation id over,
     records this message as the cause and (with tracing on) continues its trace, so a
-    flow can be followed across services."""
+    flow can be followed across services. A follow-up is built like any published
+    message: `x-mailbag-*` headers are refused (`ReservedHeader`), and a payload for a
+    topic with a model in `models` must validate (`PayloadRejected`)."""
 
-    __slots__ = ("_broker", "_follow_ups", "delivery", "extras", "handler", "payload")
+    __slots__ = ("_broker", "_follow_ups", "_models", "delivery", "extras", "handler", "payload")
 
-    def __init__(self, delivery: Delivery, broker: Broker, handler: Any, payload: Any = None) -> None:
+    def __init__(
+        self, delivery: Delivery, broker: Broker, handler: Any, payload: Any = None, models: TopicModels | None = None
+    ) -> None:
         self.delivery = delivery
         self.payload = payload
         self.handler = handler
         self._broker = broker
+        self._models = models or TopicModels()
         self._follow_ups = 0
         #: a place for middleware to leave things for handlers (e.g. a transaction)
         self.extras: dict[str, Any] = {}
@@ -63,29 +78,24 @@ class Context:
         """The broker the delivery came from (and `publish` sends through)."""
         return self._broker
 
-    def follow_up(
-        self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
-    ) -> Message:
+    def follow_up(self, topic: str, payload: Any, **fields: Unpack[FollowUpFields]) -> Message:
         """The next message `publish` would send: correlated with, and caused by, this
         one, with the id of this position in the run (see the module docstring)."""
-        body, content_type, type_name = encode(payload)
-        self._follow_ups += 1
-        return Message(
-            id=follow_up_id(self.message_id, f"{self.queue}/{self.handler.name}", self._follow_ups),
-            topic=topic,
-            body=body,
-            content_type=content_type,
-            type=type_name,
-            headers=dict(headers or {}),
+        message = self._models.message(
+            topic,
+            payload,
+            **fields,
+            message_id=follow_up_id(self.message_id, f"{self.queue}/{self.handler.name}", self._follow_ups + 1),
             correlation_id=self.correlation_id,
             causation_id=self.message_id,
-            ordering_key=key,
+            max_size=self._broker.max_message_size,
         )
+        self._follow_ups += 1
+        return message
 
-    async def publish(
-        self, topic: str, payload: Any, *, key: str | None = None, headers: Mapping[str, Any] | None = None
-    ) -> str:
-        message = self.follow_up(topic, payload, key=key, headers=headers)
+    async def publish(self, topic: str, payload: Any, **fields: Unpack[FollowUpFields]) -> str:
+        """Publish a follow-up (see `follow_up`); returns its id."""
+        message = self.follow_up(topic, payload, **fields)
         with tracing.publishing(self._broker, topic, [message]) as traced:
             await self._broker.publish(topic, traced)
         return message.id

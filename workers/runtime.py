@@ -24,10 +24,13 @@ from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
 
 from mailbag.broker import Broker, Delivery, DeliveryReleased, tracing
+from mailbag.broker.backoff import RETURNS
 from mailbag.broker.base import Consumer
 from mailbag.broker.clock import Clock
 from mailbag.broker.codec import PayloadError, decode
 from mailbag.broker.errors import MailbagError
+from mailbag.broker.headers import cut
+from mailbag.broker.outgoing import TopicModels
 from mailbag.workers.app import App, Handler
 from mailbag.workers.context import Context
 from mailbag.workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
@@ -43,6 +46,8 @@ log = logging.getLogger("mailbag.worker")
 #: the longest a stop waits for the consumers to close, and then for the store: a broker
 #: or database that does not answer must not keep a stopping worker alive
 CLOSE_TIMEOUT = 2.0
+#: bytes of a handler's error a log line keeps (the dead letter keeps more)
+LOGGED_ERROR_MAX = 2048
 
 
 class Worker:
@@ -90,6 +95,8 @@ class Worker:
             raise ValueError(f"app {app.name!r} has no queue {sorted(unknown)[0]!r}; it has {', '.join(app.queues)}")
         self.app = app
         self.broker = broker
+        #: the models follow-ups to the app's own topics must validate against
+        self.models = TopicModels(app=app)
         self.settings = settings
         self.concurrency = settings.concurrency
         self.prefetch = settings.prefetch or 2 * settings.concurrency
@@ -309,7 +316,7 @@ class Worker:
             tracing.refused(self.broker, delivery, delivery.attempt, str(refused), error)
             return Outcome("dead_letter", reason=str(refused), error=error)
         try:
-            await call(Context(delivery, self.broker, handler, payload))
+            await call(Context(delivery, self.broker, handler, payload, self.models))
         except Reject as exc:
             return Outcome("dead_letter", reason=str(exc) or "rejected by handler", error=exc.__cause__ or exc)
         except Postpone as exc:
@@ -323,14 +330,15 @@ class Worker:
     async def _settle(self, delivery: Delivery, handler: Handler | None, outcome: Outcome) -> None:
         """Apply the outcome: the one place a delivery is settled. A settlement the
         broker does not take gives the message back to the queue (`Delivery.release`),
-        so it is never stranded nor holds a prefetch slot, and the cause is logged."""
+        so it is never stranded nor holds a prefetch slot, and the cause is logged: at
+        once, or, for a message that could not be dead-lettered (its dead-letter queue
+        gone), after a pause that doubles with each failure in a row, one line each
+        (`mailbag.broker.backoff`)."""
         if outcome.kind == "retry":
             log.warning(
                 "handler failed",
-                extra=_where(delivery, action="retry", delay=round(outcome.delay, 3), error=outcome.reason),
+                extra=_where(delivery, action="retry", delay=round(outcome.delay, 3), error=_logged(outcome.reason)),
             )
-        elif outcome.kind == "dead_letter":
-            log.warning("handler failed", extra=_where(delivery, action="dead-letter", error=outcome.reason))
         elif outcome.kind == "postpone":
             log.debug(
                 "postponed: %s",
@@ -350,20 +358,34 @@ class Worker:
             log.warning("settling came too late", extra=_where(delivery, action=outcome.kind, error=str(exc)))
             return
         except Exception as exc:
-            log.error(
-                "settling failed, the message goes back to the queue",
-                extra=_where(delivery, action=outcome.kind, error=f"{type(exc).__name__}: {exc}"),
-            )
-            await self._release(delivery)
+            await self._give_back(delivery, outcome, f"{type(exc).__name__}: {exc}")
             return
+        RETURNS.settled(delivery.queue, delivery.message.id)
+        if outcome.kind == "dead_letter":
+            log.warning("handler failed", extra=_where(delivery, action="dead-letter", error=_logged(outcome.reason)))
         if self.metrics is not None:
             name = handler.name if handler is not None else ""
             self.metrics.settle(_SETTLEMENTS[outcome.kind], delivery.queue, name)
 
     @staticmethod
-    async def _release(delivery: Delivery) -> None:
+    async def _give_back(delivery: Delivery, outcome: Outcome, why: str) -> None:
+        """Return a delivery whose settlement failed, logging one line."""
+        pause = 0.0
+        if outcome.kind == "dead_letter":
+            pause = RETURNS.failed(delivery.queue, delivery.message.id)
+            log.error(
+                "handler failed and dead-lettering failed (%s), the message goes back for %gs",
+                why,
+                pause,
+                extra=_where(delivery, action="dead-letter", delay=pause, error=_logged(outcome.reason)),
+            )
+        else:
+            log.error(
+                "settling failed, the message goes back to the queue",
+                extra=_where(delivery, action=outcome.kind, error=why),
+            )
         try:
-            await delivery.release()
+            await delivery.release(pause)
         except Exception as exc:  # it comes back after the broker's own timeout, or with its channel
             log.error("giving the message back failed", extra=_where(delivery, error=f"{type(exc).__name__}: {exc}"))
 
@@ -447,6 +469,10 @@ async def wait_first(*events: asyncio.Event) -> None:
     finally:
         for w in waits:
             w.cancel()
+
+
+def _logged(error: str) -> str:
+    return cut(error, LOGGED_ERROR_MAX)
 
 
 def _where(delivery: Delivery, **more: Any) -> Mapping[str, Any]:

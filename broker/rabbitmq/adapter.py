@@ -1,14 +1,19 @@
 """The RabbitMQ adapter (`amqp://`, `amqps://`) on aio-pika.
 
-One robust connection per broker; it reconnects by itself and consumers resume on it.
-Publishing goes through one channel with publisher confirms, pipelined: every message
-of a call is in flight at once and the call returns when the broker has confirmed
-them all. `mandatory` is always set on the wire, so a message no queue takes comes
-back (aio-pika hands it back as a result, it does not raise): `publish` counts it as
-unrouted, or raises `Unroutable` when the caller asked for `mandatory`; `send` and
-settlements fail with `PublishFailed` (the target queue is gone). What a dropped
-connection left unconfirmed is sent again once it is back (a duplicate at worst); a
-publish fails only when nothing moved for `publish_timeout`.
+One robust connection per broker; it reconnects by itself (to the next node of a
+cluster URL), and each consumer opens a channel of its own again, every step bounded
+by `OPEN_TIMEOUT` (aio-pika's robust channels are not used: their restore has no time
+bound). Publishing goes through one channel with publisher confirms, pipelined: every
+message of a call is in flight at once and the call returns when the broker has
+confirmed them all. A channel that nacked, or left every publish unanswered for
+`STALLED_AFTER`, is replaced by a fresh one (after a failover, a channel that met the
+quorum queue between leaders nacks from then on). `mandatory` is always set on the
+wire, so a message no queue takes comes back (aio-pika hands it back as a result, it
+does not raise): `publish` counts it as unrouted, or raises `Unroutable` when the
+caller asked for `mandatory`; `send` and settlements fail with `PublishFailed` (the
+target queue is gone). What a dropped connection or a replaced channel left
+unconfirmed is sent again (a duplicate at worst); a publish fails only when nothing
+moved for `publish_timeout`.
 Each consumer has a channel of its own with `prefetch` as its QoS.
 
 Settlement:
@@ -40,7 +45,8 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Awaitable, Sequence
-from typing import Any
+from dataclasses import replace
+from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -56,6 +62,7 @@ from tenacity import (
 )
 
 from mailbag.broker import headers as h
+from mailbag.broker.backoff import RETURNS
 from mailbag.broker.base import Broker, Consumer, QueueStats
 from mailbag.broker.errors import (
     BrokerClosed,
@@ -70,16 +77,28 @@ from mailbag.broker.errors import (
 from mailbag.broker.message import Delivery, Message
 from mailbag.broker.rabbitmq import delays
 from mailbag.broker.rabbitmq.cluster import FailoverConnection, node_urls
-from mailbag.broker.rabbitmq.marshal import ATTEMPT, Outgoing, attempt_of, from_amqp, republished, to_amqp
+from mailbag.broker.rabbitmq.marshal import (
+    ATTEMPT,
+    Outgoing,
+    attempt_of,
+    from_amqp,
+    header_frame_size,
+    republished,
+    to_amqp,
+)
 from mailbag.broker.rabbitmq.topology import declare_topology, filter_exchange_name
 from mailbag.broker.topology import Queue, Topology
 from mailbag.broker.unroutable import Sparingly
-from mailbag.broker.url import check_options, mask_url
+from mailbag.broker.url import check_options, mask_url, queue_kind
 
 log = logging.getLogger("mailbag.broker.rabbitmq")
 
 #: how often a publish sends again what a dropped connection lost
 _PUBLISH_ROUNDS = 3
+#: seconds a publishing channel may leave every publish unanswered before the next
+#: publish goes on a fresh channel (the `Publisher`'s default attempt timeout): the
+#: unanswered ones are then sent again there, a duplicate at worst
+STALLED_AFTER = 5.0
 
 #: errors that mean the connection or channel went away under an operation
 _GONE = (
@@ -99,10 +118,15 @@ _LOST_WHILE_OPENING = (
 )
 #: seconds between a consumer's failed opening and its next try
 _REOPEN_PAUSE = 0.1
+#: the longest a consumer's opening (channel, qos, declare, consume) waits for the broker
+OPEN_TIMEOUT = 10.0
 #: the longest one step of closing (a consumer, the connection) waits for the broker
 CLOSE_TIMEOUT = 2.0
-#: seconds an exhausted message is held before it goes back, while it cannot be dead-lettered
-RETURN_PAUSE = 1.0
+#: header bytes a dead letter keeps for its stamp's fields other than its text (queue,
+#: topic, time, host, error type) and their encoding
+STAMP_ROOM = 2048
+#: frame_max RabbitMQ negotiates unless configured otherwise
+DEFAULT_FRAME_MAX = 131_072
 
 
 class RabbitBroker(Broker):
@@ -110,11 +134,23 @@ class RabbitBroker(Broker):
 
     orphans_queue = delays.ORPHANS
 
-    def __init__(self, url: str, connection: AbstractRobustConnection, channel: Any, publish_timeout: float) -> None:
+    def __init__(
+        self,
+        url: str,
+        connection: AbstractRobustConnection,
+        publish_timeout: float,
+        queue_kind: Literal["classic", "quorum"] | None = None,
+    ) -> None:
         self.url = mask_url(url)
+        #: the URL's `?queue=quorum`: every queue declared here is a quorum queue
+        self._queue_kind = queue_kind
         self._connection = connection
-        self._channel = channel
         self._publish_timeout = publish_timeout
+        #: the channel publishes go on, and how it answers them; replaced by a fresh one when
+        #: it nacks or stalls (`_publishing_channel`)
+        self._publishing: aio_pika.Channel | None = None
+        self._answers = _Answers()
+        self._publishing_lock = asyncio.Lock()
         self._specs: dict[str, Queue] = {}
         self._dead_letter_queues: set[str] = set()
         self._topics: set[str] = set()
@@ -123,8 +159,17 @@ class RabbitBroker(Broker):
         self._delay_kinds: set[str] = set()
         self._delay_targets: set[str] = set()
         self._consumers: set[_RabbitConsumer] = set()
+        #: replaced publishing channels being closed
+        self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self._warnings = Sparingly()
+
+    @property
+    def frame_max(self) -> int:
+        """The largest frame the connection takes, as negotiated with the broker."""
+        transport = self._connection.transport
+        tune = getattr(transport.connection, "connection_tune", None) if transport is not None else None
+        return int(tune.frame_max) if tune is not None and tune.frame_max else DEFAULT_FRAME_MAX
 
     @property
     def node(self) -> str:
@@ -136,6 +181,8 @@ class RabbitBroker(Broker):
 
     async def declare(self, topology: Topology) -> None:
         self._check_open()
+        if self._queue_kind == "quorum":
+            topology = replace(topology, queues=tuple(replace(q, kind="quorum") for q in topology.queues))
         for spec in topology.queues:
             if spec.name in self._dead_letter_queues:
                 raise TopologyError(f"{spec.name!r} is already declared as a dead-letter queue")
@@ -249,25 +296,12 @@ class RabbitBroker(Broker):
             return
         self._closed = True
         await asyncio.gather(*(consumer.close() for consumer in list(self._consumers)))
+        await asyncio.gather(*self._closing, return_exceptions=True)
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await self._connection.close()
         except _GONE as exc:
             log.warning("closing the connection to %s: %r; leaving it", self.url, exc)
-
-    async def delete_declared(self) -> None:
-        """Delete every queue (dead-letter queues included) and exchange this broker
-        declared or used, with their messages: the cleanup of a test that ran on a shared
-        RabbitMQ (`mailbag.testing`). Names it did not touch stay, and so do the delay
-        levels, which every queue of the vhost shares."""
-        self._check_open()
-        queues = set(self._specs) | self._dead_letter_queues | self._known_queues
-        async with self._scratch() as channel:
-            for name in sorted(queues):
-                await channel.queue_delete(name)
-            for topic in sorted(self._topics):
-                await channel.exchange_delete(topic)
-                await channel.exchange_delete(f"{topic}.filter")
 
     # -- internals ------------------------------------------------------------
 
@@ -282,8 +316,8 @@ class RabbitBroker(Broker):
 
     async def _count(self, queue: str) -> int | None:
         """Ready messages in `queue`, or None when it does not exist; a queue found is
-        one this broker used (`delete_declared` deletes it), but for the catch-all of
-        orphans, which belongs to the vhost like the delay levels."""
+        known to exist from then on, but for the catch-all of orphans, which belongs to
+        the vhost like the delay levels (a test's cleanup deletes the known queues)."""
         count = await self._depth(queue)
         if count is not None and queue != delays.ORPHANS:
             self._known_queues.add(queue)
@@ -319,16 +353,28 @@ class RabbitBroker(Broker):
         moved (no confirm, no reconnect) for the publish timeout, and raises
         `PublishFailed` naming what the broker refused or never confirmed, and what it
         returned (no queue took it) when `routed` asks that every message be taken.
-        Returns the ids of the returned messages."""
+        A message sent once and never confirmed stays unknown whatever its later tries
+        met. Returns the ids of the returned messages."""
         returned: list[str] = []
         refused: list[str] = []
+        sent: set[str] = set()  # ids that went out on a channel that then failed them
+        lost: list[Outgoing] = []
+        unsent = ""
         for _ in range(_PUBLISH_ROUNDS):
-            lost, stuck = await self._publish_once(exchange, routing_key, messages, returned, refused)
-            if not lost or stuck or self._closed:
-                break
             try:
-                await asyncio.wait_for(self._channel.ready(), self._publish_timeout)
-            except TimeoutError:
+                channel, answers = await self._publishing_channel()
+                underlay = await channel.get_underlay_channel()
+            except _GONE as exc:
+                lost, unsent = messages, f"no channel to publish on ({type(exc).__name__})"
+                break
+            nacked = len(refused)
+            lost, stuck = await self._publish_once(
+                underlay, answers, exchange, routing_key, messages, returned, refused
+            )
+            if stuck or len(refused) > nacked:
+                self._renew_publishing(channel)
+            sent.update(m.id for m in lost)
+            if not lost or stuck or self._closed:
                 break
             messages = lost
         problems = []
@@ -337,28 +383,71 @@ class RabbitBroker(Broker):
         if refused:
             problems.append(f"{len(refused)} refused (nacked) by the broker on {where}")
         if lost:
-            problems.append(f"{len(lost)} not confirmed on {where} (nothing moved for {self._publish_timeout:g}s)")
+            why = unsent or f"nothing moved for {self._publish_timeout:g}s"
+            problems.append(f"{len(lost)} not confirmed on {where} ({why})")
         if problems:
-            unknown = [m.id for m in lost]  # sent, never confirmed: they may be in the queue
-            raise PublishFailed("; ".join(problems), (returned if routed else []) + refused + unknown, unknown=unknown)
+            failed = (returned if routed else []) + refused + [m.id for m in lost]
+            unknown = [i for i in failed if i in sent]  # sent, never confirmed: they may be in the queue
+            raise PublishFailed("; ".join(problems), failed, unknown=unknown)
         return returned
+
+    async def _publishing_channel(self) -> tuple[aio_pika.Channel, _Answers]:
+        """The open channel with publisher confirms that publishes go on: the last one
+        while it is open and answering (see `STALLED_AFTER`), else a fresh one once the
+        connection is up, within the publish timeout (else `TimeoutError`)."""
+        async with self._publishing_lock:
+            current = self._publishing
+            if current is not None and self._answers.stalled():
+                self._renew_publishing(current)
+                current = None
+            if current is None or current.is_closed:
+                self._publishing = None
+                async with asyncio.timeout(self._publish_timeout):
+                    current = await self._open_publishing()
+                self._publishing, self._answers = current, _Answers()
+            return current, self._answers
+
+    async def _open_publishing(self) -> aio_pika.Channel:
+        """A new channel with publisher confirms, tried again while the connection is
+        lost (it may not say so yet) until it is back."""
+        while True:
+            await self._connection.connected.wait()
+            channel = aio_pika.Channel(self._connection, publisher_confirms=True)
+            try:
+                await channel.initialize()
+            except _LOST_WHILE_OPENING:
+                await asyncio.sleep(_REOPEN_PAUSE)
+            else:
+                return channel
+
+    def _renew_publishing(self, channel: aio_pika.Channel) -> None:
+        """Publish on a fresh channel from now on: a channel that nacked or left confirms
+        unanswered may keep doing so (after a failover a quorum queue's new leader is
+        unknown to it), while a new channel on the same connection is answered."""
+        if self._publishing is not channel:
+            return  # replaced already, after a concurrent publish's failure
+        self._publishing = None
+        log.warning("publishing on %s: the channel nacked or stalled; going on with a fresh one", self.url)
+        if not channel.is_closed:
+            task = asyncio.ensure_future(_close_channel(channel, "a replaced publishing channel"))
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
 
     async def _publish_once(
         self,
+        channel: Any,
+        answers: _Answers,
         exchange: str,
         routing_key: str,
         messages: list[Outgoing],
         returned: list[str],
         refused: list[str],
     ) -> tuple[list[Outgoing], bool]:
-        """One pipelined round: sorts the outcomes into `returned` and `refused`, and
-        gives back the messages left unconfirmed, and whether the round got stuck."""
+        """One pipelined round on `channel`: sorts the outcomes into `returned` and
+        `refused`, and gives back the messages left unconfirmed, and whether the round
+        got stuck."""
         if not messages:
             return [], False
-        try:
-            channel = await asyncio.wait_for(self._channel.get_underlay_channel(), self._publish_timeout)
-        except TimeoutError:
-            return messages, True
         tasks = [
             asyncio.ensure_future(
                 channel.basic_publish(
@@ -367,6 +456,8 @@ class RabbitBroker(Broker):
             )
             for m in messages
         ]
+        for task in tasks:
+            answers.sent(task)
         stuck = not await _while_progressing(tasks, self._publish_timeout)
         lost = []
         for m, task in zip(messages, tasks):
@@ -404,6 +495,38 @@ class RabbitBroker(Broker):
 
     async def _republish(self, queue: str, message: Outgoing) -> None:
         await self._confirmed("", queue, [message], f"queue {queue!r}")
+
+
+class _Answers:
+    """How a publishing channel answers: how many publishes await their confirm (or
+    nack), and when it last answered one or was given one to a channel that owed none."""
+
+    def __init__(self) -> None:
+        self._waiting = 0
+        self._since = asyncio.get_running_loop().time()
+
+    def sent(self, task: asyncio.Future[Any]) -> None:
+        if not self._waiting:
+            self._since = asyncio.get_running_loop().time()
+        self._waiting += 1
+        task.add_done_callback(self._answered)
+
+    def _answered(self, _: asyncio.Future[Any]) -> None:
+        self._waiting -= 1
+        self._since = asyncio.get_running_loop().time()
+
+    def stalled(self) -> bool:
+        """Publishes await an answer and none came for `STALLED_AFTER` seconds."""
+        return self._waiting > 0 and asyncio.get_running_loop().time() - self._since > STALLED_AFTER
+
+
+async def _close_channel(channel: aio_pika.Channel, what: str) -> None:
+    """Close `channel`, waiting at most `CLOSE_TIMEOUT` for the broker."""
+    try:
+        async with asyncio.timeout(CLOSE_TIMEOUT):
+            await channel.close()
+    except _GONE as exc:
+        log.debug("closing the channel of %s: %r", what, exc)
 
 
 async def _while_progressing(tasks: list[asyncio.Future[Any]], timeout: float) -> bool:
@@ -484,11 +607,21 @@ class _RabbitDelivery(Delivery):
         else:
             await consumer.settle(self, self._requeue(delay, attempt))
 
-    async def _release(self) -> None:
-        """Nack with requeue: the broker puts the message back where it was."""
+    async def _release(self, delay: float) -> None:
+        """After `delay`: a copy through the delay levels (attempt + 1), the original
+        acked; at once (or when that copy is not taken): a nack with requeue, and the
+        broker puts the message back where it was."""
         self._consumer.finished(self)
         if self.stale():
             return  # its channel is gone, so the broker has it back already
+        if delay > 0:
+            try:
+                await self._requeue(delay, self.attempt + 1)
+                return
+            except (*_GONE, PublishFailed) as exc:
+                log.warning("could not delay the return of %s (%r); it goes back at once", self.message.id, exc)
+                if self.stale():
+                    return
         tag = self._raw.delivery_tag
         assert tag is not None  # set on every message a consumer receives
         try:
@@ -514,12 +647,27 @@ class _RabbitDelivery(Delivery):
         self, reason: str, error: BaseException | None, attempts: int | None = None
     ) -> None:
         spec = self._consumer.spec
-        stamp = h.dead_letter_stamp(
-            self.message.topic, self.queue, self.attempt if attempts is None else attempts, reason, error
-        )
         target = spec.dead_letter_queue if spec else f"{self.queue}.dlq"
-        await self._consumer.broker._republish(target, republished(self._raw, self.message, stamp))
+        copy = self._dead_letter_copy(reason, error, self.attempt if attempts is None else attempts)
+        await self._consumer.broker._republish(target, copy)
         await self._basic_ack()
+
+    def _dead_letter_copy(self, reason: str, error: BaseException | None, attempts: int) -> Outgoing:
+        """The stamped copy, its reason and traceback cut to what the connection's frame
+        leaves beside the message's own properties (`STAMP_ROOM` kept for the stamp's
+        other fields): every header travels in one frame. Raises `PublishFailed` rather
+        than send a copy the broker would answer by closing the connection."""
+        frame_max = self._consumer.broker.frame_max
+        room = frame_max - header_frame_size(republished(self._raw, self.message, {})) - STAMP_ROOM
+        stamp = h.dead_letter_stamp(self.message.topic, self.queue, attempts, reason, error, room)
+        copy = republished(self._raw, self.message, stamp)
+        size = header_frame_size(copy)
+        if size > frame_max:
+            raise PublishFailed(
+                f"a dead letter needing a {size}-byte header frame was not sent (the connection takes {frame_max})",
+                [self.message.id],
+            )
+        return copy
 
 
 class _RabbitConsumer(Consumer):
@@ -541,6 +689,10 @@ class _RabbitConsumer(Consumer):
         self._background: set[asyncio.Task[None]] = set()
         self._waiter: asyncio.Future[None] | None = None
         self._opening: asyncio.Task[None] | None = None
+        #: watches the channel and opens a new one when it closes (`_reopen_when_closed`)
+        self._keeper: asyncio.Task[None] | None = None
+        #: why the consumer could not open again; `__anext__` raises it
+        self._failure: Exception | None = None
         self._channel: Any = None
         self._source: Any = None
         self._tag: str | None = None
@@ -552,6 +704,8 @@ class _RabbitConsumer(Consumer):
         while True:
             if self._stopped or self.broker._closed:
                 raise StopAsyncIteration
+            if self._failure is not None:
+                raise self._failure
             while self._ready:
                 delivery = self._ready.popleft()
                 if delivery.stale():
@@ -566,9 +720,10 @@ class _RabbitConsumer(Consumer):
                 self._waiter = None
 
     async def _opened(self) -> None:
-        """Open the consumer on first use. A connection lost while opening is waited out
-        (the robust connection comes back by itself) and the opening tried again; `stop`
-        or `close` meanwhile ends the consumer instead."""
+        """Open the consumer on first use. A connection lost while opening, or an opening
+        the broker does not answer within `OPEN_TIMEOUT`, is waited out (the connection
+        comes back by itself) and the opening tried again; `stop` or `close` meanwhile
+        ends the consumer instead."""
         warned = False
         while True:
             if self._stopped or self._closed or self.broker._closed:
@@ -586,7 +741,7 @@ class _RabbitConsumer(Consumer):
             except _LOST_WHILE_OPENING as exc:
                 self._opening = None
                 if not warned:
-                    log.warning("consumer of %s lost its connection while opening (%r); opening again", self.queue, exc)
+                    log.warning("consumer of %s could not open (%r); opening again", self.queue, exc)
                     warned = True
             # until reconnected, look again every pause (a lost connection may not say so yet)
             await asyncio.sleep(_REOPEN_PAUSE)
@@ -594,17 +749,60 @@ class _RabbitConsumer(Consumer):
                 await asyncio.sleep(_REOPEN_PAUSE)
 
     async def _open(self) -> None:
-        await self.broker._check_queue(self.queue)
-        channel = self.broker._connection.channel(publisher_confirms=False)
-        await channel.initialize()
+        """Consume on a channel of the consumer's own, every step bounded by
+        `OPEN_TIMEOUT`. Not aio-pika's robust channel: the robust connection restores
+        those one after another inside its reconnect with no time bound, so a step the
+        broker left unanswered would hold up every other channel and the reconnect."""
+        step = "checking the queue"
+        channel = aio_pika.Channel(self.broker._connection, publisher_confirms=False)
         try:
-            await channel.set_qos(prefetch_count=self.prefetch)
-            source = await channel.declare_queue(self.queue, passive=True)
-            self._tag = await source.consume(self._on_message)
-        except BaseException:
-            await channel.close()
+            async with asyncio.timeout(OPEN_TIMEOUT):
+                await self.broker._check_queue(self.queue)
+                step = "opening a channel"
+                await channel.initialize()
+                step = "basic.qos"
+                await channel.set_qos(prefetch_count=self.prefetch)
+                step = "queue.declare"
+                try:
+                    source = await channel.declare_queue(self.queue, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    self.broker._known_queues.discard(self.queue)
+                    raise UnknownQueue(f"queue {self.queue!r} is not declared (deleted?)") from None
+                step = "basic.consume"
+                tag = await source.consume(self._on_message)
+        except BaseException as exc:
+            if isinstance(exc, TimeoutError):
+                log.warning("consumer of %s: no answer to %s within %gs", self.queue, step, OPEN_TIMEOUT)
+            if channel.is_initialized:
+                await _close_channel(channel, f"a failed opening of the consumer of {self.queue}")
             raise
-        self._channel, self._source = channel, source
+        self._channel, self._source, self._tag = channel, source, tag
+        (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(self._on_cancelled)
+        self._keeper = asyncio.ensure_future(self._reopen_when_closed(channel))
+
+    async def _on_cancelled(self, frame: Any) -> None:
+        """The broker cancelled the consumer (its queue deleted, a node gone): open again."""
+        if frame.consumer_tag == self._tag and self._channel is not None:
+            log.warning("consumer of %s was cancelled by the broker; opening again", self.queue)
+            self._spawn(_close_channel(self._channel, f"the cancelled consumer of {self.queue}"))
+
+    async def _reopen_when_closed(self, channel: aio_pika.Channel) -> None:
+        """Once the consumer's channel closes (its connection dropped, the broker closed
+        it), consume on a new one; what the old one held goes back to the queue. An
+        opening that fails for good (the queue is gone) ends the consumer with its error."""
+        await channel.closed()
+        if self._stopped or self._closed or self.broker._closed:
+            return
+        log.warning("consumer of %s lost its channel; opening a new one", self.queue)
+        self._opening = None
+        try:
+            await self._opened()
+        except StopAsyncIteration:
+            return
+        except Exception as exc:
+            log.error("consumer of %s could not open again: %r", self.queue, exc)
+            self._failure = exc
+            self._wake()
 
     async def _on_message(self, raw: AbstractIncomingMessage) -> None:
         if self._closed:
@@ -633,16 +831,25 @@ class _RabbitConsumer(Consumer):
         self, delivery: _RabbitDelivery, reason: str, error: BaseException | None, attempts: int
     ) -> None:
         """Dead-letter a message without handing it out. If that fails (the dead-letter
-        queue is gone) it goes back to the queue after `RETURN_PAUSE`."""
+        queue is gone) it goes back to the queue after a growing pause
+        (`mailbag.broker.backoff`)."""
+        message_id = delivery.message.id
         try:
             await delivery._to_dead_letter_queue(reason, error, attempts=attempts)
         except (*_GONE, PublishFailed) as exc:
-            log.warning("could not dead-letter message %s (%s), it goes back: %r", delivery.message.id, reason, exc)
-            await asyncio.sleep(RETURN_PAUSE)
-            await delivery._release()
+            pause = RETURNS.failed(delivery.queue, message_id)
+            log.warning(
+                "could not dead-letter message %s (%s), it goes back in %gs: %r", message_id, reason, pause, exc
+            )
+            await delivery._release(pause)
+        else:
+            RETURNS.settled(delivery.queue, message_id)
 
     def _push(self, delivery: _RabbitDelivery) -> None:
         self._ready.append(delivery)
+        self._wake()
+
+    def _wake(self) -> None:
         if self._waiter is not None and not self._waiter.done():
             self._waiter.set_result(None)
 
@@ -721,8 +928,7 @@ class _RabbitConsumer(Consumer):
         if self._stopped:
             return
         self._stopped = True
-        if self._waiter is not None and not self._waiter.done():
-            self._waiter.set_result(None)
+        self._wake()
         if self._tag is not None and not self._closed and self.broker._connection.connected.is_set():
             self._spawn(self._cancel())
 
@@ -744,10 +950,10 @@ class _RabbitConsumer(Consumer):
         self._ready.clear()
         self._backlog.clear()
         self._held.clear()
-        if self._opening is not None and not self._opening.done():
-            self._opening.cancel()
-        if self._opening is not None:
-            await asyncio.gather(self._opening, return_exceptions=True)
+        for task in (self._keeper, self._opening):
+            if task is not None and not task.done():
+                task.cancel()
+        await asyncio.gather(*(t for t in (self._keeper, self._opening) if t is not None), return_exceptions=True)
         try:
             async with asyncio.timeout(CLOSE_TIMEOUT):
                 await asyncio.gather(*self._background, return_exceptions=True)
@@ -763,8 +969,9 @@ class _RabbitConsumer(Consumer):
 
 _CONNECT_ERRORS = (ConnectionError, OSError, asyncio.TimeoutError, aiormq.exceptions.AMQPConnectionError)
 
-#: query options of an amqp:// URL: aio-pika's and aiormq's own, and `wait`, the
-#: seconds to keep trying the first connection (what `open_broker(wait=)` takes)
+#: query options of an amqp:// URL: aio-pika's and aiormq's own, `wait`, the seconds to
+#: keep trying the first connection (what `open_broker(wait=)` takes), and `queue`, the
+#: queue type of every queue declared (`mailbag.broker.url.queue_kind`)
 _OPTIONS = frozenset(p.name for p in aio_pika.RobustConnection.PARAMETERS) | {
     "auth",
     "cadata",
@@ -775,6 +982,7 @@ _OPTIONS = frozenset(p.name for p in aio_pika.RobustConnection.PARAMETERS) | {
     "keyfile",
     "name",
     "no_verify_ssl",
+    "queue",
     "timeout",
     "wait",
 }
@@ -811,8 +1019,10 @@ async def open_broker(
     connection that goes silent (a half-open TCP connection, a blackholed network) is
     noticed within three heartbeats (`DEFAULT_HEARTBEAT`, or `?heartbeat=N` in the URL).
     `publish_timeout` bounds how long a publish waits for its confirms, a reconnect
-    included. An unknown URL option is a `BrokerUrlError`."""
+    included. `?queue=quorum` declares every queue as a quorum queue. An unknown URL
+    option is a `BrokerUrlError`."""
     wait = _wait_of(url, check_options(url, _OPTIONS), wait)
+    kind = queue_kind(url)
     nodes = [with_heartbeat(n) for n in node_urls(url)]
     try:
         async for attempt in AsyncRetrying(
@@ -837,8 +1047,7 @@ async def open_broker(
             f"RabbitMQ at {mask_url(url)} is unreachable{waited} ({type(exc).__name__}); "
             f"start it (e.g. `rabbitmq-server -detached`) or add ?wait=SECONDS to the URL to keep trying"
         ) from None
-    channel = await connection.channel(publisher_confirms=True)
-    return RabbitBroker(url, connection, channel, publish_timeout)
+    return RabbitBroker(url, connection, publish_timeout, kind)
 
 
 #: the broker answered and said no (a login, a vhost): trying again cannot help

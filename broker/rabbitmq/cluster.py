@@ -18,18 +18,15 @@ from urllib.parse import urlsplit, urlunsplit
 import aio_pika
 from yarl import URL
 
-from mailbag.broker.errors import BrokerUrlError
-from mailbag.broker.url import mask_url
+from mailbag.broker.url import check_parses, hosts_of
 
 
 def node_urls(url: str) -> list[str]:
     """One URL per node of `url` (comma-separated hosts share its user, vhost and query)."""
+    check_parses(url)
     parts = urlsplit(url)
-    userinfo, at, hosts = parts.netloc.rpartition("@")
-    nodes = [h.strip() for h in hosts.split(",")]
-    if not all(nodes):
-        raise BrokerUrlError(f"broker URL {mask_url(url)!r} has an empty host in its node list")
-    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{node}")) for node in nodes]
+    userinfo, at, _ = parts.netloc.rpartition("@")
+    return [urlunsplit(parts._replace(netloc=f"{userinfo}{at}{node}")) for node in hosts_of(url)]
 
 
 class FailoverConnection(aio_pika.RobustConnection):

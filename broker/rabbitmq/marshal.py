@@ -25,23 +25,16 @@ from typing import Any, NamedTuple
 
 from aio_pika.abc import AbstractIncomingMessage, DeliveryMode
 from aio_pika.message import encode_expiration
+from pamqp import frame
 from pamqp.commands import Basic
+from pamqp.header import ContentHeader
 
 from mailbag.broker import headers as h
 from mailbag.broker.codec import JSON
 from mailbag.broker.message import HeaderValue, Message
 from mailbag.broker.rabbitmq.delays import TARGET
 
-#: the topic a message was published on (the delivery's exchange is lost on retry and send)
-TOPIC = h.PREFIX + "topic"
-#: the attempt number of the copy a retry republishes (the broker's counters restart with it)
-ATTEMPT = h.PREFIX + "attempt"
-CAUSATION_ID = h.PREFIX + "causation-id"
-ORDERING_KEY = h.PREFIX + "ordering-key"
-#: float headers at full precision, as JSON {name: value}: AMQP clients (pamqp among
-#: them) write a float as 32 bits, so each float header also travels under its own
-#: name as text, readable by any client, and this carries the double mailbag reads back
-FLOATS = h.PREFIX + "floats"
+TOPIC, ATTEMPT, CAUSATION_ID, ORDERING_KEY, FLOATS = h.TOPIC, h.ATTEMPT, h.CAUSATION_ID, h.ORDERING_KEY, h.FLOATS
 #: the integer range an AMQP field table carries
 _INT_RANGE = (-(2**63), 2**63 - 1)
 
@@ -92,6 +85,13 @@ def to_amqp(message: Message, *, extra_headers: Mapping[str, Any] | None = None)
             message_type=message.type,
         ),
     )
+
+
+def header_frame_size(message: Outgoing) -> int:
+    """Bytes of the content header frame that carries `message`'s properties, headers
+    included: AMQP never splits it, so past the connection's frame_max the broker closes
+    the connection (`frame_too_large`)."""
+    return len(frame.marshal(ContentHeader(0, len(message.body), message.properties), 1))
 
 
 def republished(raw: AbstractIncomingMessage, message: Message, extra_headers: Mapping[str, Any]) -> Outgoing:

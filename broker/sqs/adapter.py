@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 from tenacity import AsyncRetrying, retry_if_result, stop_after_attempt, wait_exponential
 
 from mailbag.broker import headers as h
+from mailbag.broker.backoff import RETURNS
 from mailbag.broker.base import Broker, Consumer, QueueStats
 from mailbag.broker.errors import (
     BrokerClosed,
@@ -78,6 +79,9 @@ _TOKEN = re.compile(r"^[!-~]{1,128}$")
 
 
 class SqsBroker(Broker):
+    #: SNS takes no more per message (body plus attributes), and SQS's own limit is no lower
+    max_message_size = SNS_MAX_BYTES
+
     def __init__(self, url: str, aws: AwsClients, resources: Resources, *, wait: int, linger: float) -> None:
         self.url = url
         self.aws = aws
@@ -189,12 +193,6 @@ class SqsBroker(Broker):
     async def queue_names(self) -> list[str]:
         """Every queue under the broker's prefix (the whole account and region without one)."""
         return await self._resources.queue_names()
-
-    async def delete_declared(self) -> None:
-        """Delete every SNS topic and SQS queue (dead-letter queues included) this broker
-        declared or used, with their messages: the cleanup of a test that ran on a
-        real account (`mailbag.testing`). Names it did not touch stay."""
-        await self._resources.delete_declared()
 
     async def close(self) -> None:
         """Gives running long polls `CLOSE_WAIT` seconds to end, so that what they
@@ -523,8 +521,8 @@ class _SqsDelivery(Delivery):
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         await self._consumer.dead_letter(self, reason, error)
 
-    async def _release(self) -> None:
-        await self._consumer.release(self)
+    async def _release(self, delay: float) -> None:
+        await self._consumer.release(self, delay)
 
 
 #: seconds `close` waits for long polls in flight before it abandons them
@@ -617,11 +615,17 @@ class _SqsConsumer(Consumer):
         return delivery
 
     async def _dead_letter_unrun(self, delivery: _SqsDelivery, reason: str, error: BaseException | None) -> None:
+        """Dead-letter a message without handing it out. If that fails (the dead-letter
+        queue is gone) it goes back, hidden for a growing pause (`mailbag.broker.backoff`)."""
+        message_id = delivery.message.id
         try:
             await delivery.dead_letter(reason, error)
         except Exception as failed:
-            log.error("could not dead-letter message %s, it goes back: %r", delivery.message.id, failed)
-            await delivery.release()
+            pause = RETURNS.failed(delivery.queue, message_id)
+            log.error("could not dead-letter message %s, it goes back in %gs: %r", message_id, pause, failed)
+            await delivery.release(pause)
+        else:
+            RETURNS.settled(delivery.queue, message_id)
 
     def _track(self, ref: QueueRef, held: _Held, message: Message, used: int) -> _SqsDelivery:
         attempt = _receives(held) + used - self._uncounted.get(held.raw["MessageId"], 0)
@@ -718,20 +722,23 @@ class _SqsConsumer(Consumer):
         if ref.dead_letter is None:
             raise TopologyError(f"{self.queue!r} has no dead-letter queue (it is one, or has no RedrivePolicy)")
         message = delivery.message
-        stamp = h.dead_letter_stamp(message.topic, self.queue, delivery.attempt, reason, error)
-        await self.broker._send_to(ref.dead_letter, [dead_letter_copy(message, stamp, SQS_MAX_BYTES)])
+        dead = dead_letter_copy(message, self.queue, delivery.attempt, reason, error, SQS_MAX_BYTES)
+        await self.broker._send_to(ref.dead_letter, [dead])
         held = self._finish(delivery)
         self._deletes.add(held.receipt)
         self._uncounted.pop(held.raw["MessageId"], None)
 
-    async def release(self, delivery: _SqsDelivery) -> None:
-        """Visible again at once (best effort: a failed change leaves the queue's visibility timeout)."""
+    async def release(self, delivery: _SqsDelivery, delay: float) -> None:
+        """Visible again after `delay`, rounded up to whole seconds (best effort: a failed
+        change leaves the queue's visibility timeout)."""
         if self._unsettled.pop(delivery, False) is not False:
             self._busy_groups.discard(delivery._held.group)
             self._wakeup.set()
         if self._ref is not None and not self._closed:
             async with self._visibility:
-                await self.broker._change_visibility(self._ref, [delivery._held.receipt], 0)
+                await self.broker._change_visibility(
+                    self._ref, [delivery._held.receipt], min(MAX_VISIBILITY, math.ceil(delay))
+                )
 
     # -- heartbeat and shutdown -----------------------------------------------
 

@@ -109,7 +109,10 @@ def to_wire(message: Message) -> Wire:
 
 def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
     """The message in an SQS `ReceiveMessage` result. Fields a plain client did not set
-    fall back to the SQS message id, `default_topic` and the time SQS received it."""
+    fall back to the SQS message id, `default_topic` and the time SQS received it, and
+    on a FIFO queue its ordering key to its `MessageGroupId`. (mailbag writes the
+    ordering key whenever a message has one; the group of its own keyless FIFO message,
+    the message id, is no key.)"""
     attributes = {name: _value(attr) for name, attr in raw.get("MessageAttributes", {}).items()}
     headers = {k: v for k, v in attributes.items() if not k.startswith(_RESERVED_PREFIX)}
     packed = attributes.get(HEADERS)
@@ -135,9 +138,16 @@ def from_wire(raw: Mapping[str, Any], default_topic: str) -> Message:
         headers=headers,
         correlation_id=_optional(attributes.get(CORRELATION_ID)),
         causation_id=_optional(attributes.get(CAUSATION_ID)),
-        ordering_key=_optional(attributes.get(ORDERING_KEY)),
+        ordering_key=_optional(attributes.get(ORDERING_KEY)) or _plain_group(raw, attributes),
         created_at=created_at,
     )
+
+
+def _plain_group(raw: Mapping[str, Any], attributes: Mapping[str, HeaderValue]) -> str | None:
+    """The FIFO message group of a message a plain client sent (one without mailbag's id)."""
+    if ID in attributes:
+        return None
+    return raw.get("Attributes", {}).get("MessageGroupId")
 
 
 def attempts_used(message: Message) -> tuple[Message, int]:
@@ -159,22 +169,23 @@ def with_attempts_used(message: Message, used: int) -> Message:
     return message.evolve(headers={**message.headers, ATTEMPTS_USED: used})
 
 
-def dead_letter_copy(message: Message, stamp: Mapping[str, HeaderValue], limit: int) -> Message:
-    """The message as it goes to a dead-letter queue, stamped, within `limit` bytes: the
-    traceback, then the error's text, then the reason are cut down (never away) until it
-    fits, so a message near the size limit still carries why it died. An empty body
+def dead_letter_copy(
+    message: Message, queue: str, attempts: int, reason: str, error: BaseException | None, limit: int
+) -> Message:
+    """The message as it goes to a dead-letter queue, stamped (`dead_letter_stamp`),
+    within `limit` bytes on the wire: the stamp's text gets less room by what the wire
+    form is over (JSON escaping of packed headers makes a non-ASCII character up to six
+    bytes), so a message near the size limit still carries why it died. An empty body
     (SQS carries none) is replaced by a note saying so."""
-    body = message.body or b"(empty body)"
-    stamp = dict(stamp)
-    for name in (h.TRACEBACK, h.ERROR_MESSAGE, h.DEAD_REASON):
-        dead = message.evolve(body=body, headers={**message.headers, **stamp})
+    message = message.evolve(body=message.body or b"(empty body)")
+    room = h.DEAD_LETTER_TEXT_MAX
+    while True:
+        stamp = h.dead_letter_stamp(message.topic, queue, attempts, reason, error, room)
+        dead = message.evolve(headers={**message.headers, **stamp})
         excess = to_wire(dead).size - limit
-        value = stamp.get(name)
-        if excess <= 0 or not isinstance(value, str):
-            continue
-        keep = max(0, len(value.encode()) - excess - 16) if name != h.DEAD_REASON else max(40, len(value) - excess)
-        stamp[name] = value.encode()[-keep:].decode("utf-8", "ignore") if name == h.TRACEBACK else value[:keep]
-    return message.evolve(body=body, headers={**message.headers, **stamp})
+        if excess <= 0 or room <= h.DEAD_LETTER_TEXT_MIN:
+            return dead  # (one still over is refused by the send, and comes back later)
+        room = max(h.DEAD_LETTER_TEXT_MIN, room - excess)
 
 
 #: message ids whose uncounted receives a consumer remembers (the oldest are forgotten)

@@ -119,17 +119,6 @@ class Resources:
                 self._topics.pop(topic, None)
                 self._topic_arns = {n: arn for n, arn in self._topic_arns.items() if arn != ref.arn}
 
-    async def delete_declared(self) -> None:
-        """Delete every topic (with its subscriptions) and queue this broker declared or
-        looked up, and forget them."""
-        for topic in self._topics.values():
-            await self.aws.call(self.aws.sns.delete_topic, TopicArn=topic.arn)
-        for queue in self._queues.values():
-            await self.aws.call(self.aws.sqs.delete_queue, QueueUrl=queue.url)
-        self._topics.clear()
-        self._topic_arns.clear()
-        self._queues.clear()
-
     async def _ensure_topic(self, name: str, fifo: bool) -> TopicRef:
         existing = await self._find_topic(name)
         if existing is not None:

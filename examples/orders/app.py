@@ -1,7 +1,7 @@
 """The order flow as runnable apps:
 
-mailbag worker examples.orders.app:app            # choreography, all four services
-mailbag worker examples.orders.app:participants   # the services as saga participants
+mailbag worker mailbag.examples.orders.app:app            # choreography, all four services
+mailbag worker mailbag.examples.orders.app:participants   # the services as saga participants
 python -m mailbag.examples.orders.orchestrator            # the saga orchestrator
 """
 

@@ -86,7 +86,6 @@ class Topics:
     order_created: str = "orders.created"
     inventory_reserved: str = "inventory.reserved"
     inventory_reservation_failed: str = "inventory.reservation-failed"
-    inventory_released: str = "inventory.released"
     payment_completed: str = "payment.completed"
     payment_failed: str = "payment.failed"
     order_confirmed: str = "orders.confirmed"

@@ -6,7 +6,7 @@
 It resumes every saga its store holds as active, begins orders 1..N (an order already
 begun is left as it is, so a restarted process can be given the same arguments), and
 runs until SIGTERM or SIGINT. Run the participants beside it:
-`mailbag worker examples.orders.app:participants --broker ...`.
+`mailbag worker mailbag.examples.orders.app:participants --broker ...`.
 """
 
 from __future__ import annotations

@@ -10,8 +10,9 @@ import argparse
 import json
 import sys
 
-from mailbag.broker import Message, Topology, connect
+from mailbag.broker import Topology, connect
 from mailbag.broker.codec import JSON
+from mailbag.broker.outgoing import outgoing
 from mailbag.cli.common import CliError, add_broker_option, refuse_in_process
 
 
@@ -72,7 +73,7 @@ def _typed(body: str) -> tuple[bytes, str]:
 async def run(args: argparse.Namespace) -> int:
     headers = _headers(args.header)
     messages = [
-        Message(args.topic, body, content_type=ctype, headers=headers, ordering_key=args.key)
+        outgoing(args.topic, body, content_type=ctype, headers=headers, key=args.key)
         for body, ctype in _bodies(args.body, args.count, args.raw)
     ]
     refuse_in_process(args.broker, "publish to")

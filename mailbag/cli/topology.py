@@ -13,7 +13,13 @@ import tempfile
 
 from mailbag.broker import TopologyError, connect, mask_url
 from mailbag.cli.common import CliError, add_broker_option, load_app
-from mailbag.deploy.cloudformation import DEFAULT_VISIBILITY, LAMBDA_VISIBILITY_FACTOR, LambdaFunctions, template
+from mailbag.deploy.cloudformation import (
+    DEFAULT_VISIBILITY,
+    INLINE_TEMPLATE_MAX,
+    LAMBDA_VISIBILITY_FACTOR,
+    LambdaFunctions,
+    template,
+)
 
 FORMATS = ("cloudformation",)
 
@@ -97,6 +103,7 @@ def run_export(args: argparse.Namespace) -> int:
     text = json.dumps(built, indent=2) + "\n"
     if args.output is None:
         sys.stdout.write(text)
+        _say_if_too_large_inline(text)
         return 0
     _write_whole(args.output, text)
     functions = sum(r["Type"] == "AWS::Lambda::Function" for r in built["Resources"].values())
@@ -104,7 +111,18 @@ def run_export(args: argparse.Namespace) -> int:
     if functions:
         what = f"{len(topology.topics)} topic(s), {len(topology.queues)} queue(s) and {functions} Lambda function(s)"
     print(f"wrote a CloudFormation template for {what} to {args.output}", file=sys.stderr)
+    _say_if_too_large_inline(text)
     return 0
+
+
+def _say_if_too_large_inline(text: str) -> None:
+    size = len(text.encode())
+    if size > INLINE_TEMPLATE_MAX:
+        print(
+            f"the template is {size:,} bytes, over the {INLINE_TEMPLATE_MAX:,} CloudFormation takes inline: "
+            "deploy it with `aws cloudformation deploy --s3-bucket BUCKET ...`, which uploads it first",
+            file=sys.stderr,
+        )
 
 
 def _write_whole(path: str, text: str) -> None:

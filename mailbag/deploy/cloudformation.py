@@ -51,12 +51,17 @@ DEFAULT_VISIBILITY = 30
 #: who may assume the worker role unless the stack says otherwise: ECS tasks and Lambda
 WORKER_SERVICES = ("ecs-tasks.amazonaws.com", "lambda.amazonaws.com")
 #: AWS's rules for an SQS queue that triggers a Lambda function: a visibility timeout of
-#: at least this many times the function's timeout (plus the batching window), and a
-#: redrive maxReceiveCount of at least this many, since throttled receives count too
+#: at least this many times the function's timeout (plus the batching window), and at
+#: least this many receives before giving up, since throttled receives count too. The
+#: redrive's maxReceiveCount is far above it (max attempts + `REDRIVE_HEADROOM`), but
+#: mailbag gives up after max attempts, and on Lambda each receive is an attempt.
 LAMBDA_VISIBILITY_FACTOR = 6
-LAMBDA_MIN_RECEIVE_COUNT = 5
+LAMBDA_MIN_ATTEMPTS = 5
 #: the Lambda runtimes a function may use (mailbag needs Python 3.11 or newer)
 LAMBDA_RUNTIMES = ("python3.11", "python3.12", "python3.13")
+#: the largest template CloudFormation takes inline (`--template-file` without
+#: `--s3-bucket`); a larger one, up to 1 MB, must be uploaded to S3 first
+INLINE_TEMPLATE_MAX = 51_200
 _MAX_BATCHING_WINDOW = 300
 _POLICY_VERSION = "2012-10-17"
 _WORD = re.compile(r"[^A-Za-z0-9]+")
@@ -153,12 +158,11 @@ def _check_lambda(topology: Topology, visibility: int, functions: LambdaFunction
         )
     handled = [known[name] for name in functions.queues] if functions.queues else list(known.values())
     for spec in handled:
-        receives = redrive_policy("", spec)["maxReceiveCount"]
-        if receives < LAMBDA_MIN_RECEIVE_COUNT:
+        if spec.retry.max_attempts < LAMBDA_MIN_ATTEMPTS:
             raise TopologyError(
-                f"queue {spec.name!r} redrives to its dead-letter queue after {receives} receive(s), below the "
-                f"{LAMBDA_MIN_RECEIVE_COUNT} a Lambda trigger needs (throttled receives count too): "
-                f"give its handlers RetryPolicy(max_attempts={LAMBDA_MIN_RECEIVE_COUNT}) or more"
+                f"queue {spec.name!r} dead-letters after {spec.retry.max_attempts} attempt(s), below the "
+                f"{LAMBDA_MIN_ATTEMPTS} receives a Lambda trigger needs (each receive is an attempt, throttled "
+                f"ones too): give its handlers RetryPolicy(max_attempts={LAMBDA_MIN_ATTEMPTS}) or more"
             )
     return handled
 

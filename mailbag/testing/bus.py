@@ -19,9 +19,9 @@ from typing import Any
 
 from mailbag.broker import Broker, Message, connect, scheme_of
 from mailbag.broker.clock import ManualClock
-from mailbag.broker.codec import encode
 from mailbag.broker.errors import MailbagError
 from mailbag.broker.memory import MemoryBroker
+from mailbag.broker.outgoing import outgoing
 from mailbag.dlq import DeadLetter, DeadLetters
 from mailbag.testing.observed import Observed, Recorder, Status
 from mailbag.workers import App, Worker
@@ -67,7 +67,7 @@ class TestBus:
 
     `prefix` is put before every topic and queue name on the broker (a shared RabbitMQ);
     the app and the test never see it. With `delete_declared` (the default with a
-    prefix) the bus deletes the topics and queues it used when it closes.
+    prefix) the bus removes the topologies declared through it when it closes.
     `virtual_time` runs the bus on a `ManualClock`: the default on `memory://`; with
     SNS/SQS, only on moto in process. The keyword arguments go to `Worker`
     (`concurrency`, `settings`, `store`, ...); the idempotency store is in memory
@@ -144,12 +144,13 @@ class TestBus:
         if self._worker is not None:
             await self._worker.stop()
             self._worker = None
-        if self._observed is not None:
-            await self._observed.close()
+        observed = self._observed
+        if observed is not None:
+            await observed.close()
         owned, self._owned = self._owned, None
         if owned is not None:
-            if self._delete_declared and hasattr(owned, "delete_declared"):
-                await owned.delete_declared()
+            if observed is not None and self._delete_declared:
+                await observed.remove_declared()
             await owned.close()
 
     @property
@@ -174,18 +175,9 @@ class TestBus:
         """Publish `payload` (a pydantic model, JSON-able value or bytes) as a client of
         the app would; returns the message id. `key` is the ordering key; a given
         `message_id` publishes a duplicate of an earlier message."""
-        body, content_type, type_name = encode(payload)
-        message = Message(
-            topic,
-            body,
-            content_type=content_type,
-            type=type_name,
-            headers=dict(headers or {}),
-            correlation_id=correlation_id,
-            ordering_key=key,
+        message = outgoing(
+            topic, payload, key=key, headers=headers, correlation_id=correlation_id, message_id=message_id
         )
-        if message_id:
-            message = message.evolve(id=message_id)
         await self._running().publish_from_test(topic, [message])
         return message.id
 

@@ -17,6 +17,7 @@ from mailbag.broker import Broker, Delivery, Message, Queue, Topology
 from mailbag.broker import headers as h
 from mailbag.broker.base import Consumer, QueueStats
 from mailbag.broker.clock import ManualClock
+from mailbag.broker.delegating import Declaring
 from mailbag.broker.memory import MemoryBroker
 from mailbag.workers.context import Context
 from mailbag.workers.middleware import Call
@@ -37,12 +38,13 @@ class Track:
     sends: int = 0
 
 
-class Observed(Broker):
-    """`inner`, watched. `clock` is the bus's virtual clock (None: real time)."""
+class Observed(Declaring):
+    """`inner`, watched. `clock` is the bus's virtual clock (None: real time). What is
+    declared through it is kept, under the names it has on the broker, for
+    `remove_declared`. Closing it leaves `inner` open: it belongs to the bus."""
 
     def __init__(self, inner: Broker, *, prefix: str = "", clock: ManualClock | None = None) -> None:
-        self.inner = inner
-        self.url = inner.url
+        super().__init__(inner)
         self.prefix = prefix
         self.clock = clock
         #: (message id, queue) -> what happened to it
@@ -89,7 +91,7 @@ class Observed(Broker):
                 queues=tuple(self._prefixed(q) for q in topology.queues),
                 topics=tuple(self.remote(t) for t in topology.topics),
             )
-        await self.inner.declare(topology)
+        await super().declare(topology)
 
     async def remove(self, topology: Topology) -> None:
         for queue in topology.queues:
@@ -245,8 +247,9 @@ class _Delivery(Delivery):
             await self._inner.postpone(delay)
         self._show_after(delay)
 
-    async def _release(self) -> None:
-        await self._inner.release()
+    async def _release(self, delay: float) -> None:
+        await self._inner.release(delay)
+        self._show_after(delay)
 
     def _show_after(self, delay: float) -> None:
         receipt = getattr(self._inner, "receipt", None)

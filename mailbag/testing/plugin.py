@@ -11,6 +11,8 @@ mailbag is enough; `pip install 'mailbag[testing]'` brings pytest-asyncio and mo
   their own per test, and what the test declared is deleted afterwards).
 - An `amqp://` URL runs on that RabbitMQ with every name prefixed per test; what the
   test declared is deleted afterwards.
+- A project that leaves pytest-asyncio's `asyncio_default_fixture_loop_scope` unset gets
+  `function`, the default pytest-asyncio announces, instead of its deprecation warning.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from mailbag.testing.bus import TestBus
 from mailbag.workers import App
 
 FIXTURE = "mailbag_broker_url"
+#: pytest-asyncio's setting it warns about when a project leaves it unset
+LOOP_SCOPE = "asyncio_default_fixture_loop_scope"
 #: credentials moto accepts; set only while a test runs on moto
 FAKE_CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "testing",
@@ -51,6 +55,19 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         action="store_true",
         help="let sqs:// URLs without an endpoint reach AWS with your credentials instead of moto",
     )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """Before pytest-asyncio reads it: an unset fixture loop scope becomes `function`
+    (what pytest-asyncio will default to; a project's own setting is kept). pytest has
+    no public way to default another plugin's setting, so it goes in getini's cache."""
+    try:
+        unset = not config.getini(LOOP_SCOPE)
+    except ValueError:  # pytest-asyncio is not installed
+        return
+    if unset:
+        config._inicache[LOOP_SCOPE] = "function"
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

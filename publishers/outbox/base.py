@@ -18,8 +18,8 @@ from datetime import UTC, datetime
 from typing import Any, TypedDict
 
 from mailbag.broker import Message, tracing
+from mailbag.broker.outgoing import TopicModels
 from mailbag.broker.storage import check_identifier
-from mailbag.publishers.envelope import TopicModels
 
 DEFAULT_TABLE = "mailbag_outbox"
 

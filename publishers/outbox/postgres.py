@@ -17,8 +17,8 @@ from typing import Any, Unpack
 import asyncpg
 
 from mailbag.broker.errors import ConfigurationError
+from mailbag.broker.outgoing import MessageFields
 from mailbag.broker.storage import open_postgres
-from mailbag.publishers.envelope import MessageFields
 from mailbag.publishers.outbox.base import (
     Claim,
     Outbox,

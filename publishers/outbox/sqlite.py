@@ -23,8 +23,8 @@ from typing import Any, Unpack, overload
 import aiosqlite
 
 from mailbag.broker.errors import ConfigurationError, StoreUnavailable
+from mailbag.broker.outgoing import MessageFields
 from mailbag.broker.storage import MEMORY, open_sqlite
-from mailbag.publishers.envelope import MessageFields
 from mailbag.publishers.outbox.base import (
     Claim,
     Outbox,

@@ -54,8 +54,12 @@ def test_rabbitmq_url_faults_each_say_what_is_wrong():
         (f"{base.replace('guest:guest', 'guest:s3c@r/t!')}/", "does not parse"),
         # a vhost that does not exist: RabbitMQ closes the connection during the handshake
         (f"{base}/mb-no-such-vhost", "vhost 'mb-no-such-vhost'"),
-        # an option aio-pika would silently ignore (it is a `mailbag compare` option)
-        (f"{good}?queue=quorum", "unknown option(s) queue"),
+        # an option aio-pika would silently ignore
+        (f"{good}?queues=quorum", "unknown option(s) queues"),
+        # a queue type RabbitMQ does not have (`mailbag compare` says the same)
+        (f"{good}?queue=lazy", "queue='lazy'"),
+        # a node list with a bad port in its second node
+        (f"{base.replace('127.0.0.1:5672', '127.0.0.1:5672,127.0.0.1:x')}/", "does not parse (bad port)"),
         # nothing listens there: the error says how to wait, and ?wait= works
         ("amqp://guest:guest@127.0.0.1:1/?wait=0.5", "after trying for 0.5s"),
         ("amqp://guest:guest@127.0.0.1:1/?wait=soon", "wait must be a number"),

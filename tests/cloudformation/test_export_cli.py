@@ -3,18 +3,22 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
+
+from mailbag.deploy.cloudformation import INLINE_TEMPLATE_MAX
 
 APP = "mailbag.examples.orders.app:app"
 
 
-def export(*args: str) -> subprocess.CompletedProcess:
+def export(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "mailbag.cli", "topology", "export", *args],
         capture_output=True,
         text=True,
         timeout=60,
+        cwd=cwd,
     )
 
 
@@ -35,7 +39,7 @@ def test_writing_a_file_says_what_it_wrote(tmp_path):
     assert result.returncode == 0, result.stderr
     assert json.loads(out.read_text())["AWSTemplateFormatVersion"] == "2010-09-09"
     assert result.stdout == ""
-    assert result.stderr.strip() == f"wrote a CloudFormation template for 8 topic(s) and 5 queue(s) to {out}"
+    assert result.stderr.strip() == f"wrote a CloudFormation template for 7 topic(s) and 5 queue(s) to {out}"
 
 
 @pytest.mark.parametrize(
@@ -80,8 +84,33 @@ def test_a_lambda_export_says_how_many_functions_it_wrote_and_sizes_visibility_f
         APP, "--format", "cloudformation", "--lambda", "shop.aws.handler", "--lambda-timeout", "10", "-o", str(out)
     )
     assert result.returncode == 0, result.stderr
-    assert result.stderr.strip() == (
-        f"wrote a CloudFormation template for 8 topic(s), 5 queue(s) and 5 Lambda function(s) to {out}"
-    )
+    size = out.stat().st_size
+    assert size > INLINE_TEMPLATE_MAX
+    assert result.stderr.strip().splitlines() == [
+        f"wrote a CloudFormation template for 7 topic(s), 5 queue(s) and 5 Lambda function(s) to {out}",
+        f"the template is {size:,} bytes, over the 51,200 CloudFormation takes inline: "
+        "deploy it with `aws cloudformation deploy --s3-bucket BUCKET ...`, which uploads it first",
+    ]
     resources = json.loads(out.read_text())["Resources"].values()
     assert {r["Properties"]["VisibilityTimeout"] for r in resources if r["Type"] == "AWS::SQS::Queue"} == {60}
+
+
+def test_a_lambda_export_of_a_queue_of_three_attempts_is_refused_in_one_line(tmp_path):
+    # Given an app whose handler gives up after 3 attempts
+    (tmp_path / "few.py").write_text(
+        "from mailbag import App, RetryPolicy\n"
+        "app = App('svc')\n"
+        "@app.handler('orders.placed', retry=RetryPolicy(max_attempts=3))\n"
+        "async def handle(order: dict) -> None: ...\n"
+    )
+    # When it is exported with Lambda triggers, and without
+    refused = export("few:app", "--format", "cloudformation", "--lambda", "svc.aws.handler", cwd=tmp_path)
+    plain = export("few:app", "--format", "cloudformation", cwd=tmp_path)
+    # Then the Lambda export exits 2 with one line naming the queue and the fix; the plain one exports
+    assert refused.returncode == 2 and refused.stdout == ""
+    assert refused.stderr.strip().splitlines() == [
+        "mailbag: error: queue 'svc.handle' dead-letters after 3 attempt(s), below the 5 receives a Lambda "
+        "trigger needs (each receive is an attempt, throttled ones too): give its handlers "
+        "RetryPolicy(max_attempts=5) or more"
+    ]
+    assert plain.returncode == 0, plain.stderr

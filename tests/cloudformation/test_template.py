@@ -321,9 +321,24 @@ def test_bad_lambda_options_are_refused(fields, says):
         LambdaFunctions(**fields)
 
 
-def test_a_lambda_triggered_queue_of_few_attempts_redrives_only_after_the_headroom():
-    # the redrive headroom keeps even a 1-attempt queue above the Lambda trigger's 5 receives
-    one = Topology(queues=(Queue("q", ("t",), retry=RetryPolicy(max_attempts=1)),))
-    t = template(one, functions=LambdaFunctions("svc.aws.handler"))
+def _attempts(n: int) -> Topology:
+    return Topology(queues=(Queue("q", ("t",), retry=RetryPolicy(max_attempts=n)),))
+
+
+@pytest.mark.parametrize("attempts", [1, 4])
+def test_a_lambda_triggered_queue_of_fewer_than_five_attempts_is_refused(attempts):
+    # Given a queue that gives up after fewer attempts than AWS's 5 receives for a trigger
+    # (on Lambda each receive is an attempt, throttled receives too)
+    # Then exporting it with a Lambda trigger is refused, naming the queue and the fix
+    says = f"queue 'q' dead-letters after {attempts} attempt(s), below the 5 receives a Lambda trigger needs"
+    with pytest.raises(TopologyError, match=re.escape(says)):
+        template(_attempts(attempts), functions=LambdaFunctions("svc.aws.handler"))
+    # and without a trigger the same queue exports, its redrive above its attempts
+    [queue] = [r for r in template(_attempts(attempts))["Resources"].values() if r["Properties"].get("RedrivePolicy")]
+    assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] == attempts + REDRIVE_HEADROOM
+
+
+def test_a_lambda_triggered_queue_of_five_attempts_redrives_after_the_headroom():
+    t = template(_attempts(5), functions=LambdaFunctions("svc.aws.handler"))
     [queue] = [r for r in t["Resources"].values() if r["Properties"].get("RedrivePolicy")]
-    assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 1 + REDRIVE_HEADROOM
+    assert queue["Properties"]["RedrivePolicy"]["maxReceiveCount"] == 5 + REDRIVE_HEADROOM == 55

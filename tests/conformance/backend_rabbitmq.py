@@ -28,7 +28,7 @@ def _rabbitmq(name: str, **queue_defaults: object) -> Backend:
                 queue_defaults=dict(queue_defaults),
                 redrive_without_dead_letter_queue=QUORUM_LIMIT if queue_defaults.get("kind") == "quorum" else None,
             )
-            yield Env(broker, features, _real_time, _delete_queue, _plain_publish)
+            yield Env(broker, features, _real_time, _delete_queue, _plain_publish, lambda: broker._connection.transport)
         finally:
             await broker.close()
             await remove_declared(broker)

@@ -30,12 +30,17 @@ REDRIVE = (
 DELAY_BOUND = 1.5
 
 
-def _features(queue_defaults: dict) -> Features:
+#: the message group of what the suite's plain client sends to a FIFO queue
+PLAIN_GROUP = "plain"
+
+
+def sqs_features(queue_defaults: dict) -> Features:
     return Features(
         min_delay=1.0,
         delay_bound=DELAY_BOUND,
         queue_defaults=queue_defaults,
         redrive_without_dead_letter_queue=REDRIVE,
+        plain_ordering_key=PLAIN_GROUP if queue_defaults.get("ordered") else None,
     )
 
 
@@ -54,7 +59,7 @@ def plain_publish(broker: Broker) -> Callable[[str, str, bytes, dict], Awaitable
 
     async def send(topic: str, queue: str, body: bytes, headers: dict) -> None:
         ref = await broker._resources.queue(queue)  # type: ignore[attr-defined]
-        extra: dict = {"MessageGroupId": "plain", "MessageDeduplicationId": uuid.uuid4().hex} if ref.fifo else {}
+        extra: dict = {"MessageGroupId": PLAIN_GROUP, "MessageDeduplicationId": uuid.uuid4().hex} if ref.fifo else {}
         if headers:
             extra["MessageAttributes"] = {k: {"DataType": "String", "StringValue": str(v)} for k, v in headers.items()}
         await broker.aws.call(  # type: ignore[attr-defined]
@@ -75,7 +80,7 @@ def _in_process(name: str, **queue_defaults: object) -> Backend:
             broker = await open_broker(f"sqs://?region={REGION}&wait=1")
             try:
                 yield Env(
-                    broker, _features(dict(queue_defaults)), _real_time, delete_queue(broker), plain_publish(broker)
+                    broker, sqs_features(dict(queue_defaults)), _real_time, delete_queue(broker), plain_publish(broker)
                 )
             finally:
                 await broker.close()
@@ -92,7 +97,7 @@ def _over_http(name: str, **queue_defaults: object) -> Backend:
             broker = await open_broker(f"sqs://?region={REGION}&endpoint={endpoint}&prefix={prefix}&wait=1")
             try:
                 yield Env(
-                    broker, _features(dict(queue_defaults)), _real_time, delete_queue(broker), plain_publish(broker)
+                    broker, sqs_features(dict(queue_defaults)), _real_time, delete_queue(broker), plain_publish(broker)
                 )
             finally:
                 await broker.close()

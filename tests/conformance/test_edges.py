@@ -8,10 +8,20 @@ import logging
 import pytest
 
 from mailbag.broker import Message, Subscription, Unroutable
+from mailbag.broker import headers as h
 from mailbag.dlq import DeadLetters, NotInQueue
 from mailbag.workers import App, Context, Worker
 from mailbag.workers.stores import open_store
-from tests.conformance.env import drain, eventually, next_delivery, nothing_within
+from tests.conformance.env import (
+    WINDOW,
+    PoisonApp,
+    assert_backed_off,
+    drain,
+    eventually,
+    mailbag_warnings,
+    next_delivery,
+    nothing_within,
+)
 
 
 def _msgs(topic: str, n: int, **kw) -> list[Message]:
@@ -219,7 +229,7 @@ async def _publish_plain(env, topic: str, queue: str, body: bytes, headers: dict
         await env.plain_publish(topic, queue, body, headers or {})
 
 
-async def test_a_plain_message_keeps_its_topic_id_and_time_through_retry_dead_letter_and_replay(env):
+async def test_a_plain_message_keeps_its_topic_id_time_and_ordering_key_through_retry_dead_letter_and_replay(env):
     # Given a message from a plain client: no id, no timestamp, no content type, none of our headers
     topic = env.name("orders")
     q = env.queue("plain", topic, retry=env.policy(max_attempts=3))
@@ -240,16 +250,18 @@ async def test_a_plain_message_keeps_its_topic_id_and_time_through_retry_dead_le
             seen.created_at,
         ), "a second read of one message gives another topic, id or time"
         assert first.message.content_type == "application/json"
+        assert first.message.ordering_key == env.features.plain_ordering_key
         await first.retry(env.features.min_delay)
         await env.advance(env.features.min_delay)
         second = await next_delivery(consumer)
-        # Then the retried copy keeps the topic, the id and the time
+        # Then the retried copy keeps the topic, the id, the time and the ordering key
         assert (second.message.topic, second.message.id, second.message.created_at, second.attempt) == (
             topic,
             seen.id,
             seen.created_at,
             first.attempt + 1,  # (a browse counts as a delivery on RabbitMQ and SQS)
         )
+        assert second.message.ordering_key == env.features.plain_ordering_key
         await second.dead_letter("parked")
     # and so do the dead letter, and the message replayed from it
     letters = DeadLetters(env.broker, q.name)
@@ -267,6 +279,7 @@ async def test_a_plain_message_keeps_its_topic_id_and_time_through_retry_dead_le
     async with env.broker.consume(q.name) as consumer:
         replayed = await next_delivery(consumer)
         assert (replayed.message.topic, replayed.message.id, replayed.attempt) == (topic, seen.id, 1)
+        assert replayed.message.ordering_key == env.features.plain_ordering_key
         await replayed.ack()
 
 
@@ -301,6 +314,122 @@ async def test_a_dead_letter_near_the_size_limit_carries_its_reason_with_a_trimm
     [record] = await DeadLetters(env.broker, q.name).ls()
     assert record.id == big.id and record.message.body == big.body
     assert record.reason == "payment provider refused" and record.error_type == "RuntimeError"
+
+
+#: handler errors a dead letter must carry whatever their size: (bytes, character)
+HUGE_ERRORS = [(200_000, "x"), (200_000, "é"), (2 * 1_048_576, "x"), (2 * 1_048_576, "é")]
+
+
+def _carried(record) -> int:
+    """UTF-8 bytes of a dead letter's text: its reason, error message and traceback."""
+    return sum(len((t or "").encode()) for t in (record.reason, record.error_message, record.traceback))
+
+
+@pytest.mark.parametrize(("size", "char"), HUGE_ERRORS, ids=[f"{n // 1000}kB-{c}" for n, c in HUGE_ERRORS])
+async def test_a_handler_error_of_any_size_is_dead_lettered_with_its_text_and_the_connection_stays(env, size, char):
+    # Given a handler that fails with an error of `size` bytes of text
+    topic = env.name("orders")
+    queue = env.name("huge")
+    app = App(env.name("app"))
+    text = char * (size // len(char.encode()))
+
+    @app.handler(topic, queue=queue, retry_on=(), idempotency=False, **env.features.queue_defaults)
+    async def work(payload: dict, ctx: Context) -> None:
+        raise ValueError(text)
+
+    letters = DeadLetters(env.broker, queue)
+    async with Worker(app, env.broker, store=await open_store("memory://")):  # declares the topology
+        connection = env.connection() if env.connection else None
+        # When a message fails in it
+        await env.broker.publish(topic, [Message(topic, b'{"n": 1}', ordering_key="k")])
+
+        async def dead_lettered() -> bool:
+            await env.advance(1.0)
+            return (await env.broker.stats(queue)).dead_letters == 1
+
+        await eventually(dead_lettered, timeout=30, what="the dead letter")
+    # Then it lands in the dead-letter queue with the handler's error at the head of its
+    # reason, the error's head as its text, the handler's frame in its traceback; cut and marked to fit
+    [record] = await letters.ls()
+    head = text[:500]
+    assert record.reason.startswith(f"not retryable: ValueError: {head}"), record.reason[:100]
+    assert record.error_type == "ValueError" and (record.error_message or "").startswith(head)
+    assert "in work\n" in (record.traceback or "") and "bytes cut" in record.reason
+    assert _carried(record) <= h.DEAD_LETTER_TEXT_MAX
+    # and the broker never closed the connection (a header frame past frame_max would)
+    if env.connection is not None:
+        assert env.connection() is connection, "the connection was closed and opened again"
+    print(
+        f"{size} x {char!r}: reason {len(record.reason.encode())} B, error {len((record.error_message or '').encode())}"
+        f" B, traceback {len((record.traceback or '').encode())} B, all {_carried(record)} B"
+    )
+
+
+async def test_a_reason_of_2_mib_passed_to_dead_letter_is_cut_to_fit_at_once(env):
+    # Given a message, and a reason of 2 MiB of non-ASCII text
+    topic = env.name("orders")
+    q = env.queue("reason", topic)
+    await env.declare(q)
+    await env.broker.publish(topic, [Message(topic, b'{"n": 1}', ordering_key="k")])
+    reason = "é" * 1_048_576
+    connection = env.connection() if env.connection else None
+    # When it is dead-lettered with that reason
+    async with env.broker.consume(q.name) as consumer:
+        d = await next_delivery(consumer)
+        await asyncio.wait_for(d.dead_letter(reason), 10)
+    # Then the reason's head is there, marked as cut, within the limit, the connection kept
+    [record] = await DeadLetters(env.broker, q.name).ls()
+    assert record.reason.startswith(reason[:1000]) and "bytes cut" in record.reason
+    assert _carried(record) <= h.DEAD_LETTER_TEXT_MAX
+    if env.connection is not None:
+        assert env.connection() is connection, "the connection was closed and opened again"
+
+
+# -- a message that cannot be dead-lettered backs off --------------------------------------
+
+
+async def test_a_message_that_cannot_be_dead_lettered_backs_off_and_the_rest_flow_on(env, caplog):
+    # Given a worker on a queue whose dead-letter queue was deleted, and a poison message
+    topic = env.name("orders")
+    queue = env.name("backoff")
+    poisoned = PoisonApp(env.name("app"), topic, queue, **env.features.queue_defaults)
+    poison = Message(topic, b'{"poison": true}', ordering_key="poison")
+    early = [Message(topic, b'{"n": %d}' % i, ordering_key=f"k{i % 5}") for i in range(20)]
+    late = [Message(topic, b'{"n": %d}' % i, ordering_key=f"k{i % 5}") for i in range(20, 40)]
+    loop = asyncio.get_running_loop()
+    app = poisoned.app
+    async with Worker(app, env.broker, concurrency=4, prefetch=8, store=await open_store("memory://")):
+        await env.broker.stats(queue)  # known to the adapter before its dead-letter queue goes
+        assert env.delete_queue is not None
+        await env.delete_queue(app.topology.queue(queue).dead_letter_queue)
+        with caplog.at_level(logging.WARNING, logger="mailbag"):
+            # When it is published with healthy ones, and more healthy ones come midway
+            await env.broker.publish(topic, [poison, *early])
+            started, elapsed, midway = loop.time(), 0.0, False
+
+            async def window_over() -> bool:
+                nonlocal elapsed, midway
+                if env.features.manual_clock:
+                    await env.advance(0.1)
+                    elapsed += 0.1
+                else:
+                    elapsed = loop.time() - started
+                if elapsed >= WINDOW / 2 and not midway:
+                    midway = True
+                    await env.broker.publish(topic, late)
+                return elapsed >= WINDOW
+
+            await eventually(window_over, timeout=WINDOW + 30, what="the window")
+            runs, lines = poisoned.poison_runs, mailbag_warnings(caplog.records)
+
+            async def all_healthy_handled() -> bool:
+                await env.advance(0.1)
+                return poisoned.handled == {m.id for m in early + late}
+
+            # Then every healthy message is handled
+            await eventually(all_healthy_handled, timeout=60, what="every healthy message handled")
+    # and the poison one ran a bounded number of times, with one log line per return
+    assert_backed_off(runs, lines)
 
 
 # -- FIFO: attempts count handler runs --------------------------------------------------

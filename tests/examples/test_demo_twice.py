@@ -1,6 +1,5 @@
 """`mailbag demo` on RabbitMQ, run twice in a row as a user runs it: both runs tell the
-same story, and neither leaves a message behind for the next (a follow-up event no
-queue subscribes to, such as `inventory.released`, is no failure)."""
+same story, and neither leaves a message behind for the next."""
 
 import asyncio
 import re

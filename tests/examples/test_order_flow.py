@@ -3,6 +3,7 @@ the saga give the same outcome; a payment failure releases the reservation and c
 the order; a failing notification undoes nothing."""
 
 import asyncio
+import re
 import subprocess
 import sys
 
@@ -134,6 +135,26 @@ async def test_demo_on_sqs_prints_its_timeline_as_it_happens():
                 demo.wait()
     assert demo.returncode == 0
     assert "customer told" not in first and rest[0].count("customer told") == 3
+
+
+@pytest.mark.parametrize("mode", ["choreography", "saga"])
+def test_the_demo_make_run_starts_tells_its_story_and_nothing_else(mode, tmp_path):
+    # When the demo runs as `make run` runs it (memory://), in either mode
+    run = subprocess.run(
+        [sys.executable, "-m", "mailbag.cli", "demo", "--mode", mode],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Then it prints its broker line, a timeline and a summary, and no warning among them
+    assert run.returncode == 0, run.stderr
+    lines = run.stdout.splitlines()
+    assert lines[0] == f"broker: memory://  mode: {mode}"
+    assert lines[-1].startswith("2 confirmed, 1 cancelled")
+    strays = [line for line in lines[1:-1] if not re.match(r"^\s+[\d.]+ ms  ", line)]
+    assert strays == [], "lines that are not part of the timeline"
+    assert "WARNING" not in run.stdout + run.stderr and "no queue takes" not in run.stderr
 
 
 def _line_with(process: subprocess.Popen, text: str) -> str:

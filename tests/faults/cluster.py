@@ -64,9 +64,12 @@ class Cluster:
             Node(f"{tag}-{i}@localhost", free_port(), free_port(), root / f"node{i}") for i in range(1, size + 1)
         ]
 
-    def url(self, vhost: str = "") -> str:
-        """One URL naming every node."""
-        return f"amqp://guest:guest@{','.join(n.address for n in self.nodes)}/{vhost}"
+    def url(self, first: Node | None = None) -> str:
+        """One URL naming every node, `first` (by default the first node) first: a client
+        connects to it, and fails over to the others in turn."""
+        at = self.nodes.index(first) if first is not None else 0
+        order = self.nodes[at:] + self.nodes[:at]
+        return f"amqp://guest:guest@{','.join(n.address for n in order)}/"
 
     def start(self) -> None:
         self.cookie_home.mkdir(parents=True)
@@ -101,8 +104,28 @@ class Cluster:
                 time.sleep(0.5)
 
     def stop_node(self, node: Node) -> None:
-        """Stop the whole node (its Erlang VM), as a crash or a shutdown would."""
+        """Stop the whole node (its Erlang VM), as a shutdown would."""
         self.ctl(node, "stop", timeout=120)
+
+    def kill_node(self, node: Node) -> None:
+        """`kill -9` the node's Erlang VM, as a crash would: no goodbye to clients or peers."""
+        pid = _pid(node)
+        assert pid is not None, f"no pid file for {node.name}"
+        os.kill(pid, 9)
+        assert _wait_gone(pid, 30), f"{node.name} (pid {pid}) still runs after kill -9"
+
+    def running(self, node: Node) -> bool:
+        try:
+            self.ctl(node, "status", timeout=30)
+        except (RuntimeError, subprocess.TimeoutExpired):
+            return False
+        return True
+
+    def restart_stopped(self) -> None:
+        """Start again every node that is not running (a test stopped or killed it)."""
+        for node in self.nodes:
+            if not self.running(node):
+                self.start_node(node)
 
     def ctl(self, node: Node, *args: str, timeout: float = 120) -> str:
         done = subprocess.run(
@@ -158,19 +181,29 @@ class Cluster:
         shutil.rmtree(self.root, ignore_errors=True)
 
     def _kill_leftover(self, node: Node) -> None:
-        pid_file = node.home / "node.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-        except (OSError, ValueError):
-            return
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
+        pid = _pid(node)
+        if pid is not None and not _wait_gone(pid, 10):
             try:
-                os.kill(pid, 0)
+                os.kill(pid, 9)
             except ProcessLookupError:
-                return
-            time.sleep(0.2)
+                pass
+
+
+def _pid(node: Node) -> int | None:
+    """The OS process id of the node's Erlang VM, from its pid file."""
+    try:
+        return int((node.home / "node.pid").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    """True once process `pid` has exited (within `timeout` seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
         try:
-            os.kill(pid, 9)
+            os.kill(pid, 0)
         except ProcessLookupError:
-            pass
+            return True
+        time.sleep(0.1)
+    return False

@@ -10,6 +10,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from mailbag.broker import Broker, RetryPolicy
@@ -48,6 +49,8 @@ class Workload:
         self.app = App("faults")
         self.store = SqliteStore(tmp_path / "idem.sqlite3")
         self.confirmed: list[int] = []
+        #: (began, returned) of each confirmed publish call, in loop time, in order
+        self.confirmed_at: list[tuple[float, float]] = []
         self.unconfirmed: list[int] = []
         self._producing = asyncio.Event()
         retry = RetryPolicy(max_attempts=20, initial_delay=0.2)
@@ -77,33 +80,47 @@ class Workload:
         """Run the worker and the publisher; on leaving, stop publishing, wait until every
         confirmed message is handled and hand back the verdict (through the yielded call)."""
         await self.store.setup()
-        async with self.store.connection() as conn:
-            await conn.execute("CREATE TABLE IF NOT EXISTS ledger (n INTEGER NOT NULL)")
-        await worker_broker.declare(self.app.topology)
-        publisher = Publisher(publisher_broker, settings=PublisherSettings(deadline=20, attempt_timeout=5))
-        verdict: list[Verdict] = []
-        self._producing.set()
-        async with Worker(self.app, worker_broker, store=self.store, concurrency=8):
-            producer = asyncio.create_task(self._produce(publisher))
-            try:
-                yield lambda: verdict[0]
-            finally:
-                self._producing.clear()
-                await producer
+        try:
+            async with self.store.connection() as conn:
+                await conn.execute("CREATE TABLE IF NOT EXISTS ledger (n INTEGER NOT NULL)")
+            await worker_broker.declare(self.app.topology)
+            publisher = Publisher(publisher_broker, settings=PublisherSettings(deadline=20, attempt_timeout=5))
+            verdict: list[Verdict] = []
+            self._producing.set()
+            async with Worker(self.app, worker_broker, store=self.store, concurrency=8):
+                producer = asyncio.create_task(self._produce(publisher))
+                try:
+                    yield lambda: verdict[0]
+                finally:
+                    self._producing.clear()
+                    await producer
 
-            async def all_confirmed_handled() -> bool:
-                return set(self.confirmed) <= set(await self.ledger())
+                async def all_confirmed_handled() -> bool:
+                    return set(self.confirmed) <= set(await self.ledger())
 
-            await eventually(all_confirmed_handled, timeout=90, what="every confirmed message to be handled")
-        verdict.append(Verdict(self.confirmed, self.unconfirmed, await self.ledger()))
-        await self.store.close()
+                await eventually(all_confirmed_handled, timeout=90, what="every confirmed message to be handled")
+            verdict.append(Verdict(self.confirmed, self.unconfirmed, await self.ledger()))
+        finally:
+            await self.store.close()  # an open store's thread would keep pytest from exiting
+
+    def first_confirm_after(self, moment: float) -> float | None:
+        """When the first publish begun after `moment` was confirmed, if one was yet."""
+        return next((returned for began, returned in self.confirmed_at if began > moment), None)
+
+    def longest_gap(self, since: float) -> float:
+        """The longest time without a confirm, from `since` to the last confirm."""
+        times = [since] + [returned for _, returned in self.confirmed_at if returned > since]
+        return max((b - a for a, b in pairwise(times)), default=0.0)
 
     async def _produce(self, publisher: Publisher) -> None:
         n = 0
+        loop = asyncio.get_running_loop()
         while self._producing.is_set():
+            began = loop.time()
             try:
                 await publisher.publish(self.topic, {"n": n}, message_id=f"{self.stem}-{n}")
                 self.confirmed.append(n)
+                self.confirmed_at.append((began, loop.time()))
             except PublishError:
                 self.unconfirmed.append(n)
             n += 1

@@ -16,7 +16,21 @@ from mailbag.harness import Target
             "classic",
             False,
         ),
-        ("amqp://h/?queue=quorum&heartbeat=5", "rabbitmq-quorum", "amqp://h/?heartbeat=5", "quorum", False),
+        # queue= is the adapter's own option too (every queue declared is of that type): it stays
+        (
+            "amqp://h/?queue=quorum&heartbeat=5",
+            "rabbitmq-quorum",
+            "amqp://h/?queue=quorum&heartbeat=5",
+            "quorum",
+            False,
+        ),
+        (
+            "amqp://u:p@h1:5672,h2:5673/v?fifo=1",
+            "rabbitmq-classic-ordered",
+            "amqp://u:p@h1:5672,h2:5673/v",
+            "classic",
+            True,
+        ),
         (
             "sqs://?endpoint=http://127.0.0.1:5000&fifo=1",
             "sqs-fifo",
@@ -28,7 +42,9 @@ from mailbag.harness import Target
         ("memory://?label=mine&fifo=yes", "mine", "memory://", "classic", True),
     ],
 )
-def test_harness_options_are_read_and_removed_from_the_broker_url(url, label, broker_url, kind, ordered):
+def test_harness_options_are_read_and_the_harness_own_removed_from_the_broker_url(
+    url, label, broker_url, kind, ordered
+):
     target = Target.parse(url)
     assert (target.label, target.broker_url, target.kind, target.ordered) == (label, broker_url, kind, ordered)
 
@@ -39,7 +55,15 @@ def test_queues_get_the_variant_settings():
 
 
 @pytest.mark.parametrize(
-    "url, says", [("amqp://u:hunter2@h/?queue=lazy", "queue='lazy'"), ("memory://?fifo=maybe", "fifo")]
+    "url, says",
+    [
+        ("amqp://u:hunter2@h/?queue=lazy", "queue='lazy'"),
+        ("memory://?fifo=maybe", "fifo"),
+        # queue types are RabbitMQ's: refused as `connect()` refuses an unknown option
+        ("memory://?queue=quorum", "unknown option(s) queue"),
+        ("sqs://?queue=quorum", "unknown option(s) queue"),
+        ("amqp://u:hunter2@h1:5672,h2:x/", "bad port"),
+    ],
 )
 def test_a_bad_option_is_named_and_the_password_masked(url, says):
     with pytest.raises(BrokerUrlError) as caught:

@@ -9,54 +9,12 @@ from collections.abc import Sequence
 
 from mailbag.broker import Broker, BrokerUnavailable, Message, Topology
 from mailbag.broker.base import Consumer, QueueStats
-
-
-class Delegating(Broker):
-    """Passes every call to `inner` after `_check()`."""
-
-    def __init__(self, inner: Broker) -> None:
-        self.inner = inner
-        self.url = inner.url
-
-    def _check(self) -> None:
-        pass
-
-    async def declare(self, topology: Topology) -> None:
-        self._check()
-        await self.inner.declare(topology)
-
-    async def remove(self, topology: Topology) -> None:
-        await self.inner.remove(topology)
-
-    async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
-        self._check()
-        await self.inner.publish(topic, messages, mandatory=mandatory)
-
-    async def send(self, queue: str, messages: Sequence[Message]) -> None:
-        self._check()
-        await self.inner.send(queue, messages)
-
-    def consume(self, queue: str, prefetch: int = 10) -> Consumer:
-        self._check()
-        return self.inner.consume(queue, prefetch)
-
-    async def stats(self, queue: str) -> QueueStats:
-        self._check()
-        return await self.inner.stats(queue)
-
-    async def browse(self, queue: str, limit: int = 100) -> list[Message]:
-        self._check()
-        return await self.inner.browse(queue, limit)
-
-    async def purge(self, queue: str) -> int:
-        self._check()
-        return await self.inner.purge(queue)
-
-    async def close(self) -> None:
-        await self.inner.close()
+from mailbag.broker.delegating import Delegating
 
 
 class Cuttable(Delegating):
+    """While cut, every call but `remove` and `close` raises `BrokerUnavailable`."""
+
     def __init__(self, inner: Broker) -> None:
         super().__init__(inner)
         self._cut = False
@@ -72,9 +30,34 @@ class Cuttable(Delegating):
         if self._cut:
             raise BrokerUnavailable(f"broker {self.url} is unreachable (link cut)")
 
+    async def declare(self, topology: Topology) -> None:
+        self._check()
+        await super().declare(topology)
+
     async def publish(self, topic: str, messages: Sequence[Message], *, mandatory: bool = False) -> None:
         self.publish_calls += 1
+        self._check()
         await super().publish(topic, messages, mandatory=mandatory)
+
+    async def send(self, queue: str, messages: Sequence[Message], *, delay: float = 0.0) -> None:
+        self._check()
+        await super().send(queue, messages, delay=delay)
+
+    def consume(self, queue: str, prefetch: int = 10) -> Consumer:
+        self._check()
+        return super().consume(queue, prefetch)
+
+    async def stats(self, queue: str) -> QueueStats:
+        self._check()
+        return await super().stats(queue)
+
+    async def browse(self, queue: str, limit: int = 100) -> list[Message]:
+        self._check()
+        return await super().browse(queue, limit)
+
+    async def purge(self, queue: str) -> int:
+        self._check()
+        return await super().purge(queue)
 
 
 class Recording(Delegating):

@@ -16,9 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from mailbag.broker import Message, connect
+from mailbag.broker.delegating import Delegating
 from mailbag.publishers import Publisher, PublisherSettings
 from mailbag.publishers.outbox import Relay, RelaySettings, open_outbox
-from tests.publishers.faults import Delegating
 
 
 class Logged(Delegating):

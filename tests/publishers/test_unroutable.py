@@ -7,9 +7,9 @@ from collections.abc import Sequence
 import pytest
 
 from mailbag.broker import Message, Topology, Unroutable
+from mailbag.broker.delegating import Delegating
 from mailbag.publishers import BreakerPolicy, Publisher, PublisherSettings, ReservedHeader
 from tests.conformance.env import drain
-from tests.publishers.faults import Delegating
 
 #: a breaker that would open after two counted faults
 TOUCHY = PublisherSettings(deadline=5.0, attempt_timeout=2.0, initial_backoff=0.02, breaker=BreakerPolicy(failures=2))

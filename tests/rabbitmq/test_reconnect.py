@@ -3,9 +3,10 @@ at the drop comes back. The network is cut by a proxy on command."""
 
 import asyncio
 
+import aio_pika
 import pytest
 
-from mailbag.broker import DeliveryReleased, Message, Queue, RetryPolicy, Topology
+from mailbag.broker import DeliveryReleased, Message, Queue, RetryPolicy, Topology, UnknownQueue
 from mailbag.broker.rabbitmq import open_broker
 from mailbag.workers import App, Worker
 from mailbag.workers.stores.memory import MemoryStore
@@ -125,3 +126,25 @@ async def test_a_worker_whose_connection_drops_while_its_consumers_open_consumes
         await publisher.close()
         await broker.close()
         await remove_declared(broker)
+
+
+async def test_a_consumer_whose_queue_is_deleted_ends_with_unknown_queue_and_does_not_wait_silently(names):
+    # Given a consumer that received a message
+    broker = await open_broker(amqp_url())
+    try:
+        topic = names("orders")
+        queue = Queue(names("q"), (topic,))
+        await broker.declare(Topology(queues=(queue,)))
+        await broker.publish(topic, [Message(topic, b"{}")])
+        async with broker.consume(queue.name) as consumer:
+            await (await next_delivery(consumer)).ack()
+            # When a plain client deletes the queue (the broker cancels the consumer)
+            connection = await aio_pika.connect(amqp_url())
+            async with connection:
+                await (await connection.channel()).queue_delete(queue.name)
+            # Then the consumer ends with UnknownQueue instead of waiting for deliveries
+            with pytest.raises(UnknownQueue, match="deleted"):
+                await asyncio.wait_for(consumer.__anext__(), 15)
+    finally:
+        await remove_declared(broker)
+        await broker.close()

@@ -11,6 +11,7 @@ from mailbag.broker import (
     BrokerUnavailable,
     DeliveryReleased,
     Message,
+    PublishFailed,
     Queue,
     Topology,
     TopologyError,
@@ -185,3 +186,40 @@ async def test_a_classic_crash_loop_is_dead_lettered_by_the_consumer(broker, wor
         assert await nothing_within(consumer, 0.5)
     [letter] = await broker.browse(queue.dead_letter_queue)
     assert letter.headers[h.DEAD_REASON] == h.DELIVERY_LIMIT_EXCEEDED
+
+
+async def test_a_dead_letter_fits_the_frame_beside_large_headers_of_its_own(broker, work_queue):
+    # Given a message whose own headers take 100 kB of the 128 KiB frame
+    queue = await work_queue()
+    own = {"trace": "t" * 100_000}
+    await broker.publish(queue.topics[0], [Message(queue.topics[0], b"{}", headers=own)])
+    connection = broker._connection.transport
+    async with broker.consume(queue.name) as consumer:
+        d = await next_delivery(consumer)
+        # When it is dead-lettered with a 200 kB reason
+        await d.dead_letter("refused: " + "r" * 200_000)
+    # Then its headers and the reason's head fit in one frame: the broker kept the connection
+    assert broker._connection.transport is connection
+    [dead] = await broker.browse(queue.dead_letter_queue)
+    assert dead.headers["trace"] == own["trace"]
+    reason = str(dead.headers[h.DEAD_REASON])
+    assert reason.startswith("refused: rrrr") and "bytes cut" in reason
+    assert broker.frame_max == 131_072
+
+
+async def test_a_dead_letter_that_cannot_fit_the_frame_is_refused_before_it_is_sent(broker, work_queue):
+    # Given a message whose own headers nearly fill the frame
+    queue = await work_queue()
+    await broker.publish(queue.topics[0], [Message(queue.topics[0], b"{}", headers={"trace": "t" * 130_850})])
+    connection = broker._connection.transport
+    async with broker.consume(queue.name) as consumer:
+        d = await next_delivery(consumer)
+        # When it is dead-lettered, its stamp cannot fit beside them
+        with pytest.raises(PublishFailed, match="header frame"):
+            await d.dead_letter("refused")
+        await d.release()
+        # Then nothing was sent (the broker would have closed the connection), and it is back
+        again = await next_delivery(consumer)
+        assert again.message.id == d.message.id
+        await again.ack()
+    assert broker._connection.transport is connection

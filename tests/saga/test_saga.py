@@ -8,6 +8,8 @@ import pytest
 
 from mailbag.broker import Message
 from mailbag.broker import headers as h
+from mailbag.broker.errors import MailbagError, ReservedHeader
+from mailbag.broker.outgoing import outgoing
 from mailbag.examples.orders.services import Inventory, Unavailable, sample_orders
 from mailbag.workers.saga import SAGA, SAGA_ID, SAGA_PHASE, SAGA_STEP, Saga, Step
 from tests.conformance.env import eventually
@@ -191,6 +193,21 @@ async def test_a_plain_message_on_a_command_topic_is_dead_lettered_with_why(flow
 
 async def _dead(flow, queue: str) -> bool:
     return (await flow.broker.stats(queue)).dead_letters == 1
+
+
+async def test_the_orchestrator_builds_its_messages_like_any_publish(flow):
+    # Given the orchestrator's commands carry its own x-mailbag-saga-* headers
+    async with flow.running() as orchestrator:
+        await begin(orchestrator, 1)
+        await all_end(flow, ["order-1"])
+    # When a saga message is built with a header the broker layer reads (the attempt)
+    with pytest.raises(ReservedHeader) as refused:
+        outgoing("inventory.cmd.reserve", {}, stamp={SAGA: "order", h.ATTEMPT: 7})
+    # Then it is refused, as a MailbagError naming the header
+    assert isinstance(refused.value, MailbagError) and h.ATTEMPT in str(refused.value)
+    # And a participant cannot put one of the saga's own headers on a message either
+    with pytest.raises(ReservedHeader):
+        outgoing("orders.saga.replies", {}, headers={SAGA_ID: "order-2"})
 
 
 def test_a_saga_definition_is_checked_when_built():

@@ -6,6 +6,7 @@ import json
 from mailbag.broker import Queue, Topology
 from mailbag.broker.sqs import marshal as wire
 from mailbag.dlq import DeadLetters
+from mailbag.testing import sqs_event
 from tests.conformance.env import eventually, next_delivery
 from tests.sqs.helpers import message
 
@@ -104,3 +105,51 @@ async def test_a_body_that_does_not_decode_is_dead_lettered_with_its_reason(brok
     reasons = sorted(r.reason for r in await letters.ls())
     assert all(r.startswith("undecodable SQS message") for r in reasons), reasons
     assert any("x-mailbag-attempts-used" in r for r in reasons)
+
+
+async def test_a_plain_fifo_message_reads_its_message_group_as_its_ordering_key(broker, prefix, sqs):
+    # Given our ordered (FIFO) queue
+    await broker.declare(Topology(queues=(Queue("carts", ("carts",), ordered=True),)))
+    url = sqs.get_queue_url(QueueName=f"{prefix}carts.fifo")["QueueUrl"]
+    # When plain boto3 sends to it as the AWS CLI does: a group id, no mailbag attribute
+    for n, group in enumerate(["cart-7", "cart-7", "cart-8"]):
+        sqs.send_message(
+            QueueUrl=url, MessageBody=json.dumps({"n": n}), MessageGroupId=group, MessageDeduplicationId=f"d-{n}"
+        )
+    # Then each message's ordering key is its group, in the group's order
+    async with broker.consume("carts") as consumer:
+        seen = []
+        for _ in range(3):
+            d = await next_delivery(consumer)
+            seen.append((d.message.ordering_key, json.loads(d.message.body)["n"]))
+            await d.ack()
+    assert sorted(seen) == [("cart-7", 0), ("cart-7", 1), ("cart-8", 2)]
+    assert [n for key, n in seen if key == "cart-7"] == [0, 1]
+
+
+async def test_our_own_fifo_message_keeps_its_ordering_key_or_its_lack_of_one(broker):
+    # Given our ordered (FIFO) queue, and two messages of ours: one keyed, one not
+    await broker.declare(Topology(queues=(Queue("carts", ("carts",), ordered=True),)))
+    keyed, keyless = message("carts", b"{}", ordering_key="cart-9"), message("carts", b"[]")
+    # When they go through SNS FIFO (the keyless one in a group named after its id)
+    await broker.publish("carts", [keyed, keyless])
+    # Then they read back with the key they were published with, and none for the keyless one
+    async with broker.consume("carts") as consumer:
+        keys = {}
+        for _ in range(2):
+            d = await next_delivery(consumer)
+            keys[d.message.id] = d.message.ordering_key
+            await d.ack()
+    assert keys == {keyed.id: "cart-9", keyless.id: None}
+
+
+async def test_a_plain_fifo_record_of_a_lambda_event_reads_its_message_group_as_its_ordering_key(broker, prefix, sqs):
+    # Given a Lambda event holding a message plain boto3 sent to a FIFO queue
+    await broker.declare(Topology(queues=(Queue("carts", ("carts",), ordered=True),)))
+    url = sqs.get_queue_url(QueueName=f"{prefix}carts.fifo")["QueueUrl"]
+    sqs.send_message(QueueUrl=url, MessageBody="{}", MessageGroupId="cart-7", MessageDeduplicationId="d-1")
+    [record] = sqs_event(url, client=sqs)["Records"]
+    # When the record is decoded as the Lambda entry point decodes it
+    decoded = wire.from_lambda_record(record, "carts")
+    # Then its ordering key is its group
+    assert decoded.ordering_key == "cart-7"

@@ -88,3 +88,17 @@ async def test_an_empty_body_is_refused_before_any_call(broker):
     await broker.declare(Topology(queues=(Queue("e", ("files",)),)))
     with pytest.raises(ValueError, match="empty body"):
         await broker.publish("files", [message("files", b"")])
+
+
+@pytest.mark.parametrize("char", ["x", "é", "😀"])
+def test_a_dead_letter_copy_fits_the_limit_however_its_text_escapes(char):
+    # Given a message close to the limit and a reason of 2 MiB (JSON escaping of the packed
+    # headers makes a non-ASCII character six or twelve bytes on the wire)
+    m = message("orders", b"x" * (1_048_576 - 20_000))
+    reason = char * (2 * 1_048_576 // len(char.encode()))
+    # When its dead-letter copy is made
+    dead = wire.dead_letter_copy(m, "q", 3, reason, None, 1_048_576)
+    # Then it fits, body intact, with the reason's head
+    assert wire.to_wire(dead).size <= 1_048_576
+    assert dead.body == m.body
+    assert str(dead.headers["x-mailbag-dead-reason"]).startswith(char * 100)

@@ -324,3 +324,20 @@ async def test_on_a_shared_sqs_endpoint_a_bus_uses_names_of_its_own_and_deletes_
         # Then its topics and queues were its own, and are gone
         assert any("t" in n and "shop_reserve" in n for n in during - before)
         assert _names(moto_server) == before
+
+
+async def test_a_bus_on_a_node_list_url_runs_the_app_on_the_node_that_answers(mailbag_bus):
+    # Given the README's cluster URL: a node nothing listens on, then the test RabbitMQ
+    url = amqp_url().replace("127.0.0.1:5672", "127.0.0.1:1,127.0.0.1:5672")
+    app = App("shop")
+    seen: list[str] = []
+
+    @app.handler("orders.placed", model=Order)
+    async def reserve(order: Order) -> None:
+        seen.append(order.order_id)
+
+    async with mailbag_bus(app, broker=url) as bus:
+        # When an order is placed, Then it is handled there
+        message_id = await bus.publish("orders.placed", Order(order_id="o-1"))
+        await bus.settle(timeout=20)
+        assert bus.outcome(message_id).status == "handled" and seen == ["o-1"]

@@ -13,6 +13,26 @@ import pytest
 from tests.rabbitmq.service import amqp_url
 
 USER_TESTS = Path(__file__).with_name("user_tests.py")
+#: the smallest test a new project writes with the plugin
+FIRST_TEST = """\
+import pytest
+
+from mailbag import App
+
+app = App("inventory")
+
+
+@app.handler("orders.placed")
+async def reserve(order: dict) -> None: ...
+
+
+@pytest.mark.asyncio
+async def test_an_order_is_handled(mailbag_bus):
+    async with mailbag_bus(app) as bus:
+        message_id = await bus.publish("orders.placed", {"order_id": "o-1"})
+        await bus.settle()
+        assert bus.outcome(message_id).status == "handled"
+"""
 
 
 def plain_pytest(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -21,7 +41,7 @@ def plain_pytest(folder: Path, *args: str) -> subprocess.CompletedProcess[str]:
     command = [str(script)] if script.exists() else [sys.executable, "-m", "pytest"]
     env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTHONPATH", "PYTEST_PLUGINS")}
     return subprocess.run(
-        [*command, "-p", "no:cacheprovider", "-q", "-W", "ignore::DeprecationWarning", *args],
+        [*command, "-p", "no:cacheprovider", "-q", *args],
         cwd=folder,
         env=env,
         capture_output=True,
@@ -56,3 +76,25 @@ def test_sqs_without_moto_installed_says_which_extra_to_install(user_project):
     # Then it fails with one line naming the extra
     assert run.returncode == 1
     assert "sqs:// without an endpoint runs on moto: pip install 'mailbag[testing]'" in run.stdout
+
+
+def test_a_new_project_gets_no_deprecation_warning(tmp_path):
+    # Given a new project: one test file using the plugin, no pytest settings at all
+    (tmp_path / "test_first.py").write_text(FIRST_TEST)
+    # When plain pytest runs it with deprecation warnings as errors
+    run = plain_pytest(tmp_path, "-W", "error::DeprecationWarning")
+    # Then it passes, and pytest-asyncio's unset-loop-scope warning is not shown
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
+    assert "asyncio_default_fixture_loop_scope" not in run.stdout + run.stderr
+
+
+def test_a_projects_own_fixture_loop_scope_is_kept(tmp_path):
+    # Given a project that sets pytest-asyncio's fixture loop scope itself
+    (tmp_path / "test_first.py").write_text(FIRST_TEST)
+    (tmp_path / "pytest.ini").write_text("[pytest]\nasyncio_default_fixture_loop_scope = module\n")
+    # When plain pytest runs its test
+    run = plain_pytest(tmp_path, "-v")
+    # Then pytest-asyncio runs with the project's setting
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "asyncio_default_fixture_loop_scope=module" in run.stdout

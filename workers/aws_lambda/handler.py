@@ -329,15 +329,15 @@ class _LambdaDelivery(Delivery):
 
     async def _dead_letter(self, reason: str, error: BaseException | None) -> None:
         message = self.message
-        stamp = h.dead_letter_stamp(message.topic, self.queue, self.attempt, reason, error)
-        await self.broker.send(self.spec.dead_letter_queue, [dead_letter_copy(message, stamp, SQS_MAX_BYTES)])
+        dead = dead_letter_copy(message, self.queue, self.attempt, reason, error, SQS_MAX_BYTES)
+        await self.broker.send(self.spec.dead_letter_queue, [dead])
         self.failed = False
         self.uncounted.pop(self.record["messageId"], None)
 
-    async def _release(self) -> None:
-        """Reported, and visible again at once."""
+    async def _release(self, delay: float) -> None:
+        """Reported, and visible again after `delay` (whole seconds)."""
         self.failed = True
-        self.visibility = 0
+        self.visibility = min(MAX_VISIBILITY, math.ceil(delay))
 
 
 def _lanes(deliveries: Iterable[_LambdaDelivery], fifo: FifoMode) -> list[list[_LambdaDelivery]]:

@@ -38,9 +38,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from mailbag.broker import Broker, Message, RetryPolicy, tracing
+from mailbag.broker import Broker, RetryPolicy, tracing
 from mailbag.broker.clock import Clock
-from mailbag.broker.codec import encode
+from mailbag.broker.outgoing import outgoing
 from mailbag.workers.app import App
 from mailbag.workers.context import Context
 from mailbag.workers.errors import Reject
@@ -158,7 +158,7 @@ async def reply(ctx: Context, event: Any) -> str:
     if missing:
         raise Reject(f"message {ctx.message_id} is not a saga command (no {missing[0]} header)")
     echoed = {k: headers[k] for k in SAGA_HEADERS}
-    return await ctx.publish(str(headers[REPLY_TO]), event, key=str(headers[SAGA_ID]), headers=echoed)
+    return await ctx.publish(str(headers[REPLY_TO]), event, key=str(headers[SAGA_ID]), stamp=echoed)
 
 
 Listener = Callable[[SagaState, str], None]
@@ -309,13 +309,11 @@ class Orchestrator:
         saved = await self.store.update(
             state.evolve(attempts=state.attempts + 1, deadline=self.clock.now() + step.timeout)
         )
-        body, content_type, _ = encode(saved.data)
-        command = Message(
-            topic=topic,
-            body=body,
-            content_type=content_type,
-            type=f"{self.saga.name}.{step.name}.{phase}",
-            headers={
+        command = outgoing(
+            topic,
+            saved.data,
+            type_name=f"{self.saga.name}.{step.name}.{phase}",
+            stamp={
                 SAGA: self.saga.name,
                 SAGA_ID: saved.id,
                 SAGA_STEP: step.name,
@@ -323,7 +321,8 @@ class Orchestrator:
                 REPLY_TO: self.saga.reply_topic,
             },
             correlation_id=saved.id,
-            ordering_key=saved.id,
+            key=saved.id,
+            max_size=self.broker.max_message_size,
         )
         with tracing.publishing(self.broker, topic, [command]) as traced:
             await self.broker.publish(topic, traced)
@@ -336,14 +335,12 @@ class Orchestrator:
         and announces again (at least once), where the other order could lose it."""
         final = state.evolve(status=status, deadline=None, reason=reason)
         event = SagaFinished(saga=self.saga.name, saga_id=state.id, status=status, reason=reason, data=state.data)
-        body, content_type, type_name = encode(event)
-        announcement = Message(
+        announcement = outgoing(
             self.saga.finished_topic,
-            body,
-            content_type=content_type,
-            type=type_name,
+            event,
             correlation_id=state.id,
-            ordering_key=state.id,
+            key=state.id,
+            max_size=self.broker.max_message_size,
         )
         with tracing.publishing(self.broker, self.saga.finished_topic, [announcement]) as traced:
             await self.broker.publish(self.saga.finished_topic, traced)
