@@ -42,11 +42,12 @@ with the broker unreachable, may never come.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import deque
 from collections.abc import Awaitable, Sequence
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 from urllib.parse import unquote, urlsplit
 
 import aio_pika
@@ -759,7 +760,10 @@ class _RabbitConsumer(Consumer):
             async with asyncio.timeout(OPEN_TIMEOUT):
                 await self.broker._check_queue(self.queue)
                 step = "opening a channel"
-                await channel.initialize()
+                try:
+                    await channel.initialize()
+                except RuntimeError:  # aiormq: the connection it was to use has closed
+                    raise ConnectionError("the connection closed while a channel was opening") from None
                 step = "basic.qos"
                 await channel.set_qos(prefetch_count=self.prefetch)
                 step = "queue.declare"
@@ -1076,12 +1080,14 @@ async def _connect_any(nodes: list[str], timeout: float, reconnect_interval: flo
     """A connection to the first of `nodes` that answers, failing over between them later."""
     for i in range(len(nodes)):
         try:
+            # the node list goes to the class, not through connect_robust's keywords, which
+            # it writes into the connection's URL: their passwords would show in its repr
+            failover = functools.partial(FailoverConnection, nodes=nodes[i:] + nodes[:i])
             connection = await aio_pika.connect_robust(
                 nodes[i],
                 timeout=timeout,
                 reconnect_interval=reconnect_interval,
-                connection_class=FailoverConnection,
-                nodes=nodes[i:] + nodes[:i],
+                connection_class=cast(type[FailoverConnection], failover),
             )
         except _CONNECT_ERRORS:
             if i == len(nodes) - 1:

@@ -37,6 +37,8 @@ async def test_unacked_messages_come_back_after_a_drop_and_the_consumer_resumes(
         got = await drain(consumer, 10)
         assert {d.message.id for d in got} == {m.id for m in sent}
         assert all(d.attempt == 2 for d in got if d.message.id in {h.message.id for h in held})
+        # and the reconnected connection, as logs and errors print it, shows no password
+        assert "guest:guest" not in repr(broker._connection.transport)
         await consumer.close()
     finally:
         await broker.close()
