@@ -159,6 +159,8 @@ class RabbitBroker(Broker):
         #: replaced publishing channels being closed
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
+        connection.close_callbacks.add(self._connection_lost)
+        connection.reconnect_callbacks.add(self._connection_back)
 
     @property
     def frame_max(self) -> int:
@@ -172,6 +174,13 @@ class RabbitBroker(Broker):
         """host:port of the RabbitMQ node the connection is on (or is trying to reach)."""
         assert isinstance(self._connection, FailoverConnection)  # what `open_broker` makes
         return self._connection.node
+
+    def _connection_lost(self, _: object, exc: BaseException | None) -> None:
+        self.link.report(False, f"connection to {self.node} closed: {exc!r}")
+
+    def _connection_back(self, _: object) -> None:
+        """Called once the channels (and the consumers on them) are restored."""
+        self.link.report(True)
 
     # -- contract -------------------------------------------------------------
 
