@@ -45,7 +45,8 @@ async def test_readyz_follows_the_broker_connection_within_2s():
     async with CuttingProxy(HOST, PORT) as proxy:
         broker = await open_broker(amqp_url(port=proxy.port))
         metrics = Metrics()
-        worker = Worker(app, broker, settings=WorkerSettings(idempotency_url="memory://", grace_period=1), metrics=metrics)
+        settings = WorkerSettings(idempotency_url="memory://", grace_period=1)
+        worker = Worker(app, broker, settings=settings, metrics=metrics)
         try:
             with Endpoints(metrics.registry, worker, "127.0.0.1", 0) as endpoints:
                 await worker.start()
@@ -71,7 +72,7 @@ async def test_readyz_follows_the_broker_connection_within_2s():
             await remove_declared(broker)
 
 
-class Injected(BaseException):  # noqa: N818 - an injected fault, not an error a handler means
+class Injected(BaseException):
     """An exception no middleware catches (as a cancellation leaking from a library
     would be): it ends the runner that runs the handler."""
 
