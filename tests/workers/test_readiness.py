@@ -125,7 +125,7 @@ async def test_healthz_fails_while_a_handler_blocks_the_event_loop(monkeypatch):
     @app.handler("jobs", queue="jobs.q", idempotency=False)
     async def job(payload: dict, ctx: Context) -> None:
         # When a handler blocks the loop (a synchronous call in an async handler)
-        time.sleep(0.5)
+        time.sleep(0.5)  # noqa: ASYNC251 - the fault under test
         seen.append(get(endpoints.port, "/healthz"))
 
     worker = Worker(app, broker, settings=WorkerSettings(idempotency_url="memory://"), metrics=metrics)
