@@ -176,7 +176,8 @@ class RabbitBroker(Broker):
         return self._connection.node
 
     def _connection_lost(self, _: object, exc: BaseException | None) -> None:
-        self.link.report(False, f"connection to {self.node} closed: {exc!r}")
+        if not self._closed:  # closing it ourselves is no outage
+            self.link.report(False, f"connection to {self.node} lost: {exc!r}")
 
     def _connection_back(self, _: object) -> None:
         """Called once the channels (and the consumers on them) are restored."""
