@@ -329,15 +329,15 @@ class Worker:
         return asyncio.create_task(self._supervised(index), name=f"runner:{index}")
 
     async def _supervised(self, index: int) -> None:
-        """Runner `index`; unless the worker is stopping, one that ends is logged with
-        its traceback and replaced after the backoff."""
+        """Runner `index`; unless the worker is stopping (or the process exiting), one
+        that ends is logged with its traceback and replaced after the backoff."""
         born = time.monotonic()
         try:
             await self._run()
         except BaseException as exc:
-            if not self._stopping:
-                self._replace(index, born, exc)
-            raise
+            if self._stopping or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self._replace(index, born, exc)
 
     def _replace(self, index: int, born: float, exc: BaseException) -> None:
         if time.monotonic() - born >= RUNNER_STABLE:
