@@ -9,14 +9,11 @@ import time
 
 from mailbag.broker import Message, RetryPolicy
 from mailbag.broker.memory import MemoryBroker
-from mailbag.broker.rabbitmq import open_broker
 from mailbag.workers import App, Context, Worker, WorkerSettings
 from mailbag.workers.endpoints import Endpoints
 from mailbag.workers.metrics import Metrics
-from tests.names import run_name
+from tests.faults.workload import proxied_worker
 from tests.observability.conftest import get, scrape
-from tests.proxy import CuttingProxy
-from tests.rabbitmq.service import HOST, PORT, amqp_url, remove_declared
 
 #: the longest /readyz may lag what happened
 WITHIN = 2.0
@@ -34,42 +31,26 @@ async def _turns(port: int, status: int, timeout: float) -> float:
 
 async def test_readyz_follows_the_broker_connection_within_2s():
     # Given a worker on RabbitMQ through a proxy (default reconnect interval), serving its probes
-    amqp_url()  # fails the test, saying how to start RabbitMQ, when it is down
-    stem = run_name("rdy")
-    app = App("readiness")
-
-    @app.handler(f"{stem}.jobs", queue=f"{stem}.jobs", idempotency=False)
-    async def job(payload: dict, ctx: Context) -> None:
-        pass
-
-    async with CuttingProxy(HOST, PORT) as proxy:
-        broker = await open_broker(amqp_url(port=proxy.port))
-        metrics = Metrics()
-        settings = WorkerSettings(idempotency_url="memory://", grace_period=1)
-        worker = Worker(app, broker, settings=settings, metrics=metrics)
-        try:
-            with Endpoints(metrics.registry, worker, "127.0.0.1", 0) as endpoints:
-                await worker.start()
-                await _turns(endpoints.port, 200, 10)
-                # When the broker becomes unreachable (connections cut, new ones refused)
-                proxy.refuse = True
-                proxy.cut()
-                down = await _turns(endpoints.port, 503, WITHIN)
-                # Then /readyz is 503 within 2 s, and says why, and the liveness probe still passes
-                status, body = await asyncio.to_thread(get, endpoints.port, "/readyz")
-                assert (status, body.startswith("not ready: broker connection down")) == (503, True), body
-                assert (await asyncio.to_thread(get, endpoints.port, "/healthz"))[0] == 200
-                assert (await scrape(endpoints.port))[("mailbag_broker_up", ())] == 0
-                # And 200 within 2 s once the broker is reachable again
-                await asyncio.wait_for(proxy.refused.wait(), 10)  # the client is dialling again
-                proxy.refuse = False
-                up = await _turns(endpoints.port, 200, WITHIN)
-                assert (await scrape(endpoints.port))[("mailbag_broker_up", ())] == 1
-                print(f"/readyz 503 {down:.2f}s after the outage, 200 {up:.2f}s after recovery")
-        finally:
-            await worker.stop()
-            await broker.close()
-            await remove_declared(broker)
+    metrics = Metrics()
+    async with proxied_worker("rdy", metrics) as (proxy, worker):
+        with Endpoints(metrics.registry, worker, "127.0.0.1", 0) as endpoints:
+            await worker.start()
+            await _turns(endpoints.port, 200, 10)
+            # When the broker becomes unreachable (connections cut, new ones refused)
+            proxy.refuse = True
+            proxy.cut()
+            down = await _turns(endpoints.port, 503, WITHIN)
+            # Then /readyz is 503 within 2 s, and says why, and the liveness probe still passes
+            status, body = await asyncio.to_thread(get, endpoints.port, "/readyz")
+            assert (status, body.startswith("not ready: broker connection down")) == (503, True), body
+            assert (await asyncio.to_thread(get, endpoints.port, "/healthz"))[0] == 200
+            assert (await scrape(endpoints.port))[("mailbag_broker_up", ())] == 0
+            # And 200 within 2 s once the broker is reachable again
+            await asyncio.wait_for(proxy.refused.wait(), 10)  # the client is dialling again
+            proxy.refuse = False
+            up = await _turns(endpoints.port, 200, WITHIN)
+            assert (await scrape(endpoints.port))[("mailbag_broker_up", ())] == 1
+            print(f"/readyz 503 {down:.2f}s after the outage, 200 {up:.2f}s after recovery")
 
 
 class Injected(BaseException):
