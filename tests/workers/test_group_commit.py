@@ -158,3 +158,23 @@ async def test_a_postgresql_connection_that_failed_client_side_is_terminated_not
 
         await eventually(gone, timeout=10, what="the broken connection's backend to end")
         assert (await store.claim("k", lease=30)).status == "claimed"
+
+
+async def test_a_claim_whose_batch_committed_but_failed_is_released_so_its_retry_takes_the_key(transactional_store):
+    # Given a SQL store whose next batch commits and then fails (the COMMIT's answer lost)
+    store = transactional_store
+    write_batch = store.write_batch
+    lost = [ConnectionResetError("connection reset by peer")]
+
+    async def answer_lost(steps):
+        answers = await write_batch(steps)
+        if lost:
+            raise lost.pop()
+        return answers
+
+    store.write_batch = answer_lost
+    # When a claim goes in that batch, its caller gets StoreUnavailable
+    with pytest.raises(StoreUnavailable):
+        await store.claim("k", lease=30)
+    # Then its retry takes the key at once, rather than finding it held for the lease
+    assert (await store.claim("k", lease=30)).status == "claimed"

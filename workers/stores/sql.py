@@ -145,7 +145,7 @@ class SqlStore(TransactionalStore):
             if known[1] > self.clock():
                 return Claim("done", outcome=known[0])
             del self._done[key]
-        claim: Claim = await self._batches.submit("claim", key, lease)
+        claim: Claim = await self._batches.submit("claim", key, lease, new_token())
         return claim
 
     async def complete(self, key: str, token: str, outcome: str, ttl: float) -> None:
@@ -166,7 +166,7 @@ class SqlStore(TransactionalStore):
         async with self.connection() as conn:
             await self.begin(conn)
             try:
-                claim = (await self.drive(conn, self._claim_steps([(key, ttl)])))[0]
+                claim = (await self.drive(conn, self._claim_steps([(key, ttl, new_token())])))[0]
                 record = partial(self.fetch, conn, self.sql_complete)
                 yield Transaction(claim, conn, lambda outcome: record(outcome, self.clock() + ttl, key, claim.token))
             except BaseException:
@@ -202,8 +202,18 @@ class SqlStore(TransactionalStore):
 
     async def _write(self, batch: list[Op]) -> list[Any]:
         """One batch in one transaction; completes that stuck are remembered once it
-        committed."""
-        answers = await self.write_batch(self._batch_steps(batch))
+        committed. A batch that failed may still have committed (the connection died
+        with the COMMIT's answer on its way): its claims are released, by their own
+        tokens, in the next batch, or their retries would find them held until the
+        lease ran out."""
+        try:
+            answers = await self.write_batch(self._batch_steps(batch))
+        except BaseException:
+            for op in batch:
+                if op.kind == "claim":
+                    key, _, token = op.args
+                    self._batches.post("release", key, token)
+            raise
         for op, answer in zip(batch, answers):
             if op.kind == "complete" and answer is not None:
                 self._remember(*answer)
@@ -237,12 +247,12 @@ class SqlStore(TransactionalStore):
         return [answers[i] for i in range(len(batch))]
 
     def _claim_steps(self, claims: list[tuple[Any, ...]]) -> Steps[list[Claim]]:
-        """Claim keys (key, lease) in few statements. A key asked for twice in one batch
-        is written once: the first asker gets it and the others find it busy."""
+        """Claim keys (key, lease, token) in few statements. A key asked for twice in one
+        batch is written once: the first asker gets it and the others find it busy."""
         now = self.clock()
-        tokens = [new_token() for _ in claims]
+        tokens = [token for _, _, token in claims]
         first: dict[str, int] = {}
-        for i, (key, _) in enumerate(claims):
+        for i, (key, _, _) in enumerate(claims):
             first.setdefault(key, i)
         unique = list(first.values())
         taken: set[str] = set()
@@ -256,7 +266,7 @@ class SqlStore(TransactionalStore):
             rows = yield self.statement("read", len(keys)), tuple(keys)
             records.update((key, (outcome, expires)) for key, outcome, expires in rows or ())
         answers = []
-        for i, (key, _) in enumerate(claims):
+        for i, (key, _, _) in enumerate(claims):
             j = first[key]
             if tokens[j] in taken:
                 answers.append(Claim("claimed", tokens[i]) if i == j else Claim("busy", retry_in=claims[j][1]))
