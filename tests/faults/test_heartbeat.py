@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from mailbag.workers.metrics import Metrics
 from tests.conformance.env import eventually
 from tests.faults.workload import proxied_worker
 
 
+@pytest.mark.timeout(240)
 async def test_a_blackholed_connection_is_detected_within_45s_with_the_default_heartbeat():
     # Given a worker with metrics, connected through a proxy with the URL naming no heartbeat
     async with proxied_worker("hb", Metrics()) as (proxy, worker):
