@@ -364,7 +364,7 @@ class Worker:
             self.metrics.runner_restarts.inc()
         self._runners[index] = self._runner(index)
 
-    def _give_back(self, delivery: Delivery, waiting: deque[Delivery], exc: BaseException) -> None:
+    def _return_held(self, delivery: Delivery, waiting: deque[Delivery], exc: BaseException) -> None:
         """What a dying runner held: its delivery is retried (an attempt used), and
         those of its ordering key waiting behind it go back to the inbox."""
         for other in waiting:
@@ -418,7 +418,7 @@ class Worker:
                     next_one = waiting.popleft() if waiting else None
             except BaseException as exc:
                 if not self._stopping:
-                    self._give_back(delivery, self._waiting.get(key, deque()) if key else deque(), exc)
+                    self._return_held(delivery, self._waiting.get(key, deque()) if key else deque(), exc)
                 raise
             finally:
                 if key is not None:
