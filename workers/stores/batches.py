@@ -48,20 +48,9 @@ class Batches:
     async def submit(self, kind: str, *args: Any) -> Any:
         op = Op(kind, args)
         self._queue.append(op)
-        self._wake()
-        return await op.done
-
-    def post(self, kind: str, *args: Any) -> None:
-        """Queue an operation nobody waits for (its failure is dropped: a caller of the
-        store has a fallback for it, such as a lease that runs out)."""
-        op = Op(kind, args)
-        op.done.add_done_callback(lambda done: done.cancelled() or done.exception())
-        self._queue.append(op)
-        self._wake()
-
-    def _wake(self) -> None:
         if self._writer is None or self._writer.done():
             self._writer = asyncio.create_task(self._write_all())
+        return await op.done
 
     async def close(self) -> None:
         """Wait for the batch being written, if any."""
