@@ -160,7 +160,7 @@ async def test_a_postgresql_connection_that_failed_client_side_is_terminated_not
         assert (await store.claim("k", lease=30)).status == "claimed"
 
 
-async def test_a_claim_whose_batch_committed_but_failed_is_released_so_its_retry_takes_the_key(transactional_store):
+async def test_a_claim_whose_batch_committed_but_failed_is_taken_over_by_its_retry(transactional_store):
     # Given a SQL store whose next batch commits and then fails (the COMMIT's answer lost)
     store = transactional_store
     write_batch = store.write_batch
