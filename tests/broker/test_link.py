@@ -5,7 +5,6 @@ passed to its watchers (what a worker's readiness and `mailbag_broker_up` follow
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 
 import pytest
@@ -67,8 +66,7 @@ async def test_the_link_goes_down_when_the_network_fails_under_a_consumer_and_up
             up = await _changes(link.broker.link, True, timeout=30)
             print(f"{backend}: link down {down:.2f}s after the cut, up {up:.2f}s after the restore")
         finally:
-            reading.cancel()
-            with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
-                await reading
+            reading.cancel()  # how the cancelled read ends is not this test's concern
+            await asyncio.gather(reading, return_exceptions=True)
             await consumer.close()
             await link.observer.remove(Topology(queues=(queue,)))
