@@ -165,6 +165,16 @@ class Broker(ABC):
         there is a no-op. For tools that declare for a run and leave nothing behind;
         no consumer may be reading a removed queue."""
 
+    #: the queue where this broker keeps delayed messages whose queue was deleted while
+    #: they waited, or None where such messages are deleted with their queue
+    orphans_queue: str | None = None
+
+    async def orphans(self) -> int | None:
+        """How many messages `orphans_queue` holds (0 before it exists), None where there
+        is none. While there are some, each call may log a WARNING, at most once a minute:
+        they stay there, for inspection, until someone moves or purges them."""
+        return None
+
     async def queue_names(self) -> list[str] | None:
         """Every queue the broker holds (dead-letter queues included), or None where the
         protocol cannot list them."""

@@ -50,6 +50,9 @@ DEAD_LETTER_HEADERS = (
 
 #: reason recorded when the broker itself gave up on a message (attempt limit)
 DELIVERY_LIMIT_EXCEEDED = "delivery limit exceeded"
+#: reason recorded for a delayed message whose queue was deleted while it waited, read
+#: from where the broker keeps such messages (RabbitMQ: `mailbag.delay.orphans`)
+ORPHANED = "its queue was deleted while it waited out a delay"
 
 #: most bytes of text (reason, error message and traceback together) a dead letter
 #: carries on any broker; an adapter passes less where its wire takes less

@@ -18,8 +18,25 @@ from mailbag.broker.errors import Unroutable
 
 log = logging.getLogger("mailbag.broker")
 
-#: seconds between two warnings about the same topic
+#: seconds between two warnings about the same thing
 WARN_EVERY = 60.0
+
+
+class Sparingly:
+    """Whether a warning about `key` is due: at most once per `WARN_EVERY` seconds, so a
+    steady fault is seen in the log without flooding it."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._warned_at: dict[str, float] = {}
+
+    def due(self, key: str) -> bool:
+        now = self._clock()
+        last = self._warned_at.get(key)
+        if last is not None and now - last < WARN_EVERY:
+            return False
+        self._warned_at[key] = now
+        return True
 
 
 class Unrouted:
@@ -28,8 +45,7 @@ class Unrouted:
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         #: topic -> messages published to it that no queue took (in default mode)
         self.counts: Counter[str] = Counter()
-        self._clock = clock
-        self._warned_at: dict[str, float] = {}
+        self._warnings = Sparingly(clock)
 
     def note(self, topic: str, message_ids: Sequence[str], *, mandatory: bool) -> None:
         """Record messages of `topic` that no queue took; raises `Unroutable` when mandatory."""
@@ -38,10 +54,7 @@ class Unrouted:
         if mandatory:
             raise Unroutable(topic, list(message_ids))
         self.counts[topic] += len(message_ids)
-        now = self._clock()
-        last = self._warned_at.get(topic)
-        if last is None or now - last >= WARN_EVERY:
-            self._warned_at[topic] = now
+        if self._warnings.due(topic):
             log.warning(
                 "no queue takes messages published to topic %r (none is subscribed, or no filter matches); "
                 "%d dropped so far; publish with mandatory=True to make this an error",

@@ -13,6 +13,9 @@ from mailbag.harness.ledger import Ledger
 
 #: how often the watcher looks at the ledgers
 POLL = 0.01
+#: a retry still out is waited for this many times the patience: the scenario's queue is
+#: removed after the wait, and a retry still in the broker then is orphaned there
+RETRY_PATIENCE = 2
 
 Handle = Callable[[Delivery, int], Awaitable[None]]
 
@@ -40,7 +43,9 @@ async def drain(
     """Consume on every lane until each ledger is complete and no delivery came for
     `grace` seconds (late duplicates are still counted), or until nothing came for
     `patience` seconds. A ledger is only complete once `publisher`, when given, is
-    done. Consumers are then closed: what they held goes back."""
+    done. While a retry is out (`Ledger.retrying`) neither ends the wait; only
+    `RETRY_PATIENCE` times the patience does. The consumers are closed before this
+    returns: what they held goes back."""
     tasks = [asyncio.create_task(_consume(broker, lane, index)) for lane in lanes for index in range(lane.consumers)]
     try:
         while True:
@@ -50,6 +55,10 @@ async def drain(
                     task.result()  # a consumer or publisher that died takes the scenario down with it
             published = publisher is None or publisher.done()
             quiet = time.monotonic() - max(ledger.last_change for ledger in ledgers)
+            if any(ledger.retries_out for ledger in ledgers):
+                if quiet >= RETRY_PATIENCE * patience:
+                    return
+                continue
             if quiet >= patience or (quiet >= grace and published and all(ledger.complete for ledger in ledgers)):
                 return
     finally:

@@ -7,7 +7,8 @@ what the scenarios detected.
 
 - drop: a published message is confirmed but never delivered, and a message held by
   a consumer that closes is acked instead of going back (lost in a crash);
-- duplicate: a published message is delivered twice;
+- duplicate: a published message is delivered twice, the copy `duplicate_after` seconds
+  after the original (a redelivery that comes late);
 - reorder: a published message is moved `reorder_distance` places later in its batch;
 - delay: a published message arrives `delay_seconds` late, and a retry comes back
   `delay_seconds` later than asked.
@@ -32,6 +33,7 @@ class Faults:
     reorder: float = 0.0
     delay: float = 0.0
     delay_seconds: float = 0.25
+    duplicate_after: float = 0.0
     reorder_distance: int = 5
     seed: int = 0
 
@@ -39,8 +41,8 @@ class Faults:
         for f in fields(self):
             if f.name in ("drop", "duplicate", "reorder", "delay") and not 0 <= getattr(self, f.name) <= 1:
                 raise ValueError(f"{f.name} is a share of messages: 0 to 1, got {getattr(self, f.name)}")
-        if self.delay_seconds < 0 or self.reorder_distance < 1:
-            raise ValueError("delay_seconds must be >= 0 and reorder_distance >= 1")
+        if self.delay_seconds < 0 or self.duplicate_after < 0 or self.reorder_distance < 1:
+            raise ValueError("delay_seconds and duplicate_after must be >= 0, reorder_distance >= 1")
 
 
 class FaultyBroker(Delegating):
@@ -52,6 +54,15 @@ class FaultyBroker(Delegating):
         self.injected: Counter[str] = Counter()
         self._rng = random.Random(faults.seed)
         self._late: set[asyncio.Task[None]] = set()
+
+    @property
+    def lateness(self) -> float:
+        """The longest this wrapper holds a message back: the harness waits that much
+        longer than the broker's own timing asks (`Timing.held_back`)."""
+        late = [self.faults.delay_seconds] if self.faults.delay else []
+        if self.faults.duplicate:
+            late.append(self.faults.duplicate_after)
+        return max(late, default=0.0)
 
     def hits(self, fault: str) -> bool:
         """Whether the next message is hit by `fault` (counted if so)."""
@@ -68,22 +79,21 @@ class FaultyBroker(Delegating):
 
     async def _deliver(self, messages: Sequence[Message], forward) -> None:
         batch: list[Message] = []
+        copies: list[Message] = []
         for m in messages:
             if self.hits("drop"):
                 continue
             batch.append(m)
             if self.hits("duplicate"):
-                batch.append(m)
+                (copies if self.faults.duplicate_after else batch).append(m)
         batch = self._reorder(batch)
         is_late = [self.hits("delay") for _ in batch]
         late = [m for m, hit in zip(batch, is_late) if hit]
         on_time = [m for m, hit in zip(batch, is_late) if not hit]
-        if late:
-            task = asyncio.create_task(self._later(forward, late))
-            self._late.add(task)
-            task.add_done_callback(self._late.discard)
+        self._later(forward, late, self.faults.delay_seconds)
         if on_time:
             await forward(on_time)
+        self._later(forward, copies, self.faults.duplicate_after)
 
     def _reorder(self, batch: list[Message]) -> list[Message]:
         moved = [i for i in range(len(batch) - 1) if self._rng.random() < self.faults.reorder]
@@ -93,16 +103,27 @@ class FaultyBroker(Delegating):
         self.injected["reorder"] += len(moved)
         return batch
 
-    async def _later(self, forward, late: list[Message]) -> None:
-        await asyncio.sleep(self.faults.delay_seconds)
+    def _later(self, forward, late: list[Message], seconds: float) -> None:
+        if late:
+            task = asyncio.create_task(self._forward_after(forward, late, seconds))
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    @staticmethod
+    async def _forward_after(forward, late: list[Message], seconds: float) -> None:
+        await asyncio.sleep(seconds)
         await forward(late)
 
     def consume(self, queue: str, prefetch: int = 10) -> Consumer:
         return _FaultyConsumer(self, self.inner.consume(queue, prefetch))
 
-    async def close(self) -> None:
-        """Late messages still go out first: the wrapper delays, it does not lose."""
+    async def settle(self) -> None:
+        """Wait until every message held back has gone out: the wrapper delays, it does
+        not lose (and nothing goes out to a queue removed meanwhile)."""
         await asyncio.gather(*self._late, return_exceptions=True)
+
+    async def close(self) -> None:
+        await self.settle()
         await self.inner.close()
 
 

@@ -57,6 +57,7 @@ class Ledger:
         self.arrivals: list[Arrival] = []
         self.handled: list[Arrival] = []
         self._handled_count: Counter[str] = Counter()
+        self._retries: Counter[str] = Counter()
         self.last_change = time.monotonic()
 
     def publishing(self, messages: Iterable[Message]) -> None:
@@ -64,26 +65,46 @@ class Ledger:
         now = time.monotonic()
         for m in messages:
             self.sent[m.id] = Sent(m.id, m.ordering_key, len(self.sent), now)
-        self.last_change = now
+        self.mark(now)
 
     def arrived(self, delivery: Delivery, consumer: int = 0) -> Arrival:
         arrival = Arrival(delivery.message.id, delivery.queue, delivery.attempt, time.monotonic(), consumer)
         self.arrivals.append(arrival)
-        self.last_change = arrival.at
+        if self._retries[arrival.id]:
+            self._retries[arrival.id] -= 1
+        self.mark(arrival.at)
         return arrival
+
+    def retrying(self, arrival: Arrival, delay: float) -> None:
+        """The scenario handed `arrival` back to come again after `delay` seconds: it is
+        out (`retries_out`) until it arrives again, and patience counts from when it is
+        due, so nothing is judged lost while a retry is on its way, and no queue is
+        removed while one waits in the broker (a retry whose queue is gone is orphaned)."""
+        self._retries[arrival.id] += 1
+        self.mark(time.monotonic() + delay)
 
     def done(self, arrival: Arrival) -> None:
         """The scenario is done with this delivery; a second one for the same message
         is a duplicate."""
         self.handled.append(arrival)
         self._handled_count[arrival.id] += 1
-        self.last_change = time.monotonic()
+        self.mark(time.monotonic())
         if self._handled_count[arrival.id] == 1:
             self.meter.tick()
+
+    def mark(self, at: float) -> None:
+        """Count quiet time (the patience) from `at` at the earliest: something is on its
+        way from then (a retry due, a killed consumer's messages coming back)."""
+        self.last_change = max(self.last_change, at)
 
     @property
     def complete(self) -> bool:
         return all(self._handled_count[i] for i in self.sent)
+
+    @property
+    def retries_out(self) -> int:
+        """Retries asked for that have not arrived again yet."""
+        return sum(self._retries.values())
 
     @property
     def lost(self) -> list[str]:

@@ -93,7 +93,7 @@ class Report:
 
     started: str
     settings: dict[str, Any]
-    brokers: list[dict[str, str]]
+    brokers: list[dict[str, Any]]
     results: list[ScenarioResult] = field(default_factory=list)
 
     @property

@@ -12,6 +12,7 @@ from typing import Protocol
 
 from mailbag.broker import Broker
 from mailbag.broker.delegating import Declaring
+from mailbag.harness.faults import FaultyBroker
 from mailbag.harness.ledger import Meter, NoMeter
 from mailbag.harness.result import Report, ScenarioResult
 from mailbag.harness.scenarios import SCENARIOS
@@ -42,10 +43,14 @@ async def compare(
     settings: Settings = Settings(),
     *,
     progress: Progress | None = None,
-    wrap: Callable[[Broker], Broker] | None = None,
+    wrap: Callable[[Broker, Target], Broker] | None = None,
 ) -> Report:
     """Run `scenarios` on every target; `wrap` decorates each opened broker (the tests
-    wrap it in a `FaultyBroker`). What each scenario declared is removed when it ends."""
+    wrap it in a `FaultyBroker`, or a broker of their own). Patience and the listening
+    window not set in `settings` follow each broker's timing (`Target.timing`, plus what
+    a `FaultyBroker` holds back), and the report says which and why. What a scenario
+    declared is removed when it ends, once its consumers are closed and what the fault
+    injection held back has gone out."""
     unknown = [s for s in scenarios if s not in SCENARIOS]
     if unknown:
         raise ValueError(f"unknown scenario {unknown[0]!r}; known: {', '.join(SCENARIOS)}")
@@ -55,25 +60,32 @@ async def compare(
         settings=dataclasses.asdict(settings),
         brokers=[{"label": t.label, "url": t.display} for t in targets],
     )
-    for target in targets:
+    for target, entry in zip(targets, report.brokers):
+        timing = target.timing
         try:
-            broker = await target.open()
+            opened = await target.open()
         except Exception as exc:
             for name in scenarios:
                 report.results.append(_error(name, target, exc))
             continue
-        broker = Declaring(broker if wrap is None else wrap(broker))
+        wrapped = opened if wrap is None else wrap(opened, target)
+        faulty = wrapped if isinstance(wrapped, FaultyBroker) else None
+        if faulty is not None:
+            timing = timing.held_back(faulty.lateness, "fault injection holds messages back up to")
+        timed = settings.timed(timing)
+        entry.update(patience=timed.patience, listen=timed.listen, timing=timing.why)
+        broker = Declaring(wrapped)
         try:
             for name in scenarios:
                 meter = progress.begin(target.label, name)
                 started = time.monotonic()
                 try:
-                    result = await asyncio.wait_for(
-                        SCENARIOS[name].run(broker, target, settings, meter), SCENARIO_TIMEOUT
-                    )
+                    result = await asyncio.wait_for(SCENARIOS[name].run(broker, target, timed, meter), SCENARIO_TIMEOUT)
                 except Exception as exc:
                     result = _error(name, target, exc)
                 finally:
+                    if faulty is not None:
+                        await faulty.settle()
                     await broker.remove_declared()
                 result.seconds = time.monotonic() - started
                 report.results.append(result)

@@ -3,11 +3,9 @@ value fails before any broker is touched."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, fields, replace
 
-if TYPE_CHECKING:
-    from mailbag.harness.target import Target
+from mailbag.harness.timing import Timing
 
 
 @dataclass(frozen=True)
@@ -35,13 +33,12 @@ class Settings:
     #: upper bound of the simulated handling time in the ordering scenario, seconds
     jitter: float = 0.002
     #: once every message arrived, how long to keep listening for late duplicates; None:
-    #: the broker's redelivery window (`Target.redelivery_window`), so a duplicate that an
-    #: expired SQS visibility timeout brings back is still counted
+    #: the broker's redelivery time (`Timing.listen`), so a duplicate that an expired SQS
+    #: visibility timeout brings back is still counted
     grace: float | None = None
-    #: give up on missing messages after this long without any delivery
-    idle_timeout: float = 5.0
-    #: how long a crashed consumer's messages may take to come back (SQS visibility)
-    crash_timeout: float = 60.0
+    #: give up on missing messages after this long without any delivery; None: the
+    #: longest the broker may take to hand a message out (`Timing.patience`)
+    idle_timeout: float | None = None
     #: how much later than asked a redelivery may come before it is reported late
     delay_tolerance: float = 1.0
     #: seeds the simulated handling times, so two runs do the same work
@@ -66,9 +63,30 @@ class Settings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
-    def listen(self, target: Target) -> float:
+    def timed(self, timing: Timing) -> Settings:
+        """These settings with the patience and listening window the broker's `timing`
+        gives, where they are not set."""
+        return replace(
+            self,
+            grace=timing.listen if self.grace is None else self.grace,
+            idle_timeout=timing.patience if self.idle_timeout is None else self.idle_timeout,
+        )
+
+    @property
+    def listen(self) -> float:
         """Seconds to keep listening for late duplicates once every message arrived."""
-        return target.redelivery_window if self.grace is None else self.grace
+        return self._resolved(self.grace, "grace")
+
+    @property
+    def patience(self) -> float:
+        """Seconds without any delivery after which what is missing is lost."""
+        return self._resolved(self.idle_timeout, "idle_timeout")
+
+    @staticmethod
+    def _resolved(value: float | None, name: str) -> float:
+        if value is None:
+            raise ValueError(f"{name} follows the broker's timing: use Settings.timed(target.timing)")
+        return value
 
     @property
     def dead_letter_messages(self) -> int:

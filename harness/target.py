@@ -21,13 +21,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from mailbag.broker import ADAPTERS, Broker, Queue, Subscription, connect, mask_url
 from mailbag.broker.errors import BrokerUrlError
 from mailbag.broker.url import check_parses, query_options, queue_kind, scheme_of
+from mailbag.harness.timing import Timing
 
 _FAMILY = {"memory": "memory", "amqp": "rabbitmq", "amqps": "rabbitmq", "sqs": "sqs"}
-#: seconds to listen for late duplicates where the broker redelivers at once
-IMMEDIATE_WINDOW = 0.3
-#: the SQS adapter's visibility timeout when the URL names none
-SQS_VISIBILITY = 30
 _TRUE, _FALSE = ("1", "true", "yes", "on"), ("0", "false", "no", "off", "")
+#: the in-memory broker's timing
+AT_ONCE = Timing(0.0, 0.0, "the in-memory broker hands a released message back at once")
 
 
 @dataclass(frozen=True)
@@ -40,6 +39,9 @@ class Target:
     label: str
     kind: Literal["classic", "quorum"] = "classic"
     ordered: bool = False
+    #: the broker's redelivery timing, read off its URL: what the harness's patience and
+    #: listening window default to (`Settings.timed`)
+    timing: Timing = AT_ONCE
 
     @classmethod
     def parse(cls, url: str) -> Target:
@@ -66,25 +68,13 @@ class Target:
         # rebuilt by hand: urlunsplit drops the '//' of an empty host (memory://, sqs://)
         broker_url = url.split("?", 1)[0] + (f"?{urlencode(kept)}" if kept else "")
         label = options.get("label") or _default_label(scheme, kind, ordered in _TRUE)
-        return cls(url, broker_url, label, kind, ordered in _TRUE)
+        timing = _timing(_FAMILY.get(scheme, scheme), query_options(broker_url), mask_url(url))
+        return cls(url, broker_url, label, kind, ordered in _TRUE, timing)
 
     @property
     def display(self) -> str:
         """The URL, password masked: safe for reports and logs."""
         return mask_url(self.url)
-
-    @property
-    def redelivery_window(self) -> float:
-        """How long after the last message a duplicate may still come: on SQS a message
-        whose delete did not land comes back when its visibility timeout (the URL's
-        `visibility`, 30 s by default) runs out; elsewhere redelivery is immediate."""
-        if _FAMILY.get(scheme_of(self.url)) != "sqs":
-            return IMMEDIATE_WINDOW
-        raw = query_options(self.broker_url).get("visibility", str(SQS_VISIBILITY))
-        try:
-            return float(raw) + 1.0
-        except ValueError:
-            raise BrokerUrlError(f"visibility={raw!r} in {self.display!r}: expected seconds") from None
 
     @property
     def in_process(self) -> bool:
@@ -98,6 +88,39 @@ class Target:
 
     async def open(self) -> Broker:
         return await connect(self.broker_url)
+
+
+def _timing(family: str, options: dict[str, str], shown: str) -> Timing:
+    if family == "sqs":
+        from mailbag.broker.sqs.adapter import DEFAULT_VISIBILITY, DEFAULT_WAIT
+
+        visibility = _seconds(options, "visibility", DEFAULT_VISIBILITY, shown)
+        wait = _seconds(options, "wait", DEFAULT_WAIT, shown)
+        return Timing(
+            visibility,
+            wait,
+            f"SQS hands a message out again once its visibility timeout ({visibility:g}s) runs out; "
+            f"a long poll ({wait:g}s) may hold a FIFO group's next message back until it ends",
+        )
+    if family == "rabbitmq":
+        from mailbag.broker.rabbitmq.adapter import DEFAULT_HEARTBEAT
+
+        heartbeat = _seconds(options, "heartbeat", DEFAULT_HEARTBEAT, shown)
+        return Timing(
+            2 * heartbeat,
+            0.0,
+            "RabbitMQ hands back at once what a closed channel held, and what a connection that died "
+            f"silently held once it missed two heartbeats ({heartbeat:g}s each)",
+        )
+    return AT_ONCE
+
+
+def _seconds(options: dict[str, str], name: str, default: float, shown: str) -> float:
+    raw = options.get(name, str(default))
+    try:
+        return float(raw)
+    except ValueError:
+        raise BrokerUrlError(f"{name}={raw!r} in {shown!r}: expected seconds") from None
 
 
 def _default_label(scheme: str, kind: str, ordered: bool) -> str:

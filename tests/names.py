@@ -4,11 +4,14 @@ never touch each other's names, and a session's cleanup deletes only its own."""
 
 from __future__ import annotations
 
+import re
 import secrets
 import uuid
 
 #: this pytest session's name prefix: every broker name the run declares starts with it
 RUN_PREFIX = f"mbt{secrets.token_hex(3)}-"
+#: any run's prefix
+RUN_PREFIXES = re.compile(r"mbt[0-9a-f]{6}-")
 
 
 def run_name(tag: str) -> str:

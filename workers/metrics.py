@@ -4,11 +4,13 @@ two workers in one process, or two tests, do not mix their numbers).
 What is counted and where: the runtime counts settlements (handled, retried,
 dead-lettered, postponed) once the broker took them; `mailbag.workers.middleware.metrics`
 times handlers, counts their failures and how many run; `poll` reads queue depths,
-publishes no queue took, and outbox backlogs every few seconds; the worker sets
-`mailbag_broker_up` as the broker's connection goes and comes back (`Broker.link`) and
-counts runners it replaced. Labels are queue,
-handler, state, topic and outbox table: bounded by the app, never a message id. A worker built without `Metrics`
-records nothing and pays nothing.
+publishes no queue took, delayed messages whose queue is gone (`Broker.orphans`), and
+outbox backlogs every few seconds; the worker sets `mailbag_broker_up` as the broker's
+connection goes and comes back (`Broker.link`) and counts runners it replaced. Labels
+are queue, handler, state, topic and outbox table: bounded by the app, never a message
+id. A worker built without `Metrics` records nothing and pays nothing, but still asks
+for orphans once a minute (`watch_orphans`), so the broker's warning about them reaches
+the log.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any, Literal, NamedTuple, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from mailbag.broker import Broker
+from mailbag.broker.unroutable import WARN_EVERY
 
 log = logging.getLogger("mailbag.metrics")
 
@@ -32,6 +35,19 @@ QUEUE_STATES = ("ready", "in_flight", "delayed", "dead_letters")
 
 #: the shortest time a queue-depth poll is given before the broker counts as down
 POLL_TIMEOUT = 5.0
+
+
+async def watch_orphans(broker: Broker, interval: float = WARN_EVERY) -> None:
+    """Until cancelled: ask `broker` for its orphans every `interval` seconds (it warns
+    while there are some). Ends at once on a broker that keeps none."""
+    while True:
+        try:
+            async with asyncio.timeout(POLL_TIMEOUT):
+                if await broker.orphans() is None:
+                    return
+        except Exception as exc:
+            log.debug("could not count the delayed messages whose queue is gone: %r", exc)
+        await asyncio.sleep(interval)
 
 
 class OutboxWithStats(Protocol):
@@ -87,6 +103,9 @@ class Metrics:
         self.unrouted = gauge(
             "unroutable_published", "Messages published that no queue took, since the broker opened, polled", "topic"
         )
+        self.delay_orphans = gauge(
+            "delay_orphans", "Delayed messages kept aside because their queue was deleted while they waited, polled"
+        )
         self.outbox_pending = gauge("outbox_pending", "Outbox rows not yet published", "outbox")
         self.outbox_failing = gauge("outbox_failing", "Pending outbox rows whose publish failed before", "outbox")
         self.outbox_oldest = gauge("outbox_oldest_pending_seconds", "Age of the oldest pending row (0: none)", "outbox")
@@ -134,6 +153,9 @@ class Metrics:
                         count = getattr(stats, state)
                         if count is not None:
                             self.queue_messages.labels(queue, state).set(count)
+                orphans = await broker.orphans()
+                if orphans is not None:
+                    self.delay_orphans.set(orphans)
         except Exception as exc:
             if not self._poll_failing:
                 log.warning("the broker did not answer a stats poll: %r", exc)

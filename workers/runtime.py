@@ -49,7 +49,7 @@ from mailbag.broker.outgoing import TopicModels
 from mailbag.workers.app import App, Handler
 from mailbag.workers.context import Context
 from mailbag.workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
-from mailbag.workers.metrics import Metrics, Settlement
+from mailbag.workers.metrics import Metrics, Settlement, watch_orphans
 from mailbag.workers.middleware import Call, Middleware, chain
 from mailbag.workers.middleware.defaults import default_chain
 from mailbag.workers.middleware.idempotency import Idempotency
@@ -84,7 +84,8 @@ class Worker:
     replaces the app's own middleware (it still runs inside the built-in chain).
     `store` is the idempotency store (default: opened from the settings, and closed
     with the worker). With `metrics`, the worker records what it does there and
-    polls its queues' depths (see `mailbag.workers.metrics`); without, it records nothing.
+    polls its queues' depths (see `mailbag.workers.metrics`); without, it records nothing
+    and only asks the broker for orphaned delayed messages, which it warns about.
     `clock` times circuit resets and handler timeouts: the real one unless given (a
     `ManualClock` shared with the memory broker runs the worker in virtual time)."""
 
@@ -179,7 +180,9 @@ class Worker:
         self._stamp()
         if self.metrics is not None:
             poll = self.metrics.poll(self.broker, self.queues, self.settings.metrics_interval)
-            self._poller = asyncio.create_task(poll, name="metrics-poll")
+        else:
+            poll = watch_orphans(self.broker)
+        self._poller = asyncio.create_task(poll, name="poll")
 
     async def prepare(self) -> None:
         """Open the idempotency store and build each handler's middleware chain: all

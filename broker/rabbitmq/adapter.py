@@ -88,6 +88,7 @@ from mailbag.broker.rabbitmq.marshal import (
 )
 from mailbag.broker.rabbitmq.topology import declare_topology, filter_exchange_name
 from mailbag.broker.topology import Queue, Topology
+from mailbag.broker.unroutable import Sparingly
 from mailbag.broker.url import check_options, mask_url, queue_kind
 
 log = logging.getLogger("mailbag.broker.rabbitmq")
@@ -131,6 +132,8 @@ DEFAULT_FRAME_MAX = 131_072
 class RabbitBroker(Broker):
     """A broker on one robust aio-pika connection; see the module docstring."""
 
+    orphans_queue = delays.ORPHANS
+
     def __init__(
         self,
         url: str,
@@ -159,6 +162,7 @@ class RabbitBroker(Broker):
         #: replaced publishing channels being closed
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
+        self._warnings = Sparingly()
         connection.close_callbacks.add(self._connection_lost)
         connection.reconnect_callbacks.add(self._connection_back)
 
@@ -260,6 +264,19 @@ class RabbitBroker(Broker):
         dead = await self._count(spec.dead_letter_queue if spec else f"{queue}.dlq")
         return QueueStats(queue, ready, None, None, dead or 0)  # delay queues are shared: delayed unknown
 
+    async def orphans(self) -> int:
+        self._check_open()
+        count = await self._depth(delays.ORPHANS) or 0
+        if count and self._warnings.due(delays.ORPHANS):
+            log.warning(
+                "%d delayed messages wait in queue %r: the queue each was delayed for was deleted while it "
+                "waited; they read as dead letters there: mailbag dlq ls QUEUE --dlq %s (then replay or purge)",
+                count,
+                delays.ORPHANS,
+                delays.ORPHANS,
+            )
+        return count
+
     async def browse(self, queue: str, limit: int = 100) -> list[Message]:
         """Gets up to `limit` messages unacked and closes the channel, which puts them
         back where they were. A quorum queue counts that as a delivery in
@@ -273,7 +290,7 @@ class RabbitBroker(Broker):
                 raw = await source.get(no_ack=False, fail=False)
                 if raw is None:
                     break
-                found.append(from_amqp(raw))
+                found.append(from_amqp(raw, orphaned=queue == delays.ORPHANS))
         return found
 
     async def purge(self, queue: str) -> int:
@@ -308,13 +325,21 @@ class RabbitBroker(Broker):
         return aio_pika.Channel(self._connection, publisher_confirms=False)
 
     async def _count(self, queue: str) -> int | None:
+        """Ready messages in `queue`, or None when it does not exist; a queue found is
+        known to exist from then on, but for the catch-all of orphans, which belongs to
+        the vhost like the delay levels (a test's cleanup deletes the known queues)."""
+        count = await self._depth(queue)
+        if count is not None and queue != delays.ORPHANS:
+            self._known_queues.add(queue)
+        return count
+
+    async def _depth(self, queue: str) -> int | None:
         """Ready messages in `queue`, or None when it does not exist."""
         try:
             async with self._scratch() as channel:
                 found = await channel.declare_queue(queue, passive=True)
         except aiormq.exceptions.ChannelNotFoundEntity:
             return None
-        self._known_queues.add(queue)
         return int(found.declaration_result.message_count or 0)
 
     async def _check_queue(self, queue: str) -> None:
@@ -792,7 +817,7 @@ class _RabbitConsumer(Consumer):
     async def _on_message(self, raw: AbstractIncomingMessage) -> None:
         if self._closed:
             return  # closing the channel puts it back
-        message = from_amqp(raw)
+        message = from_amqp(raw, orphaned=self.queue == delays.ORPHANS)
         try:
             attempt, returns = attempt_of(raw)
         except ValueError as exc:  # a plain client's header we cannot read: never runs, never stalls

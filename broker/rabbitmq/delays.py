@@ -6,10 +6,22 @@ significant first, as the routing key: `0.0.1.0. ... .1`. Level `i` is a topic e
 `<prefix>.<i>` and a queue of the same name whose message TTL is `UNIT * 2**i` and whose
 dead-letter exchange is level `i - 1` (the original routing key kept). Exchange `i`
 routes a key whose bit `i` is 1 into its queue, and one whose bit is 0 straight on to
-exchange `i - 1`. After level 0 the message reaches `<prefix>.deliver`, a headers
-exchange to which each work queue is bound by the `TARGET` header the message carries.
-A message therefore waits exactly its bits' sum of TTLs: one queue per level, every
-message in a level queue has the same TTL, so they expire in order, at the head.
+exchange `i - 1`. After level 0 the message reaches `<prefix>.deliver`, which passes
+everything on to `<prefix>.route`, a headers exchange to which each work queue is
+bound by the `TARGET` header the message carries. A message therefore waits exactly
+its bits' sum of TTLs: one queue per level, every message in a level queue has the same
+TTL, so they expire in order, at the head.
+
+Orphans: a message whose work queue was deleted while it waited matches no binding of
+`<prefix>.route`, whose alternate exchange takes it into `ORPHANS`, one catch-all
+queue per vhost for both kinds, where it keeps its headers (`TARGET` names the queue)
+for inspection. Without it a classic level drops such a message, and a quorum level
+(at-least-once dead-lettering) keeps it and retries it every few minutes; from 32 held
+messages a quorum level stops dead-lettering, and every queue's retries wait behind them.
+`<prefix>.route` is a separate exchange because RabbitMQ refuses to change the arguments
+of an existing one: a vhost whose `<prefix>.deliver` came from an earlier version gets
+the catch-all too, and the orphans its quorum levels hold move there on RabbitMQ's next
+dead-letter retry (`dead_letter_worker_publisher_confirm_timeout`, 3 minutes by default).
 
 Bounds: at most `LEVELS` queues and `LEVELS + 1` exchanges per prefix, shared by every
 queue of the vhost; one prefix per queue kind (classic, quorum), so a quorum queue's
@@ -37,6 +49,9 @@ MAX_DELAY = UNIT * (2**LEVELS - 1)
 #: the work queue a delayed message is for (taken out again when it is received). Not
 #: `x-`: a headers exchange leaves headers starting with `x-` out of its matching
 TARGET = "mailbag-delay-target"
+#: the fanout exchange and quorum queue (one name) keeping delayed messages whose work
+#: queue is gone, shared by every prefix of the vhost
+ORPHANS = "mailbag.delay.orphans"
 
 
 def prefix_for(kind: str) -> str:
@@ -69,6 +84,10 @@ def deliver_name(prefix: str) -> str:
     return f"{prefix}.deliver"
 
 
+def route_name(prefix: str) -> str:
+    return f"{prefix}.route"
+
+
 def queue_names(prefix: str) -> list[str]:
     """Every delay queue of `prefix`."""
     return [level_name(prefix, level) for level in range(LEVELS)]
@@ -90,9 +109,17 @@ def _queue_arguments(prefix: str, level: int, kind: str) -> dict[str, Any]:
 
 
 async def declare_levels(channel: AbstractChannel, kind: str) -> None:
-    """Declare the levels and the deliver exchange of `kind` (idempotent)."""
+    """Declare the levels, the deliver and route exchanges of `kind` and the catch-all
+    for orphans (idempotent)."""
     prefix = prefix_for(kind)
+    orphans = await channel.declare_exchange(ORPHANS, ExchangeType.FANOUT, durable=True)
+    kept = await channel.declare_queue(ORPHANS, durable=True, arguments={"x-queue-type": "quorum"})
+    await kept.bind(orphans)
+    route = await channel.declare_exchange(
+        route_name(prefix), ExchangeType.HEADERS, durable=True, arguments={"alternate-exchange": ORPHANS}
+    )
     deliver = await channel.declare_exchange(deliver_name(prefix), ExchangeType.HEADERS, durable=True)
+    await route.bind(deliver, arguments={"x-match": "all"})  # no header to match: everything passes
     below = deliver
     for level in range(LEVELS):
         exchange = await channel.declare_exchange(level_name(prefix, level), ExchangeType.TOPIC, durable=True)
@@ -105,7 +132,7 @@ async def declare_levels(channel: AbstractChannel, kind: str) -> None:
 
 
 async def bind_target(channel: AbstractChannel, queue: str, kind: str) -> None:
-    """Let delayed messages for `queue` reach it from the deliver exchange of `kind`."""
-    deliver = await channel.get_exchange(deliver_name(prefix_for(kind)), ensure=False)
+    """Let delayed messages for `queue` reach it from the route exchange of `kind`."""
+    route = await channel.get_exchange(route_name(prefix_for(kind)), ensure=False)
     target = await channel.get_queue(queue, ensure=False)
-    await target.bind(deliver, arguments={"x-match": "all", TARGET: queue})
+    await target.bind(route, arguments={"x-match": "all", TARGET: queue})

@@ -122,11 +122,13 @@ def republished(raw: AbstractIncomingMessage, message: Message, extra_headers: M
     )
 
 
-def from_amqp(raw: AbstractIncomingMessage) -> Message:
+def from_amqp(raw: AbstractIncomingMessage, *, orphaned: bool = False) -> Message:
     """The `Message` a received AMQP message carries. The topic is our header, else the
     exchange it was published to, else its routing key (a plain client sending
     straight to a queue). A message from the broker's own dead-lettering (a quorum
-    queue's delivery limit) gets the dead-letter headers our own dead letters carry."""
+    queue's delivery limit), or `orphaned` (read from the catch-all of delayed messages
+    whose queue is gone), gets the dead-letter headers our own dead letters carry, so
+    the dead-letter tools list and replay it."""
     raw_headers = raw.headers or {}
     headers: dict[str, HeaderValue] = {}
     for key, value in raw_headers.items():
@@ -135,7 +137,7 @@ def from_amqp(raw: AbstractIncomingMessage) -> Message:
         headers[key] = _header_value(value)
     headers.update(_floats(raw_headers.get(FLOATS), headers))
     if h.DEAD_REASON not in headers:
-        headers.update(_broker_dead_letter_stamp(raw_headers))
+        headers.update(_orphan_stamp(raw_headers) if orphaned else _broker_dead_letter_stamp(raw_headers))
     topic = raw_headers.get(TOPIC) or raw.exchange or raw.routing_key or "unknown"
     created_at = raw.timestamp
     if created_at is None:
@@ -194,20 +196,32 @@ def derived_id(raw: AbstractIncomingMessage) -> str:
 
 
 def _broker_dead_letter_stamp(raw_headers: Mapping[str, Any]) -> dict[str, HeaderValue]:
+    last = _last_death(raw_headers)
+    if last is None or last.get("reason") not in _LIMIT_REASONS:
+        return {}
+    return _stamp(raw_headers, h.DELIVERY_LIMIT_EXCEEDED, _text(last.get("queue", "")), last)
+
+
+def _orphan_stamp(raw_headers: Mapping[str, Any]) -> dict[str, HeaderValue]:
+    """The queue an orphan was for is the one its `TARGET` header names."""
+    return _stamp(raw_headers, h.ORPHANED, _text(raw_headers.get(TARGET, "")), _last_death(raw_headers))
+
+
+def _last_death(raw_headers: Mapping[str, Any]) -> Mapping[str, Any] | None:
     deaths = raw_headers.get("x-death")
     last = deaths[0] if isinstance(deaths, list) and deaths else None  # the most recent death first
-    if not isinstance(last, Mapping) or last.get("reason") not in _LIMIT_REASONS:
-        return {}
-    queue = _text(last.get("queue", ""))
-    stamp: dict[str, HeaderValue] = {
-        h.DEAD_REASON: h.DELIVERY_LIMIT_EXCEEDED,
-        h.ORIGIN_QUEUE: queue,
-    }
+    return last if isinstance(last, Mapping) else None
+
+
+def _stamp(
+    raw_headers: Mapping[str, Any], reason: str, queue: str, death: Mapping[str, Any] | None
+) -> dict[str, HeaderValue]:
+    stamp: dict[str, HeaderValue] = {h.DEAD_REASON: reason, h.ORIGIN_QUEUE: queue}
     topic = raw_headers.get(TOPIC)
     if topic:
         stamp[h.ORIGIN_TOPIC] = _text(topic)
-    if isinstance(last.get("time"), datetime):
-        stamp[h.FAILED_AT] = last["time"].isoformat()
+    if death is not None and isinstance(death.get("time"), datetime):
+        stamp[h.FAILED_AT] = death["time"].isoformat()
     return stamp
 
 

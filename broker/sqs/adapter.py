@@ -89,7 +89,8 @@ class SqsBroker(Broker):
         self.linger = linger
         self._resources = resources
         self._consumers: set[_SqsConsumer] = set()
-        self._polls: set[asyncio.Task[None]] = set()
+        #: receives in flight, with the consumer each is for
+        self._polls: dict[asyncio.Task[None], _SqsConsumer] = {}
         self._closed = False
 
     # -- contract -------------------------------------------------------------
@@ -187,7 +188,15 @@ class SqsBroker(Broker):
         return len(raw)
 
     async def remove(self, topology: Topology) -> None:
+        """A closed consumer's receive still in flight on a removed queue (its last long
+        poll) is abandoned first: what it gets goes with the queue, and nothing touches
+        the queue once it is gone."""
         self._check_open()
+        names = {name for spec in topology.queues for name in (spec.name, spec.dead_letter_queue)}
+        polls = [poll for poll, consumer in self._polls.items() if consumer.closed and consumer.queue in names]
+        for poll in polls:
+            poll.cancel()
+        await asyncio.gather(*polls, return_exceptions=True)
         await self._resources.remove(topology)
 
     async def queue_names(self) -> list[str]:
@@ -572,8 +581,8 @@ class _SqsConsumer(Consumer):
             room = self.prefetch - len(self._unsettled) - len(self._buffer)
             if self._poll is None and room > 0:
                 self._poll = asyncio.create_task(self._fill(ref, min(BATCH, room)))
-                self.broker._polls.add(self._poll)
-                self._poll.add_done_callback(self.broker._polls.discard)
+                self.broker._polls[self._poll] = self
+                self._poll.add_done_callback(lambda poll: self.broker._polls.pop(poll, None))
             self._wakeup.clear()
             await self._wakeup.wait()
 
@@ -765,6 +774,10 @@ class _SqsConsumer(Consumer):
     def _holding(self) -> list[_Held]:
         return list(self._buffer) + [d._held for d in self._unsettled]
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def stop(self) -> None:
         self._stop.set()
         self._wakeup.set()
@@ -792,6 +805,9 @@ class _SqsConsumer(Consumer):
 
 
 _OPTIONS = {"region", "endpoint", "prefix", "wait", "visibility", "threads", "linger"}
+#: long-poll seconds and queue visibility timeout when the URL names none
+DEFAULT_WAIT = 20
+DEFAULT_VISIBILITY = 30
 
 
 async def open_broker(url: str, **options: Any) -> SqsBroker:
@@ -806,8 +822,8 @@ async def open_broker(url: str, **options: Any) -> SqsBroker:
         raise BrokerUrlError(
             f"{shown}: unknown option(s) {', '.join(sorted(unknown))}; known: {', '.join(sorted(_OPTIONS))}"
         )
-    wait = _number(shown, opts, "wait", 20, int, 0, 20)
-    visibility = _number(shown, opts, "visibility", 30, int, 0, 43_200)
+    wait = _number(shown, opts, "wait", DEFAULT_WAIT, int, 0, 20)
+    visibility = _number(shown, opts, "visibility", DEFAULT_VISIBILITY, int, 0, 43_200)
     threads = _number(shown, opts, "threads", 32, int, 1, 1024)
     linger = _number(shown, opts, "linger", 0.2, float, 0, 10)
     aws = await asyncio.to_thread(

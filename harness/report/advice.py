@@ -48,17 +48,43 @@ def _results(report: Report, scenario: str) -> list[ScenarioResult]:
     return [r for r in report.results if r.scenario == scenario and r.error is None]
 
 
-def _loss(report: Report) -> str | None:
+def _excluded(report: Report) -> dict[str, str]:
+    """Brokers no advice recommends, with why: they lost messages, or could not run a
+    scenario, anywhere in the run."""
     lost: dict[str, int] = {}
     for r in report.results:
         if r.lost:
             lost[r.broker] = lost.get(r.broker, 0) + r.lost
-    errors = sorted({r.broker for r in report.results if r.error is not None})
-    parts = [f"{b} lost {n} message(s)" for b, n in sorted(lost.items())]
-    parts += [f"{b} could not run every scenario (see ERROR above)" for b in errors]
-    if not parts:
+    why = {b: f"lost {n} message(s)" for b, n in lost.items()}
+    for r in report.results:
+        if r.error is not None:
+            why.setdefault(r.broker, "could not run every scenario (see ERROR above)")
+    return dict(sorted(why.items()))
+
+
+def _candidates(report: Report, scenario: str) -> list[ScenarioResult]:
+    """The results of `scenario` a recommendation may cite: the broker delivered every
+    message there, and lost none and failed nothing anywhere else."""
+    excluded = _excluded(report)
+    return [r for r in _results(report, scenario) if r.broker not in excluded and r.delivered == r.published]
+
+
+def _not_judged(report: Report, scenario: str, judged: list[ScenarioResult]) -> str:
+    names = {r.broker for r in judged}
+    excluded = _excluded(report)
+    left = [f"{b} ({excluded.get(b, 'did not deliver every message')})" for b in _ran_on(report, scenario) - names]
+    return f"; not judged: {', '.join(sorted(left))}" if left else ""
+
+
+def _ran_on(report: Report, scenario: str) -> set[str]:
+    return {r.broker for r in report.results if r.scenario == scenario}
+
+
+def _loss(report: Report) -> str | None:
+    excluded = _excluded(report)
+    if not excluded:
         return None
-    return "Do not use as configured: " + "; ".join(parts) + "."
+    return "Do not use as configured: " + "; ".join(f"{b} {why}" for b, why in excluded.items()) + "."
 
 
 def _order(report: Report) -> str | None:
@@ -67,13 +93,19 @@ def _order(report: Report) -> str | None:
         return None
     c = results[0].metrics.get("consumers", 1)
     messages = report.settings.get("messages", 0)
-    kept = [r.broker for r in results if r.metrics.get(f"key_violations_{c}") == 0]
-    broken = [(r.broker, r.metrics.get(f"key_violations_{c}", 0)) for r in results if r.broker not in kept]
+    judged = _candidates(report, "ordering")
+    kept = [r.broker for r in judged if r.metrics.get(f"key_violations_{c}") == 0]
+    broken = [(r.broker, r.metrics.get(f"key_violations_{c}", 0)) for r in judged if r.broker not in kept]
     text = f"Need per-key order with {c} competing consumers: "
-    text += f"use {', '.join(kept)} (0 violations)" if kept else "none of these kept it; use an ordered queue"
+    if kept:
+        text += f"use {', '.join(kept)} (0 violations, every message delivered)"
+    elif judged:
+        text += "none of these kept it; use an ordered queue"
+    else:
+        text += "no broker here delivered every message, so none is advised"
     if broken:
         text += "; " + ", ".join(f"{b} had {n} per-key order violations among {messages} messages" for b, n in broken)
-    return text + "."
+    return text + _not_judged(report, "ordering", judged) + "."
 
 
 def _duplicates(report: Report) -> str | None:
@@ -82,17 +114,25 @@ def _duplicates(report: Report) -> str | None:
     seen: dict[str, int] = {}
     for r in report.results:
         seen[r.broker] = seen.get(r.broker, 0) + r.duplicates
-    if not any(seen.values()):
-        return (
-            f"No duplicates in this run (listened {_listened(report)} after the last message); "
-            "delivery is still at least once, so keep handlers idempotent."
-        )
+    excluded = _excluded(report)
+    listened = {b["label"]: b.get("listen") for b in report.brokers}
+    none = [
+        f"{b} (listened {listened[b]:g}s after the last message)" if listened.get(b) is not None else b
+        for b, n in seen.items()
+        if not n and b not in excluded
+    ]
     dup = ", ".join(f"{b} {n}" for b, n in sorted(seen.items()) if n)
-    return f"Duplicates delivered: {dup}. Handlers must be idempotent (mailbag's idempotency store drops them)."
+    if dup:
+        text = f"Duplicates delivered: {dup}. Handlers must be idempotent (mailbag's idempotency store drops them)"
+        return text + (f"; none from {', '.join(none)}." if none else ".")
+    if not none:
+        return None
+    return f"No duplicates from {', '.join(none)}; delivery is still at least once, so keep handlers idempotent."
 
 
 def _crash(report: Report) -> str | None:
-    results = [r for r in _results(report, "crash") if r.metrics.get("came_back")]
+    judged = _candidates(report, "crash")
+    results = [r for r in judged if r.metrics.get("came_back")]
     if not results:
         return None
     parts = []
@@ -100,18 +140,27 @@ def _crash(report: Report) -> str | None:
         waited = r.metrics["comeback_seconds"]["max"] or 0.0
         how = " (simulated crash)" if r.metrics.get("simulated") else ""
         parts.append(f"{r.broker} within {waited:.2f}s{how}")
-    return "A crashed consumer's messages came back: " + ", ".join(parts) + "; pick the fastest if stalls matter."
+    return (
+        "A crashed consumer's messages came back: "
+        + ", ".join(parts)
+        + "; pick the fastest if stalls matter"
+        + _not_judged(report, "crash", judged)
+        + "."
+    )
 
 
 def _speed(report: Report) -> str | None:
-    results = [r for r in _results(report, "latency") if r.metrics.get("latency_ms", {}).get("p50") is not None]
+    judged = _candidates(report, "latency")
+    results = [r for r in judged if r.metrics.get("latency_ms", {}).get("p50") is not None]
     if len(results) < 2:
         return None
     fastest = min(results, key=lambda r: r.metrics["latency_ms"]["p50"])
     busiest = max(results, key=lambda r: r.metrics["throughput"])
     return (
         f"Lowest latency: {fastest.broker} (p50 {fastest.metrics['latency_ms']['p50']:.1f} ms); "
-        f"highest throughput: {busiest.broker} ({busiest.metrics['throughput']:.0f} msg/s end to end)."
+        f"highest throughput: {busiest.broker} ({busiest.metrics['throughput']:.0f} msg/s end to end)"
+        + _not_judged(report, "latency", judged)
+        + "."
     )
 
 
@@ -121,11 +170,6 @@ def _clean(report: Report) -> str | None:
     if not clean:
         return None
     return f"Passed every scenario without a warning: {', '.join(clean)}."
-
-
-def _listened(report: Report) -> str:
-    grace = report.settings.get("grace")
-    return "each broker's redelivery window" if grace is None else f"{grace:g}s"
 
 
 #: the advice, in the order a reader needs it: what to avoid first

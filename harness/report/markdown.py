@@ -34,9 +34,17 @@ def render(report: Report, images: list[str]) -> str:
         f"scenario uses several, retry delay {report.settings['retry_delay']:g}s. "
         "Raw numbers: [results.json](results.json).",
         "",
-        "| broker | URL |",
-        "|---|---|",
-        *(f"| {b['label']} | `{b['url']}` |" for b in report.brokers),
+        "Patience: how long without any delivery before what is missing counts as lost. Listened: how long "
+        "after the last message a late duplicate still counts. Unless set (`--patience`, `--listen`), both "
+        "follow the broker's redelivery timing.",
+        "",
+        "| broker | URL | patience | listened | timing |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {b['label']} | `{b['url']}` | {_seconds(b, 'patience')} | {_seconds(b, 'listen')} | "
+            f"{b.get('timing', '-')} |"
+            for b in report.brokers
+        ),
         "",
         "## Verdicts",
         "",
@@ -75,6 +83,10 @@ def render(report: Report, images: list[str]) -> str:
             stem = Path(image).stem
             lines += ["", f"### {CAPTIONS.get(stem, stem)}", "", f"![{CAPTIONS.get(stem, stem)}]({image})"]
     return "\n".join(lines) + "\n"
+
+
+def _seconds(broker: dict, key: str) -> str:
+    return f"{broker[key]:g}s" if key in broker else "-"
 
 
 def _verdict(result) -> str:

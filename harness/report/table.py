@@ -33,6 +33,13 @@ def render(report: Report) -> Group:
             f"{r.seconds:.1f}",
         )
     parts: list = [table]
+    timing = [
+        f"{b['label']}: patience {b['patience']:g}s, listened {b['listen']:g}s ({b['timing']})"
+        for b in report.brokers
+        if "timing" in b
+    ]
+    if timing:
+        parts.append(Panel("\n".join(timing), title="how long the run waited", style="dim"))
     alarms = [
         f"{r.verdict} {r.broker} / {r.scenario}: {f.text}"
         for r in report.results

@@ -48,10 +48,11 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
     await publish(broker, name, messages(name, settings.messages, settings.keys), [ledger], settings.batch)
     hold = min(settings.crash_hold, settings.messages)
     if target.in_process:
-        held, killed_at = await _close_holding(broker, name, hold, settings.idle_timeout)
+        held, killed_at = await _close_holding(broker, name, hold, settings.patience)
         result.note("simulated crash: the in-memory broker shares this process, so the consumer was closed unsettled")
     else:
-        held, killed_at = await _kill_holding(target, name, hold, settings.idle_timeout)
+        held, killed_at = await _kill_holding(target, name, hold, settings.patience)
+    ledger.mark(killed_at)  # the consumer took a while to start: patience counts from its death
     back: dict[str, float] = {}
     attempts: Counter[int] = Counter()
 
@@ -68,8 +69,8 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
         broker,
         [ledger],
         [lane],
-        grace=settings.listen(target),
-        patience=max(settings.idle_timeout, settings.crash_timeout),
+        grace=settings.listen,
+        patience=settings.patience,
     )
 
     result.count(ledger)

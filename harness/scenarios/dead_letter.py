@@ -38,7 +38,9 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
     reasons: Counter[str] = Counter()
 
     async def failing(delivery: Delivery, consumer: int) -> None:
-        tries[ledger.arrived(delivery, consumer).id] += 1
+        arrival = ledger.arrived(delivery, consumer)
+        tries[arrival.id] += 1
+        ledger.retrying(arrival, policy.delay(delivery.attempt))
         await delivery.retry(policy.delay(delivery.attempt))
 
     async def dead(delivery: Delivery, consumer: int) -> None:
@@ -49,9 +51,7 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
 
     await publish(broker, name, messages(name, count, settings.keys), [ledger], settings.batch)
     lanes = [Lane(name, failing, 1, settings.prefetch), Lane(queue.dead_letter_queue, dead, 1, settings.prefetch)]
-    await drain(
-        broker, [ledger], lanes, grace=settings.listen(target), patience=settings.idle_timeout + settings.retry_delay
-    )
+    await drain(broker, [ledger], lanes, grace=settings.listen, patience=settings.patience)
 
     result.count(ledger, "the DLQ")
     dead_ids = {a.id for a in ledger.handled}

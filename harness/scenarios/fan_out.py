@@ -33,7 +33,7 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
         broker, topic, messages(topic, settings.messages, settings.keys), list(ledgers.values()), settings.batch
     )
     lanes = [Lane(name, handler(ledger), 1, settings.prefetch) for name, ledger in ledgers.items()]
-    await drain(broker, list(ledgers.values()), lanes, grace=settings.listen(target), patience=settings.idle_timeout)
+    await drain(broker, list(ledgers.values()), lanes, grace=settings.listen, patience=settings.patience)
 
     complete = 0
     for name, ledger in ledgers.items():

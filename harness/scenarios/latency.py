@@ -81,14 +81,14 @@ async def _measure(
             broker,
             [ledger],
             [lane],
-            grace=settings.listen(target),
-            patience=settings.idle_timeout,
+            grace=settings.listen,
+            patience=settings.patience,
             publisher=publishing,
         )
     finally:
         if not publishing.done():
             publishing.cancel()
-            result.fail(f"publishing stalled: nothing happened for {settings.idle_timeout:g}s")
+            result.fail(f"publishing stalled: nothing happened for {settings.patience:g}s")
         [publish_seconds] = await asyncio.gather(publishing, return_exceptions=True)
     if not isinstance(publish_seconds, float):
         publish_seconds = 0.0

@@ -65,4 +65,4 @@ async def _one_pass(
 
     await publish(broker, name, messages(name, settings.messages, settings.keys), [ledger], settings.batch)
     lane = Lane(name, handle, consumers, settings.prefetch)
-    await drain(broker, [ledger], [lane], grace=settings.listen(target), patience=settings.idle_timeout)
+    await drain(broker, [ledger], [lane], grace=settings.listen, patience=settings.patience)

@@ -44,6 +44,7 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
         arrival = ledger.arrived(delivery, consumer)
         if arrival.id in to_retry and arrival.id not in retried:
             retried[arrival.id] = (time.monotonic(), len(ledger.handled))
+            ledger.retrying(arrival, asked)
             await delivery.retry(asked)
             return
         if arrival.id in retried and arrival.id not in came_back:
@@ -57,7 +58,7 @@ async def run(broker: Broker, target: Target, settings: Settings, meter: Meter) 
 
     await publish(broker, name, sent, [ledger], settings.batch)
     lane = Lane(name, handle, 1, settings.prefetch)
-    await drain(broker, [ledger], [lane], grace=settings.listen(target), patience=settings.idle_timeout + asked)
+    await drain(broker, [ledger], [lane], grace=settings.listen, patience=settings.patience)
 
     result.count(ledger)
     result.series["positions"] = positions

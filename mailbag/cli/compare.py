@@ -13,6 +13,7 @@ from mailbag.broker import BrokerUrlError
 from mailbag.cli.common import CliError
 from mailbag.harness import SCENARIOS, Settings, Target, compare
 from mailbag.harness.result import ScenarioResult
+from mailbag.harness.timing import LISTEN_MARGIN, PATIENCE_MARGIN
 
 DEFAULT_BROKERS = ["memory://"]
 DEFAULT_OUT = "mailbag-compare"
@@ -51,17 +52,18 @@ def register(subs: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--patience",
         type=float,
-        default=Settings.idle_timeout,
         metavar="S",
-        help="count what has not arrived after S seconds without any delivery as lost "
-        f"(default {Settings.idle_timeout:g}; raise it for slow brokers)",
+        help="count what has not arrived after S seconds without any delivery as lost (default: the longest "
+        f"each broker may take to hand a message out, + {PATIENCE_MARGIN:g}s: SQS's visibility timeout or "
+        f"long-poll wait, RabbitMQ's two heartbeats, at once on memory)",
     )
     p.add_argument(
         "--listen",
         type=float,
         metavar="S",
         help="once every message arrived, keep listening S seconds for late duplicates (default: each broker's "
-        "redelivery window: SQS's visibility timeout + 1 s, 0.3 s elsewhere)",
+        f"redelivery time + {LISTEN_MARGIN:g}s: SQS's visibility timeout, RabbitMQ's two heartbeats, at once on "
+        "memory); the report states both figures and why",
     )
     p.add_argument("--out", default=DEFAULT_OUT, metavar="DIR", help=f"report directory (default ./{DEFAULT_OUT})")
     p.set_defaults(run=run)

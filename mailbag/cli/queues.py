@@ -1,4 +1,5 @@
-"""`mailbag queues`: ready / in-flight / delayed / dead-letter counts per queue."""
+"""`mailbag queues`: ready / in-flight / delayed / dead-letter counts per queue, and the
+broker's catch-all for delayed messages whose queue is gone (`Broker.orphans`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import json
 from rich.console import Console
 from rich.table import Table
 
-from mailbag.broker import connect
+from mailbag.broker import QueueStats, connect
 from mailbag.cli.common import CliError, add_broker_option, load_app, refuse_in_process
 
 
@@ -33,7 +34,10 @@ async def run(args: argparse.Namespace) -> int:
             if listed is None:
                 raise CliError("this broker cannot list its queues; name them with --app MODULE:APP or --queue Q")
             names = listed
-        stats = [await broker.stats(name) for name in names]
+        stats = [await broker.stats(name) for name in names if name != broker.orphans_queue]
+        orphans = await broker.orphans()
+        if broker.orphans_queue is not None and orphans is not None:
+            stats.append(QueueStats(broker.orphans_queue, orphans, None, None, 0))
     if args.json:
         print(json.dumps([dataclasses.asdict(s) for s in stats], indent=2))
         return 0

@@ -27,7 +27,6 @@ def _rabbitmq(name: str, **queue_defaults: object) -> Backend:
                 delay_bound=DELAY_BOUND,
                 queue_defaults=dict(queue_defaults),
                 redrive_without_dead_letter_queue=QUORUM_LIMIT if queue_defaults.get("kind") == "quorum" else None,
-                late_retry=QUORUM_LATE_RETRY if queue_defaults.get("kind") == "quorum" else None,
             )
             yield Env(broker, features, _real_time, _delete_queue, _plain_publish, lambda: broker._connection.transport)
         finally:
@@ -36,14 +35,6 @@ def _rabbitmq(name: str, **queue_defaults: object) -> Backend:
 
     return Backend(name, open_env)
 
-
-#: an open fault of the quorum delay levels (`mailbag.delay.quorum.N`): messages wait in
-#: them well past their TTL (hundreds were seen in the 10 ms level), so a retry on a
-#: quorum queue can come back much later than its delay
-QUORUM_LATE_RETRY = (
-    "known fault: messages wait in the quorum delay levels past their TTL, so a retried message "
-    "can miss the bound; open"
-)
 
 #: a quorum queue enforces its delivery limit itself
 QUORUM_LIMIT = (

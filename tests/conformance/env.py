@@ -33,9 +33,6 @@ class Features:
     #: why a message past the queue's receive limit can be lost when its dead-letter
     #: queue is deleted (the broker redrives it there itself), or None where it stays
     redrive_without_dead_letter_queue: str | None = None
-    #: a known fault that can bring a retried message back later than `delay_bound` (or
-    #: not within the suite's patience), or None where the bound holds in every run
-    late_retry: str | None = None
     #: the ordering key a plain client's message reads from the broker's own field for it
     #: (a FIFO SQS queue's message group), or None where a plain client's message has none
     plain_ordering_key: str | None = None

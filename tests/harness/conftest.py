@@ -10,7 +10,6 @@ FAST = Settings(
     retry_delay=0.05,
     grace=0.1,
     idle_timeout=0.5,
-    crash_timeout=0.5,
     delay_tolerance=0.1,
     jitter=0.001,
 )

@@ -14,7 +14,7 @@ from tests.rabbitmq.service import amqp_url
 @pytest.mark.parametrize("queue", ["classic", "quorum"])
 async def test_every_scenario_runs_on_rabbitmq_without_loss(queue):
     target = Target.parse(f"{amqp_url()}?queue={queue}")
-    settings = replace(FAST, retry_delay=0.2, idle_timeout=5.0, crash_timeout=10.0)
+    settings = replace(FAST, retry_delay=0.2, idle_timeout=None)
 
     report = await compare([target], settings=settings)
 

@@ -14,7 +14,7 @@ async def lossy_report():
     return await compare(
         [Target.parse("memory://"), Target.parse("memory://?ordered=1")],
         settings=FAST,
-        wrap=lambda broker: FaultyBroker(broker, Faults(drop=0.1, seed=1)),
+        wrap=lambda broker, target: FaultyBroker(broker, Faults(drop=0.1, seed=1)),
     )
 
 

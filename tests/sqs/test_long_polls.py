@@ -36,3 +36,29 @@ async def test_a_publish_goes_out_while_more_consumers_long_poll_than_the_pool_h
         for c in consumers:
             await c.close()
         await broker.close()
+
+
+async def test_removing_a_queue_abandons_the_long_poll_its_closed_consumer_left_in_flight(aws, prefix, caplog):
+    # Given a consumer long-polling (5 s) an empty queue, then closed mid-poll
+    broker = await open_broker(f"sqs://?region={REGION}&prefix={prefix}&wait=5")
+    try:
+        topology = Topology(queues=(Queue("jobs", ("jobs",)),))
+        await broker.declare(topology)
+        consumer = broker.consume("jobs")
+        waiting = asyncio.ensure_future(consumer.__anext__())
+
+        async def polling() -> bool:
+            return len(broker._polls) == 1
+
+        await eventually(polling, what="the consumer to be in a long poll")
+        await consumer.close()
+        assert isinstance((await asyncio.gather(waiting, return_exceptions=True))[0], StopAsyncIteration)
+        # When its queue is removed
+        started = asyncio.get_running_loop().time()
+        await broker.remove(topology)
+        # Then the poll is abandoned, not waited out: nothing of it calls the queue once it is gone
+        assert broker._polls == {}
+        assert asyncio.get_running_loop().time() - started < 4, "remove waited for the 5 s poll to end"
+        assert [r.getMessage() for r in caplog.records if r.levelname in ("WARNING", "ERROR")] == []
+    finally:
+        await broker.close()
