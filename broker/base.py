@@ -5,14 +5,17 @@ The docstrings are the contract; `tests/conformance/` checks it on every adapter
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 
 from mailbag.broker.message import Delivery, Message
 from mailbag.broker.topology import Topology
 from mailbag.broker.unroutable import Unrouted
+
+log = logging.getLogger("mailbag.broker")
 
 
 @dataclass(frozen=True)
@@ -26,6 +29,40 @@ class QueueStats:
     in_flight: int | None
     delayed: int | None
     dead_letters: int
+
+
+class Link:
+    """Whether a broker's connection is up, as its adapter last saw it: RabbitMQ's
+    connection closing and coming back, an SQS receive failing and answering again.
+    Each change is logged once and passed to every `watch`er at once (in the event
+    loop; a watcher must not block), so whoever depends on the connection (a worker's
+    readiness) learns of it when the adapter does, not at its next poll."""
+
+    def __init__(self) -> None:
+        self.up = True
+        #: why the connection is down ("" while up)
+        self.reason = ""
+        self._watchers: list[Callable[[bool], None]] = []
+
+    def watch(self, watcher: Callable[[bool], None]) -> None:
+        """Call `watcher(up)` at every change from now on."""
+        self._watchers.append(watcher)
+
+    def unwatch(self, watcher: Callable[[bool], None]) -> None:
+        if watcher in self._watchers:
+            self._watchers.remove(watcher)
+
+    def report(self, up: bool, reason: str = "") -> None:
+        """The adapter saw the connection up (or down, because of `reason`)."""
+        if up == self.up:
+            return
+        self.up, self.reason = up, "" if up else reason
+        if up:
+            log.info("broker connection is back")
+        else:
+            log.warning("broker connection is down: %s", reason)
+        for watcher in list(self._watchers):
+            watcher(up)
 
 
 class Consumer(ABC):
@@ -72,6 +109,12 @@ class Broker(ABC):
     def unrouted(self) -> Unrouted:
         """Publishes no queue took, counted per topic (see `publish`)."""
         return Unrouted()
+
+    @cached_property
+    def link(self) -> Link:
+        """The connection's state, kept by the adapter (see `Link`); always up on a
+        broker without a connection."""
+        return Link()
 
     @abstractmethod
     async def declare(self, topology: Topology) -> None:

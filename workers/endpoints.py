@@ -1,6 +1,7 @@
 """The worker's HTTP endpoints on one port, for Prometheus and for ECS / Kubernetes
-probes: `/metrics` (the worker's registry), `/healthz` (200 while the process
-answers) and `/readyz` (200 while it consumes, else 503).
+probes: `/metrics` (the worker's registry), `/healthz` (200 unless only a restart
+helps: the worker's event loop is stuck) and `/readyz` (200 while the worker does all
+its work, else 503 saying why; see `mailbag.workers.runtime`).
 
 Served from a thread by the standard library's WSGI server, so a slow scrape never
 holds up the event loop, nor a busy loop a liveness probe."""
@@ -11,12 +12,21 @@ import logging
 import threading
 from collections.abc import Callable, Iterable
 from socketserver import ThreadingMixIn
-from typing import Any
+from typing import Any, Protocol
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 
 log = logging.getLogger("mailbag.worker")
+
+
+class Probed(Protocol):
+    """What the probes ask (a `Worker` has it); asked from the server's thread."""
+
+    @property
+    def alive(self) -> bool: ...
+
+    def unready(self) -> str: ...
 
 
 class _Server(ThreadingMixIn, WSGIServer):
@@ -30,12 +40,12 @@ class _QuietHandler(WSGIRequestHandler):
 
 class Endpoints:
     """Serves `registry` and the probes on `host`:`port` (port 0: any free one, see
-    `port` once started) until `stop()`. `ready` is asked at each /readyz request."""
+    `port` once started) until `stop()`. `probed` is asked at each probe request."""
 
-    def __init__(self, registry: CollectorRegistry, ready: Callable[[], bool], host: str = "0.0.0.0", port: int = 9100):
+    def __init__(self, registry: CollectorRegistry, probed: Probed, host: str = "0.0.0.0", port: int = 9100):
         self.host = host
         self.port = port
-        self._ready = ready
+        self._probed = probed
         self._metrics = make_wsgi_app(registry)
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -68,13 +78,14 @@ class Endpoints:
         if path == "/metrics":
             return self._metrics(environ, start_response)
         if path == "/healthz":
-            return _text(start_response, "200 OK", "alive")
+            if self._probed.alive:
+                return _text(start_response, "200 OK", "alive")
+            return _text(start_response, "503 Service Unavailable", "not alive: the event loop is stuck")
         if path == "/readyz":
-            return (
-                _text(start_response, "200 OK", "ready")
-                if self._ready()
-                else _text(start_response, "503 Service Unavailable", "not ready")
-            )
+            why = self._probed.unready()
+            if why:
+                return _text(start_response, "503 Service Unavailable", f"not ready: {why}")
+            return _text(start_response, "200 OK", "ready")
         return _text(start_response, "404 Not Found", "not found: try /metrics, /healthz or /readyz")
 
 

@@ -5,10 +5,12 @@ What is counted and where: the runtime counts settlements (handled, retried,
 dead-lettered, postponed) once the broker took them; `mailbag.workers.middleware.metrics`
 times handlers, counts their failures and how many run; `poll` reads queue depths,
 publishes no queue took, delayed messages whose queue is gone (`Broker.orphans`), and
-outbox backlogs every few seconds. Labels are queue, handler, state, topic and outbox
-table: bounded by the app, never a message id. A worker built without `Metrics` records
-nothing and pays nothing, but still asks for orphans once a minute (`watch_orphans`),
-so the broker's warning about them reaches the log.
+outbox backlogs every few seconds; the worker sets `mailbag_broker_up` as the broker's
+connection goes and comes back (`Broker.link`) and counts runners it replaced. Labels
+are queue, handler, state, topic and outbox table: bounded by the app, never a message
+id. A worker built without `Metrics` records nothing and pays nothing, but still asks
+for orphans once a minute (`watch_orphans`), so the broker's warning about them reaches
+the log.
 """
 
 from __future__ import annotations
@@ -67,8 +69,7 @@ class HandlerMetrics(NamedTuple):
 
 
 class Metrics:
-    """The metric objects, `registry` to serve them from, and `broker_up`: whether the
-    broker answered the last poll (a worker is not ready while it does not)."""
+    """The metric objects, and `registry` to serve them from."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry = registry or CollectorRegistry()
@@ -95,7 +96,10 @@ class Metrics:
         )
         self.in_flight = gauge("messages_in_flight", "Handlers running now", "queue")
         self.queue_messages = gauge("queue_messages", "Messages in a queue by state, polled", "queue", "state")
-        self.broker_up_gauge = gauge("broker_up", "1 when the broker answered the last poll, else 0")
+        self.broker_up = gauge("broker_up", "1 while the broker's connection is up, else 0")
+        self.runner_restarts = Counter(
+            "mailbag_runner_restarts", "Runners that ended without a stop and were replaced", registry=registry
+        )
         self.unrouted = gauge(
             "unroutable_published", "Messages published that no queue took, since the broker opened, polled", "topic"
         )
@@ -105,8 +109,8 @@ class Metrics:
         self.outbox_pending = gauge("outbox_pending", "Outbox rows not yet published", "outbox")
         self.outbox_failing = gauge("outbox_failing", "Pending outbox rows whose publish failed before", "outbox")
         self.outbox_oldest = gauge("outbox_oldest_pending_seconds", "Age of the oldest pending row (0: none)", "outbox")
-        self.broker_up = True
-        self.broker_up_gauge.set(1)
+        self.broker_up.set(1)
+        self._poll_failing = False
         self._outboxes: list[OutboxWithStats] = []
         self._handlers: dict[tuple[str, str], HandlerMetrics] = {}
 
@@ -139,8 +143,8 @@ class Metrics:
 
     async def poll_once(self, broker: Broker, queues: Sequence[str], timeout: float = 10.0) -> None:
         """Read the queues' depths and the watched outboxes' backlogs, each read bounded
-        by `timeout` seconds. A broker that fails or does not answer sets `broker_up`
-        to False; an outbox that does keeps its last figures."""
+        by `timeout` seconds. A broker or outbox that fails or does not answer keeps its
+        last figures (logged once per run of failures)."""
         try:
             async with asyncio.timeout(timeout):
                 for queue in queues:
@@ -153,11 +157,11 @@ class Metrics:
                 if orphans is not None:
                     self.delay_orphans.set(orphans)
         except Exception as exc:
-            if self.broker_up:
-                log.warning("the broker did not answer a stats poll: %s", exc)
-            self._set_broker_up(False)
+            if not self._poll_failing:
+                log.warning("the broker did not answer a stats poll: %r", exc)
+            self._poll_failing = True
         else:
-            self._set_broker_up(True)
+            self._poll_failing = False
         for topic, count in broker.unrouted.counts.items():
             self.unrouted.labels(topic).set(count)
         for outbox in self._outboxes:
@@ -170,7 +174,3 @@ class Metrics:
             self.outbox_pending.labels(outbox.table).set(stats.pending)
             self.outbox_failing.labels(outbox.table).set(stats.failing)
             self.outbox_oldest.labels(outbox.table).set(stats.oldest_pending_age or 0)
-
-    def _set_broker_up(self, up: bool) -> None:
-        self.broker_up = up
-        self.broker_up_gauge.set(1 if up else 0)

@@ -9,6 +9,20 @@ delay, one attempt used; `Postpone` -> back after its delay without using one
 (`Worker._settle`): a settlement the broker does not take returns the message to the
 queue at once. Nothing a handler does stops the worker.
 
+Runners are supervised: one that ends for any reason but a stop (a bug, an exception
+that is no `Exception`) is logged with its traceback, counted
+(`mailbag_runner_restarts_total`) and replaced after a pause that doubles while they
+keep dying (`RESTART_BACKOFF` up to `MAX_RESTART_BACKOFF`); the delivery it held is
+retried (one attempt used, so one that keeps killing runners ends in the dead-letter
+queue), and those of its ordering key waiting behind it go back to the inbox.
+
+Readiness (`Worker.unready`, what /readyz serves) is kept by events, never polled: the
+broker's `Link` (its adapter reports the connection closing and coming back), fetchers
+that end, runners that die and are replaced, and the idempotency store's calls (not
+ready once `STORE_FAILURES` calls in a row failed, ready again at the first that
+succeeds). Liveness (`Worker.alive`, /healthz) fails only when restarting the process
+is the cure: its event loop has not turned for `LOOP_STALL` seconds.
+
 Concurrency: at most `concurrency` handlers run at once; each queue's consumer holds at
 most `prefetch` unsettled deliveries, so memory stays flat whatever the backlog. On an
 ordered queue, deliveries with the same ordering key run one at a time, in order,
@@ -19,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Mapping, Sequence
 from typing import Any
@@ -37,6 +52,7 @@ from mailbag.workers.errors import ConsumerFailed, Postpone, Reject, RetryLater
 from mailbag.workers.metrics import Metrics, Settlement, watch_orphans
 from mailbag.workers.middleware import Call, Middleware, chain
 from mailbag.workers.middleware.defaults import default_chain
+from mailbag.workers.middleware.idempotency import Idempotency
 from mailbag.workers.outcome import Outcome
 from mailbag.workers.settings import WorkerSettings
 from mailbag.workers.stores import IdempotencyStore, TransactionalStore, open_store
@@ -48,6 +64,18 @@ log = logging.getLogger("mailbag.worker")
 CLOSE_TIMEOUT = 2.0
 #: bytes of a handler's error a log line keeps (the dead letter keeps more)
 LOGGED_ERROR_MAX = 2048
+#: first pause before a dead runner is replaced, in seconds; doubles per death in a row
+RESTART_BACKOFF = 0.5
+MAX_RESTART_BACKOFF = 10.0
+#: a runner that lived this long before dying is replaced after the first pause again
+RUNNER_STABLE = 60.0
+#: idempotency store calls failed in a row that make the worker not ready: a lone
+#: failure is a blip the retry rides out; this many means the store is down
+STORE_FAILURES = 5
+#: seconds the event loop may go without turning before the worker is not alive
+LOOP_STALL = 30.0
+#: how often the event loop stamps that it turns, in seconds
+LOOP_BEAT = 1.0
 
 
 class Worker:
@@ -113,6 +141,16 @@ class Worker:
         self._consumers: list[Consumer] = []
         self._fetchers: list[asyncio.Task[None]] = []
         self._runners: list[asyncio.Task[None]] = []
+        #: runners dead and not yet replaced, and the pause before the next replacement
+        self._dead_runners = 0
+        self._restart_backoff = RESTART_BACKOFF
+        self.runner_restarts = 0
+        #: tasks that give back what a dead runner held
+        self._background: set[asyncio.Task[None]] = set()
+        self._idempotency: Idempotency | None = None
+        #: monotonic time the event loop last turned (see `alive`)
+        self._loop_turned = time.monotonic()
+        self._beat: asyncio.TimerHandle | None = None
         self._inbox = _Inbox()
         self._busy = 0
         #: set by a stop waiting for in-flight handlers; the last one to finish resolves it
@@ -136,7 +174,10 @@ class Worker:
             self._consumers.append(consumer)
             ordered = topology.queue(name).ordered
             self._fetchers.append(asyncio.create_task(self._fetch(name, consumer, ordered), name=f"fetch:{name}"))
-        self._runners = [asyncio.create_task(self._run(), name=f"runner:{i}") for i in range(self.concurrency)]
+        self._runners = [self._runner(i) for i in range(self.concurrency)]
+        self.broker.link.watch(self._link_changed)
+        self._link_changed(self.broker.link.up)
+        self._stamp()
         if self.metrics is not None:
             poll = self.metrics.poll(self.broker, self.queues, self.settings.metrics_interval)
         else:
@@ -161,6 +202,7 @@ class Worker:
             self.settings, self.store, policies, self.app.breakers, self._own_middleware, self.metrics, self.clock
         )
         self._calls = {(h.topic, h.queue): (h, chain(middleware, h, h)) for h in self.app.handlers.values()}
+        self._idempotency = next((m for m in middleware if isinstance(m, Idempotency)), None)
 
     async def run(self) -> None:
         """Start, then run until `stop()` is called or a consumer fails; then stop and
@@ -177,6 +219,9 @@ class Worker:
         and close the store the worker opened."""
         grace = self.grace_period if grace_period is None else grace_period
         self._stopping = True
+        self.broker.link.unwatch(self._link_changed)
+        if self._beat is not None:
+            self._beat.cancel()
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
@@ -193,6 +238,7 @@ class Worker:
         for runner in self._runners:
             runner.cancel()
         await asyncio.gather(*self._runners, return_exceptions=True)
+        await _within(asyncio.gather(*self._background, return_exceptions=True), "giving back a dead runner's messages")
         # what was taken and not settled goes back
         await _within(asyncio.gather(*(c.close() for c in self._consumers)), "closing the consumers")
         self._consumers.clear()
@@ -213,10 +259,34 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        """True while every queue's consumer runs and no stop began, and (with
-        metrics) the broker answered the last poll: what /readyz reports."""
-        consuming = bool(self._fetchers) and not self._stopping and not any(f.done() for f in self._fetchers)
-        return consuming and (self.metrics is None or self.metrics.broker_up)
+        """True when `unready()` finds nothing: what /readyz reports."""
+        return not self.unready()
+
+    def unready(self) -> str:
+        """Why the worker does not do all its work now, or "" when it does: not started
+        or stopping, a queue's consumer ended, the broker's connection is down, fewer
+        runners alive than `concurrency`, or the idempotency store failed its last
+        `STORE_FAILURES` calls. Safe to call from another thread (the probe server)."""
+        if not self._fetchers or self._stopping:
+            return "stopping" if self._stopping else "not started"
+        ended = [f.get_name().removeprefix("fetch:") for f in self._fetchers if f.done()]
+        if ended:
+            return f"not consuming {', '.join(ended)}"
+        if not self.broker.link.up:
+            return f"broker connection down: {self.broker.link.reason}"
+        if self._dead_runners:
+            return f"{self.concurrency - self._dead_runners} of {self.concurrency} runners alive"
+        failing = self._idempotency.failing if self._idempotency is not None else 0
+        if failing >= STORE_FAILURES:
+            return f"the idempotency store failed its last {failing} calls"
+        return ""
+
+    @property
+    def alive(self) -> bool:
+        """False once the event loop has not turned for `LOOP_STALL` seconds (a handler
+        blocks it): only a restart cures that. What /healthz reports; safe to call from
+        another thread."""
+        return self._beat is None or time.monotonic() - self._loop_turned < LOOP_STALL
 
     def force(self) -> None:
         """Cut the grace period short: a stop in progress cancels in-flight handlers now."""
@@ -247,6 +317,69 @@ class Worker:
         if self._owns_store and self.store is not None:
             await self.store.close()
             self.store = None
+
+    def _stamp(self) -> None:
+        self._loop_turned = time.monotonic()
+        self._beat = asyncio.get_running_loop().call_later(LOOP_BEAT, self._stamp)
+
+    def _link_changed(self, up: bool) -> None:
+        if self.metrics is not None:
+            self.metrics.broker_up.set(1 if up else 0)
+
+    # -- runners --------------------------------------------------------------------
+
+    def _runner(self, index: int) -> asyncio.Task[None]:
+        return asyncio.create_task(self._supervised(index), name=f"runner:{index}")
+
+    async def _supervised(self, index: int) -> None:
+        """Runner `index`; unless the worker is stopping (or the process exiting), one
+        that ends is logged with its traceback and replaced after the backoff."""
+        born = time.monotonic()
+        try:
+            await self._run()
+        except BaseException as exc:
+            if self._stopping or isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                raise
+            self._replace(index, born, exc)
+
+    def _replace(self, index: int, born: float, exc: BaseException) -> None:
+        if time.monotonic() - born >= RUNNER_STABLE:
+            self._restart_backoff = RESTART_BACKOFF
+        pause = self._restart_backoff
+        self._restart_backoff = min(MAX_RESTART_BACKOFF, pause * 2)
+        self._dead_runners += 1
+        log.error(
+            "runner %d ended on %s; starting another in %.1fs",
+            index,
+            type(exc).__name__,
+            pause,
+            exc_info=exc,
+            extra={"action": "runner restart"},
+        )
+        asyncio.get_running_loop().call_later(pause, self._restart, index)
+
+    def _restart(self, index: int) -> None:
+        self._dead_runners -= 1
+        if self._stopping:
+            return
+        self.runner_restarts += 1
+        if self.metrics is not None:
+            self.metrics.runner_restarts.inc()
+        self._runners[index] = self._runner(index)
+
+    def _return_held(self, delivery: Delivery, waiting: deque[Delivery], exc: BaseException) -> None:
+        """What a dying runner held: its delivery is retried (an attempt used), and
+        those of its ordering key waiting behind it go back to the inbox."""
+        for other in waiting:
+            self._inbox.put((other, True))
+        if delivery.settled is not None:
+            return
+        handler, _ = self._calls.get((delivery.message.topic, delivery.queue), (None, None))
+        delay = self.app.topology.queue(delivery.queue).retry.delay(delivery.attempt)
+        outcome = Outcome("retry", delay=delay, reason=f"its runner died: {type(exc).__name__}: {exc}")
+        task = asyncio.get_running_loop().create_task(self._settle(delivery, handler, outcome))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     # -- consuming ----------------------------------------------------------------
 
@@ -282,9 +415,14 @@ class Worker:
             try:
                 next_one: Delivery | None = delivery
                 while next_one is not None and not self._stopping:
-                    await self.process(next_one)
+                    delivery = next_one
+                    await self.process(delivery)
                     waiting = self._waiting.get(key) if key is not None else None
                     next_one = waiting.popleft() if waiting else None
+            except BaseException as exc:
+                if not self._stopping:
+                    self._return_held(delivery, self._waiting.get(key, deque()) if key else deque(), exc)
+                raise
             finally:
                 if key is not None:
                     del self._waiting[key]

@@ -60,7 +60,7 @@ class WorkerSettings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     #: `mailbag worker` processes under one supervisor (CPU-bound handlers want one per core)
     processes: int = Field(1, ge=1)
-    #: seconds between polls of queue depths (and of the broker's health, for /readyz)
+    #: seconds between polls of queue depths (readiness follows events, not this poll)
     metrics_interval: float = Field(15.0, gt=0)
 
     @field_validator("queues", mode="before")

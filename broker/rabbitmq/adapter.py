@@ -164,6 +164,8 @@ class RabbitBroker(Broker):
         self._closing: set[asyncio.Task[None]] = set()
         self._closed = False
         self._warnings = Sparingly()
+        connection.close_callbacks.add(self._connection_lost)
+        connection.reconnect_callbacks.add(self._connection_back)
 
     @property
     def frame_max(self) -> int:
@@ -177,6 +179,14 @@ class RabbitBroker(Broker):
         """host:port of the RabbitMQ node the connection is on (or is trying to reach)."""
         assert isinstance(self._connection, FailoverConnection)  # what `open_broker` makes
         return self._connection.node
+
+    def _connection_lost(self, _: object, exc: BaseException | None) -> None:
+        if not self._closed:  # closing it ourselves is no outage
+            self.link.report(False, f"connection to {self.node} lost: {exc!r}")
+
+    def _connection_back(self, _: object) -> None:
+        """Called once the channels (and the consumers on them) are restored."""
+        self.link.report(True)
 
     # -- contract -------------------------------------------------------------
 

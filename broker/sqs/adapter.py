@@ -651,11 +651,13 @@ class _SqsConsumer(Consumer):
             received = await self.broker._receive(ref, count, self.broker.wait)
         except BrokerError as exc:
             self._failures += 1
-            pause = min(10.0, 0.5 * 2**self._failures)
+            pause = min(1.0, 0.25 * 2**self._failures)  # seen back within about 1 s of SQS answering
             log.error("receiving from %s failed (retrying in %.1fs): %s", ref.name, pause, exc)
+            self.broker.link.report(False, f"receiving from {ref.name} failed: {exc}")
             received = []
         else:
             self._failures = 0
+            self.broker.link.report(True)
             pause = self.broker.linger if 0 < len(received) < count else 0.0
         if self._closed:
             self._poll = None

@@ -32,7 +32,8 @@ def register(subs: argparse._SubParsersAction) -> None:
         "--probe",
         choices=tuple(PROBES),
         default="readiness",
-        help="readiness: /readyz, 503 while the broker is down; liveness: /healthz, 200 while the process answers",
+        help="readiness: /readyz, 503 while the broker is down or the worker cannot work; "
+        "liveness: /healthz, 503 only while the event loop is stuck",
     )
     p.add_argument("--port", type=int, metavar="N", help="the worker's --metrics-port (default: $MAILBAG_METRICS_PORT)")
     p.add_argument("--host", default="127.0.0.1", metavar="H", help="the worker's address (default 127.0.0.1)")

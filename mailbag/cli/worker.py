@@ -197,7 +197,7 @@ async def supervise(args: argparse.Namespace, settings: WorkerSettings) -> int:
 def _serving(worker: Worker, metrics: Metrics, settings: WorkerSettings) -> Iterator[None]:
     """The worker's endpoints for the block; one line if the port is taken."""
     host, port = settings.metrics_host, settings.metrics_port or 0
-    endpoints = Endpoints(metrics.registry, lambda: worker.ready, host, port)
+    endpoints = Endpoints(metrics.registry, worker, host, port)
     try:
         endpoints.start()
     except OSError as exc:

@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import dockerfile
 import pytest
@@ -123,7 +124,8 @@ def test_the_health_check_asks_liveness_which_holds_while_the_worker_is_not_read
     [health] = instructions["HEALTHCHECK"]
     check = build_parser().parse_args(list(health.value[2:]))
     assert probe_url(check.host, check.port, check.probe).endswith(":9102/healthz")
-    with Endpoints(CollectorRegistry(), ready=lambda: False, host="127.0.0.1", port=0) as endpoints:
+    down = SimpleNamespace(alive=True, unready=lambda: "broker connection down: connection refused")
+    with Endpoints(CollectorRegistry(), down, host="127.0.0.1", port=0) as endpoints:
         # When the image's check runs (on the endpoints' port), and a readiness check
         image_check = [str(endpoints.port) if v == str(check.port) else v for v in health.value[2:]]
         alive = subprocess.run([str(BIN / "mailbag"), *image_check], capture_output=True, text=True, timeout=60)

@@ -14,10 +14,15 @@ from itertools import pairwise
 from pathlib import Path
 
 from mailbag.broker import Broker, RetryPolicy
+from mailbag.broker.rabbitmq import open_broker
 from mailbag.publishers import Publisher, PublishError, PublisherSettings
-from mailbag.workers import App, Context, Worker
+from mailbag.workers import App, Context, Worker, WorkerSettings
+from mailbag.workers.metrics import Metrics
 from mailbag.workers.stores.sqlite import SqliteStore
 from tests.conformance.env import eventually
+from tests.names import run_name
+from tests.proxy import CuttingProxy
+from tests.rabbitmq.service import HOST, PORT, amqp_url, remove_declared
 
 
 @dataclass
@@ -125,3 +130,31 @@ class Workload:
                 self.unconfirmed.append(n)
             n += 1
             await asyncio.sleep(0.02)  # the publishing rate: about 50 a second
+
+
+@asynccontextmanager
+async def proxied_worker(tag: str, metrics: Metrics) -> AsyncIterator[tuple[CuttingProxy, Worker]]:
+    """A worker of one no-op handler, with `metrics`, on the real RabbitMQ through a
+    `CuttingProxy` (the URL naming no heartbeat, the default reconnect interval), not
+    started; its queue is removed afterwards over a direct connection."""
+    amqp_url()  # fails the test, saying how to start RabbitMQ, when it is down
+    stem = run_name(tag)
+    app = App(tag)
+
+    @app.handler(f"{stem}.jobs", queue=f"{stem}.jobs", idempotency=False)
+    async def job(payload: dict, ctx: Context) -> None:
+        pass
+
+    async with CuttingProxy(HOST, PORT) as proxy:
+        broker = await open_broker(amqp_url(port=proxy.port))
+        settings = WorkerSettings(idempotency_url="memory://", metrics_interval=0.5, grace_period=1)
+        worker = Worker(app, broker, settings=settings, metrics=metrics)
+        try:
+            yield proxy, worker
+        finally:
+            await worker.stop()
+            await broker.close()
+            direct = await open_broker(amqp_url())
+            await direct.declare(app.topology)
+            await direct.close()
+            await remove_declared(direct)

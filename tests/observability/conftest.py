@@ -90,7 +90,7 @@ async def observed(broker: Broker, backend: str, gate: asyncio.Event | None = No
     metrics = Metrics()
     settings = WorkerSettings(idempotency_url="memory://", metrics_interval=0.5, retry_jitter=False, grace_period=5)
     worker = Worker(app, broker, settings=settings, metrics=metrics)
-    endpoints = Endpoints(metrics.registry, lambda: worker.ready, "127.0.0.1", 0)
+    endpoints = Endpoints(metrics.registry, worker, "127.0.0.1", 0)
     with endpoints:
         await worker.start()
         try:

@@ -123,3 +123,36 @@ async def env(request):
         require("rabbitmq")
     async with request.param.open() as e:
         yield e
+
+
+async def terminate_backends(application_name: str) -> int:
+    """Kill every PostgreSQL backend of `application_name` (a name only the calling test
+    uses), as a failover or a restart would; how many."""
+    import asyncpg
+
+    admin = await asyncpg.connect(POSTGRES_URL)
+    try:
+        rows = await admin.fetch(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", application_name
+        )
+    finally:
+        await admin.close()
+    return len(rows)
+
+
+@asynccontextmanager
+async def postgres_store_with_ledger():
+    """A PostgreSQL store connecting under an application name of its own, and a ledger
+    table `(n INT)` beside it: (store, application name, ledger); both tables dropped after."""
+    require("postgres")
+    name, table, ledger = unique("mbstore"), unique("idem"), unique("ledger")
+    store = await open_store(f"{POSTGRES_URL}?table={table}&application_name={name}")
+    try:
+        async with store.connection() as conn:
+            await conn.execute(f"CREATE TABLE {ledger} (n INT NOT NULL)")
+        yield store, name, ledger
+    finally:
+        async with store.connection() as conn:
+            await conn.execute(f"DROP TABLE IF EXISTS {ledger}")
+            await conn.execute(f"DROP TABLE IF EXISTS {table}")
+        await store.close()

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
 from mailbag.broker.errors import StoreUnavailable
 from mailbag.workers.stores import open_store
+from tests.conformance.env import eventually
 from tests.workers.conftest import opened_store
 
 
@@ -116,3 +118,63 @@ async def test_a_batch_waits_off_the_loop_while_a_transactional_handler_holds_sq
         assert (await store.claim("held", lease=30)).outcome == '"booked"'
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize("error", [RuntimeError("a bug in the driver"), asyncio.CancelledError()])
+async def test_an_error_the_store_did_not_list_is_store_unavailable_for_its_batch_and_cancels_no_caller(
+    batched_store, error
+):
+    # Given a store whose next batch write raises an error outside its driver's list
+    store = batched_store
+    write = store._batches.write
+    failures = [error]
+
+    async def failing_once(batch):
+        if failures:
+            raise failures.pop()
+        return await write(batch)
+
+    store._batches.write = failing_once
+    # When handlers claim at once, each of them gets StoreUnavailable, none is cancelled
+    results = await asyncio.gather(*(store.claim(f"k{n}", lease=30) for n in range(10)), return_exceptions=True)
+    assert all(isinstance(r, StoreUnavailable) for r in results), results
+    # Then the next batch is written as usual
+    assert (await store.claim("k0", lease=30)).status == "claimed"
+
+
+async def test_a_postgresql_connection_that_failed_client_side_is_terminated_not_reused(tmp_path, request):
+    # Given a PostgreSQL store and one of its pooled connections
+    async with opened_store("postgres", tmp_path, request) as store:
+        # When a call on it fails in the client (asyncpg's protocol in an unknown state)
+        with pytest.raises(asyncpg.InternalClientError):
+            async with store.connection() as conn:
+                pid = conn.get_server_pid()
+                raise asyncpg.InternalClientError("cannot switch to state 12; another operation is in progress")
+
+        # Then that connection is closed (its server process goes), and the store answers on another
+        async def gone() -> bool:
+            async with store.connection() as other:
+                return not await other.fetchval("SELECT count(*) FROM pg_stat_activity WHERE pid = $1", pid)
+
+        await eventually(gone, timeout=10, what="the broken connection's backend to end")
+        assert (await store.claim("k", lease=30)).status == "claimed"
+
+
+async def test_a_claim_whose_batch_committed_but_failed_is_taken_over_by_its_retry(transactional_store):
+    # Given a SQL store whose next batch commits and then fails (the COMMIT's answer lost)
+    store = transactional_store
+    write_batch = store.write_batch
+    lost = [ConnectionResetError("connection reset by peer")]
+
+    async def answer_lost(steps):
+        answers = await write_batch(steps)
+        if lost:
+            raise lost.pop()
+        return answers
+
+    store.write_batch = answer_lost
+    # When a claim goes in that batch, its caller gets StoreUnavailable
+    with pytest.raises(StoreUnavailable):
+        await store.claim("k", lease=30)
+    # Then its retry takes the key at once, rather than finding it held for the lease
+    assert (await store.claim("k", lease=30)).status == "claimed"

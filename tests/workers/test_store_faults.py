@@ -5,15 +5,12 @@ recorded after a successful run is recorded again without running the handler ag
 
 from __future__ import annotations
 
-import asyncpg
-
 from mailbag.broker import Message, RetryPolicy
 from mailbag.broker.memory import MemoryBroker
 from mailbag.workers import App, Context, Worker, WorkerSettings
-from mailbag.workers.stores import open_store
 from mailbag.workers.stores.memory import MemoryStore
 from tests.conformance.env import eventually
-from tests.workers.conftest import POSTGRES_URL, require, unique
+from tests.workers.conftest import postgres_store_with_ledger, terminate_backends
 
 QUICK = RetryPolicy(max_attempts=5, initial_delay=0.05, multiplier=1, max_delay=0.05)
 
@@ -23,46 +20,28 @@ async def _settled(broker: MemoryBroker, queue: str) -> bool:
     return (s.ready, s.in_flight, s.delayed) == (0, 0, 0)
 
 
-async def _terminate(application_name: str) -> int:
-    """Kill every PostgreSQL backend of `application_name`, as a failover or a restart would."""
-    admin = await asyncpg.connect(POSTGRES_URL)
-    try:
-        rows = await admin.fetch(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", application_name
-        )
-    finally:
-        await admin.close()
-    return len(rows)
-
-
 async def test_postgresql_connections_dropped_under_the_worker_are_retried_not_dead_lettered():
     # Given a worker with a PostgreSQL store whose pooled connections are warm, a transactional
     # and a plain handler, and retries only for KeyError (the handler's own failures)
-    require("postgres")
-    name, table = unique("mbstore"), unique("idem")
-    store = await open_store(f"{POSTGRES_URL}?table={table}&application_name={name}")
-    ledger = unique("ledger")
-    async with store.connection() as conn:
-        await conn.execute(f"CREATE TABLE {ledger} (n INT NOT NULL)")
     broker = MemoryBroker()
     app = App("shop")
     plain: list[int] = []
+    async with postgres_store_with_ledger() as (store, name, ledger):
 
-    @app.handler("orders", queue="book.q", transactional=True, retry=QUICK, retry_on=(KeyError,))
-    async def book(payload: dict, ctx: Context) -> None:
-        await ctx.transaction.execute(f"INSERT INTO {ledger} VALUES ($1)", payload["n"])
+        @app.handler("orders", queue="book.q", transactional=True, retry=QUICK, retry_on=(KeyError,))
+        async def book(payload: dict, ctx: Context) -> None:
+            await ctx.transaction.execute(f"INSERT INTO {ledger} VALUES ($1)", payload["n"])
 
-    @app.handler("orders", queue="plain.q", retry=QUICK, retry_on=(KeyError,))
-    async def count(payload: dict, ctx: Context) -> None:
-        plain.append(payload["n"])
+        @app.handler("orders", queue="plain.q", retry=QUICK, retry_on=(KeyError,))
+        async def count(payload: dict, ctx: Context) -> None:
+            plain.append(payload["n"])
 
-    try:
         async with Worker(app, broker, concurrency=4, store=store, settings=WorkerSettings(retry_jitter=False)):
             await broker.publish("orders", [Message("orders", b'{"n": 0}')])
             await eventually(lambda: _settled(broker, "book.q"), what="the warm-up message")
             await eventually(lambda: _settled(broker, "plain.q"), what="the warm-up message")
             # When every connection the store holds is terminated, and more messages come
-            assert await _terminate(name) >= 1
+            assert await terminate_backends(name) >= 1
             await broker.publish("orders", [Message("orders", b'{"n": %d}' % n) for n in range(1, 11)])
             await eventually(lambda: _settled(broker, "book.q"), what="book.q to drain")
             await eventually(lambda: _settled(broker, "plain.q"), what="plain.q to drain")
@@ -72,12 +51,7 @@ async def test_postgresql_connections_dropped_under_the_worker_are_retried_not_d
         async with store.connection() as conn:
             assert sorted(r[0] for r in await conn.fetch(f"SELECT n FROM {ledger}")) == list(range(11))
         assert sorted(plain) == list(range(11))
-    finally:
-        async with store.connection() as conn:
-            await conn.execute(f"DROP TABLE IF EXISTS {ledger}")
-            await conn.execute(f"DROP TABLE IF EXISTS {table}")
-        await store.close()
-        await broker.close()
+    await broker.close()
 
 
 class _CompleteFailsTwice(MemoryStore):

@@ -22,9 +22,11 @@ The store failing (a locked SQLite file, a dropped PostgreSQL or Redis connectio
 not the message's fault: claiming, opening or committing the transaction raise
 `StoreError`, which the retry middleware (outside this one) always retries under the
 handler's policy. Recording the outcome of a run that succeeded outside a transaction
-is retried here, a few times with backoff, without running the handler again; if the
-store stays down the message is acked anyway (its effect happened) and the loss of the
-record is logged.
+is retried here, a few times with backoff, without running the handler again (and so
+is releasing a failed run's claim); if the store stays down the message is acked
+anyway (its effect happened) and the loss of the record is logged. `failing` counts
+the store calls that failed in a row (any call that succeeds resets it): the worker is
+not ready while the store keeps failing.
 """
 
 from __future__ import annotations
@@ -55,8 +57,9 @@ LEASE_SLACK = 2.0
 #: the monotonic time by which the current run is over for sure, or None; tasks
 #: started after it is set inherit it
 run_ends_by: ContextVar[float | None] = ContextVar("run_ends_by", default=None)
-#: tries at recording the outcome of a run that succeeded, before giving up on the record
-COMPLETE_TRIES = 5
+#: tries at recording the outcome of a run that succeeded (or releasing the claim of one
+#: that failed), before giving up on the record
+STORE_TRIES = 5
 
 T = TypeVar("T")
 
@@ -66,6 +69,8 @@ class Idempotency:
         self.store = store
         self.ttl = ttl
         self.lease = lease
+        #: store calls failed in a row
+        self.failing = 0
 
     def applies_to(self, handler: Any) -> bool:
         return handler.idempotency is not False
@@ -76,7 +81,7 @@ class Idempotency:
         key = f"{handler.queue}:{handler.topic}:{ctx.delivery.message.id if how is True else how(ctx.payload)}"
         if handler.transactional:
             return await self._in_transaction(ctx, call_next, key)
-        claim = await _store_step("claiming the key", lambda: self.store.claim(key, self._lease()))
+        claim = await self._step("claiming the key", lambda: self.store.claim(key, self._lease()))
         if claim.status != "claimed":
             return _settled_before(claim, ctx)
         heartbeat = asyncio.ensure_future(self._heartbeat(ctx, key, claim.token))
@@ -102,13 +107,27 @@ class Idempotency:
                 result = await call_next(ctx)
                 ran = False  # from here on, failures are the store's
                 await txn.record(_dump(result))
-                return result
         except Postpone:
+            self.failing = 0
             raise
         except Exception as exc:
             if ran:
                 raise
+            self.failing += 1
             raise StoreError(f"idempotency store failed in the handler's transaction: {_what(exc)}") from exc
+        self.failing = 0
+        return result
+
+    async def _step(self, what: str, step: Callable[[], Awaitable[T]]) -> T:
+        """Run one store call, counted in `failing`; a failure becomes `StoreError`,
+        which is always retried."""
+        try:
+            answer = await step()
+        except Exception as exc:
+            self.failing += 1
+            raise StoreError(f"idempotency store failed {what}: {_what(exc)}") from exc
+        self.failing = 0
+        return answer
 
     def _lease(self) -> float:
         """How long a claim (or a renewal) holds its key: the lease, and no longer than
@@ -124,9 +143,11 @@ class Idempotency:
         while True:
             await asyncio.sleep(self.lease / 3)
             try:
-                held = await self.store.extend(key, token, self._lease())
-            except Exception as exc:
-                log.warning("could not renew the idempotency lease", extra=_where(ctx, error=_what(exc)))
+                held = await self._step("renewing the lease", lambda: self.store.extend(key, token, self._lease()))
+            except StoreError as exc:
+                log.warning(
+                    "could not renew the idempotency lease", extra=_where(ctx, error=_what(exc.__cause__ or exc))
+                )
                 continue
             if not held:
                 log.warning(
@@ -136,38 +157,37 @@ class Idempotency:
                 return
 
     async def _release(self, ctx: Context, key: str, token: str) -> None:
-        """Drop a failed run's claim; if the store cannot, its lease runs out instead."""
+        """Drop a failed run's claim, retrying the store a few times (so its retry need
+        not wait out the lease); if the store stays down, its lease runs out instead."""
         try:
-            await self.store.release(key, token)
-        except Exception as exc:
+            await self._persist(ctx, "releasing the claim", lambda: self.store.release(key, token))
+        except StoreError as exc:
             log.warning(
                 "could not release the idempotency claim; it expires with its lease",
-                extra=_where(ctx, error=_what(exc)),
+                extra=_where(ctx, error=_what(exc.__cause__ or exc)),
             )
 
     async def _complete(self, ctx: Context, key: str, token: str, outcome: str) -> None:
         """Record a successful run's outcome, retrying the store, never the handler."""
         try:
-            async for attempt in AsyncRetrying(
-                stop=stop_after_attempt(COMPLETE_TRIES), wait=wait_exponential(multiplier=0.1, max=2.0), reraise=True
-            ):
-                with attempt:
-                    if attempt.retry_state.attempt_number > 1:
-                        log.warning("recording the outcome again", extra=_where(ctx, action="complete retry"))
-                    await self.store.complete(key, token, outcome, self.ttl)
-        except Exception as exc:
+            await self._persist(
+                ctx, "recording the outcome", lambda: self.store.complete(key, token, outcome, self.ttl)
+            )
+        except StoreError as exc:
             log.error(
                 "handled, but the outcome could not be recorded: a duplicate may run again",
-                extra=_where(ctx, error=_what(exc)),
+                extra=_where(ctx, error=_what(exc.__cause__ or exc)),
             )
 
-
-async def _store_step(what: str, step: Callable[[], Awaitable[T]]) -> T:
-    """Run one store call; a failure becomes `StoreError`, which is always retried."""
-    try:
-        return await step()
-    except Exception as exc:
-        raise StoreError(f"idempotency store failed {what}: {_what(exc)}") from exc
+    async def _persist(self, ctx: Context, what: str, step: Callable[[], Awaitable[None]]) -> None:
+        """One store write after a run, tried `STORE_TRIES` times with backoff."""
+        async for attempt in AsyncRetrying(
+            stop=stop_after_attempt(STORE_TRIES), wait=wait_exponential(multiplier=0.1, max=2.0), reraise=True
+        ):
+            with attempt:
+                if attempt.retry_state.attempt_number > 1:
+                    log.warning("%s again", what, extra=_where(ctx, action="store retry"))
+                await self._step(what, step)
 
 
 def _settled_before(claim: Claim, ctx: Context) -> Any:

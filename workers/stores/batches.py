@@ -2,17 +2,22 @@
 is being written queue up and go in the next batch, one round trip (and, for a
 database, one transaction and one disk flush) for all of them. No timer: a lone write
 goes at once, and batches grow by themselves as the load does. Each caller gets its
-own answer, or the batch's error, once the batch is written, never before."""
+own answer, or the batch's error, once the batch is written, never before. Whatever
+the write raises, a caller's wait ends with an answer or `StoreUnavailable`, never a
+cancellation: a cancelled wait would end the task that waits (a worker's runner)."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from typing import Any
 
 from mailbag.broker.errors import StoreUnavailable
+
+log = logging.getLogger("mailbag.worker")
 
 
 @dataclass
@@ -27,7 +32,8 @@ class Op:
 class Batches:
     """`submit` queues an operation and returns its answer once `write(batch)` (which
     returns one answer per operation, in order) has written the batch it went in. An
-    error of one of `errors` reaches every caller of that batch as `StoreUnavailable`;
+    error reaches every caller of that batch as `StoreUnavailable` (logged with its
+    traceback when it is not one of `errors`, the driver's own, which are expected);
     the next batch is tried afresh."""
 
     def __init__(
@@ -61,16 +67,28 @@ class Batches:
             self._queue = []
             try:
                 answers = await self.write(batch)
-            except self.errors as exc:
-                error = StoreUnavailable(f"{self.what} could not write a batch: {exc}")
-                for op in batch:
-                    if not op.done.done():
-                        op.done.set_exception(error)
+            except BaseException as exc:
+                if not isinstance(exc, self.errors):
+                    log.error("%s failed a batch unexpectedly", self.what, exc_info=exc)
+                _fail(batch, StoreUnavailable(f"{self.what} could not write a batch: {type(exc).__name__}: {exc}"))
+                if _ends_writer(exc):
+                    _fail(self._queue, StoreUnavailable(f"{self.what} stopped writing"))
+                    raise
                 continue
-            except BaseException:
-                for op in (*batch, *self._queue):
-                    op.done.cancel()
-                raise
             for op, answer in zip(batch, answers):
                 if not op.done.done():
                     op.done.set_result(answer)
+
+
+def _ends_writer(exc: BaseException) -> bool:
+    """The writer task itself was cancelled, or the process is exiting."""
+    if isinstance(exc, asyncio.CancelledError):
+        task = asyncio.current_task()
+        return task is not None and task.cancelling() > 0
+    return not isinstance(exc, Exception)
+
+
+def _fail(ops: list[Op], error: StoreUnavailable) -> None:
+    for op in ops:
+        if not op.done.done():
+            op.done.set_exception(error)

@@ -2,10 +2,15 @@
 
 Records are shared by every worker that reaches the database. In transactional mode
 the handler gets a pooled asyncpg connection inside the open transaction.
+
+A connection that saw a client-side failure (cut mid-statement, killed by the server,
+its operation cancelled) is in a state nobody can vouch for: it is terminated, never
+handed out again, and the pool opens a fresh one, so the store recovers by itself.
 """
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,10 +21,20 @@ from mailbag.broker.errors import ConfigurationError
 from mailbag.broker.storage import open_postgres_pool, parse_url
 from mailbag.workers.stores.sql import DEFAULT_TABLE, SqlStore
 
+#: failures after which a connection is terminated rather than reused (see the module text)
+BROKEN = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+    OSError,
+    TimeoutError,
+    asyncio.CancelledError,
+)
+
 
 class PostgresStore(SqlStore):
     mark = "$"
-    errors = (asyncpg.PostgresError, asyncpg.InterfaceError, OSError)
+    errors = (asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError)
 
     def __init__(self, pool: asyncpg.Pool, table: str = DEFAULT_TABLE, **kw: Any) -> None:
         super().__init__(table, **kw)
@@ -30,6 +45,9 @@ class PostgresStore(SqlStore):
         conn = await self.pool.acquire()
         try:
             yield conn
+        except BROKEN:
+            conn.terminate()
+            raise
         finally:
             await self.pool.release(conn)  # asyncpg resets it (rolls back), or closes a broken one
 

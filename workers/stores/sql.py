@@ -63,6 +63,10 @@ class SqlStore(TransactionalStore):
         self.clock = clock
         self._next_sweep = 0.0
         self._batches = Batches(self._write, self.errors, "the idempotency store")
+        #: key -> token of claims whose batch failed, so may have committed: the key's next
+        #: claim here goes with the same token and takes the record over, rather than
+        #: find it held until the lease ran out
+        self._unanswered: OrderedDict[str, str] = OrderedDict()
         #: key -> (outcome, expires at) of records this process saw completed
         self._done: OrderedDict[str, tuple[str, float]] = OrderedDict()
         #: (statement, how many keys) -> its text: each size is written once, and the
@@ -88,7 +92,8 @@ class SqlStore(TransactionalStore):
 
     def _write_sql(self, name: str, n: int) -> str:
         """`take`: upsert n claims (key, token, expires_at each, then now), writing only
-        where no record is or it expired, returning the tokens that took. `read`: the
+        where no record is, it expired, or it is the same token's unfinished claim (one
+        whose batch failed, taken again), returning the tokens that took. `read`: the
         records of n keys. `complete`: n (key, token, outcome, expires_at), applied
         where the token still holds the key, returning those keys. `release`: delete
         n (key, token)."""
@@ -98,7 +103,8 @@ class SqlStore(TransactionalStore):
                 f"INSERT INTO {t} (key, token, outcome, expires_at) VALUES "
                 + ", ".join(f"({p}{3 * i + 1}, {p}{3 * i + 2}, NULL, {p}{3 * i + 3})" for i in range(n))
                 + f" ON CONFLICT (key) DO UPDATE SET token = excluded.token, outcome = NULL,"
-                f" expires_at = excluded.expires_at WHERE {t}.expires_at <= {p}{3 * n + 1} RETURNING token"
+                f" expires_at = excluded.expires_at WHERE {t}.expires_at <= {p}{3 * n + 1}"
+                f" OR ({t}.token = excluded.token AND {t}.outcome IS NULL) RETURNING token"
             )
         if name == "read":
             keys = ", ".join(f"{p}{i}" for i in range(1, n + 1))
@@ -145,7 +151,8 @@ class SqlStore(TransactionalStore):
             if known[1] > self.clock():
                 return Claim("done", outcome=known[0])
             del self._done[key]
-        claim: Claim = await self._batches.submit("claim", key, lease)
+        token = self._unanswered.pop(key, None) or new_token()
+        claim: Claim = await self._batches.submit("claim", key, lease, token)
         return claim
 
     async def complete(self, key: str, token: str, outcome: str, ttl: float) -> None:
@@ -166,7 +173,7 @@ class SqlStore(TransactionalStore):
         async with self.connection() as conn:
             await self.begin(conn)
             try:
-                claim = (await self.drive(conn, self._claim_steps([(key, ttl)])))[0]
+                claim = (await self.drive(conn, self._claim_steps([(key, ttl, new_token())])))[0]
                 record = partial(self.fetch, conn, self.sql_complete)
                 yield Transaction(claim, conn, lambda outcome: record(outcome, self.clock() + ttl, key, claim.token))
             except BaseException:
@@ -202,8 +209,20 @@ class SqlStore(TransactionalStore):
 
     async def _write(self, batch: list[Op]) -> list[Any]:
         """One batch in one transaction; completes that stuck are remembered once it
-        committed."""
-        answers = await self.write_batch(self._batch_steps(batch))
+        committed. A batch that failed may still have committed (the connection died
+        with the COMMIT's answer on its way): its claims' tokens are kept for the keys'
+        next claims (see `_unanswered`)."""
+        try:
+            answers = await self.write_batch(self._batch_steps(batch))
+        except BaseException:
+            for op in batch:
+                if op.kind == "claim":
+                    key, _, token = op.args
+                    self._unanswered[key] = token
+                    self._unanswered.move_to_end(key)
+            while len(self._unanswered) > self.REMEMBER:
+                self._unanswered.popitem(last=False)
+            raise
         for op, answer in zip(batch, answers):
             if op.kind == "complete" and answer is not None:
                 self._remember(*answer)
@@ -237,12 +256,12 @@ class SqlStore(TransactionalStore):
         return [answers[i] for i in range(len(batch))]
 
     def _claim_steps(self, claims: list[tuple[Any, ...]]) -> Steps[list[Claim]]:
-        """Claim keys (key, lease) in few statements. A key asked for twice in one batch
-        is written once: the first asker gets it and the others find it busy."""
+        """Claim keys (key, lease, token) in few statements. A key asked for twice in one
+        batch is written once: the first asker gets it and the others find it busy."""
         now = self.clock()
-        tokens = [new_token() for _ in claims]
+        tokens = [token for _, _, token in claims]
         first: dict[str, int] = {}
-        for i, (key, _) in enumerate(claims):
+        for i, (key, _, _) in enumerate(claims):
             first.setdefault(key, i)
         unique = list(first.values())
         taken: set[str] = set()
@@ -256,7 +275,7 @@ class SqlStore(TransactionalStore):
             rows = yield self.statement("read", len(keys)), tuple(keys)
             records.update((key, (outcome, expires)) for key, outcome, expires in rows or ())
         answers = []
-        for i, (key, _) in enumerate(claims):
+        for i, (key, _, _) in enumerate(claims):
             j = first[key]
             if tokens[j] in taken:
                 answers.append(Claim("claimed", tokens[i]) if i == j else Claim("busy", retry_in=claims[j][1]))
