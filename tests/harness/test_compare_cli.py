@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from tests.rabbitmq.service import amqp_url, vhost_names
+from tests.harness.conftest import rabbitmqctl
+from tests.rabbitmq.service import HOST, PORT
 
 
 def mailbag(*args: str, timeout: float = 110) -> subprocess.CompletedProcess:
@@ -60,20 +61,10 @@ def test_bad_input_is_one_line_and_exit_2(args, says, tmp_path):
     assert "hunter2" not in result.stderr + result.stdout
 
 
-def compare_names() -> tuple[set[str], set[str]]:
-    """The queues and exchanges of the tests' vhost that `mailbag compare` names (`cmp-*`).
-    Other tests run beside this one in the same vhost; the delay levels every queue
-    shares (`mailbag.delay*`, a fixed set) are the broker's, not the run's."""
-    names = vhost_names()
-    assert names is not None, "rabbitmqctl cannot list the test vhost's queues; start RabbitMQ (scripts/services.sh)"
-    queues, exchanges = ({n for n in group if n.startswith("cmp-")} for group in names)
-    return queues, exchanges
-
-
 @pytest.mark.timeout(300)  # every scenario on two RabbitMQ variants, on a busy machine
-def test_compare_on_rabbitmq_leaves_the_broker_as_it_found_it_and_says_which_to_pick(tmp_path):
-    # Given the harness's queues and exchanges in the tests' vhost
-    before = compare_names()
+def test_compare_on_rabbitmq_leaves_the_broker_as_it_found_it_and_says_which_to_pick(tmp_path, own_vhost):
+    # Given a vhost of the test's own (other tests run compare beside this one)
+    url = f"amqp://guest:guest@{HOST}:{PORT}/{own_vhost}"
     # When every scenario runs there, on classic queues and on ordered quorum queues
     out = tmp_path / "report"
     result = mailbag(
@@ -83,16 +74,18 @@ def test_compare_on_rabbitmq_leaves_the_broker_as_it_found_it_and_says_which_to_
         "--listen",
         "0.5",
         "--broker",
-        amqp_url(),
+        url,
         "--broker",
-        f"{amqp_url()}?queue=quorum&ordered=1",
+        f"{url}?queue=quorum&ordered=1",
         "--out",
         str(out),
         timeout=280,
     )
     assert result.returncode == 0, result.stderr
-    # Then the vhost holds exactly the harness names it held before
-    assert compare_names() == before
+    # Then the vhost holds no queue or exchange of the run's, only the shared delay levels
+    queues = rabbitmqctl("list_queues", "-p", own_vhost, "name").split()[1:]
+    exchanges = rabbitmqctl("list_exchanges", "-p", own_vhost, "name").split()[1:]
+    assert [n for n in queues + exchanges if n.startswith("cmp-")] == []
     # And the report states its criteria and computes its advice from the results
     page = (out / "index.md").read_text()
     assert "## What this means" in page and "### Which to pick" in page

@@ -7,44 +7,21 @@ left in its delay levels is this run's. On moto the run's names carry a prefix o
 their own (the adapter's `prefix=`)."""
 
 import logging
-import subprocess
 from dataclasses import replace
 
 import boto3
 import pytest
 
 from mailbag.harness import SCENARIOS, Faults, FaultyBroker, Target, compare
-from tests.harness.conftest import FAST
+from tests.harness.conftest import FAST, rabbitmqctl
 from tests.moto_server import REGION, dummy_aws_credentials, moto_server  # noqa: F401  (fixture)
 from tests.names import RUN_PREFIX
-from tests.rabbitmq.service import HOST, PORT, START, amqp_url
+from tests.rabbitmq.service import HOST, PORT
 
 #: retries, and some publishes, come back later than asked, as quorum delay levels' may
 LATE = Faults(delay=0.2, delay_seconds=1.5, seed=12)
 #: the listening window is not under test here; the patience follows the brokers' timing
 SETTINGS = replace(FAST, retry_delay=0.5, grace=0.5, idle_timeout=None)
-
-
-def rabbitmqctl(*args: str) -> str:
-    try:
-        done = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        pytest.fail(f"rabbitmqctl {args[0]} failed ({exc!r}); {START}", pytrace=False)
-    if done.returncode != 0:
-        pytest.fail(f"rabbitmqctl {args[0]} failed: {done.stderr.strip()}; {START}", pytrace=False)
-    return done.stdout
-
-
-@pytest.fixture
-def own_vhost():
-    amqp_url()  # fails the test, saying how to start RabbitMQ, when it is not listening
-    name = f"{RUN_PREFIX}compare"
-    rabbitmqctl("add_vhost", name)
-    try:
-        rabbitmqctl("set_permissions", "-p", name, "guest", ".*", ".*", ".*")
-        yield name
-    finally:
-        rabbitmqctl("delete_vhost", name)
 
 
 #: what a call to a queue or exchange that is gone logs (SQS, RabbitMQ, the harness's own removal)
