@@ -61,13 +61,7 @@ class TopicModels:
         validate against it as a consumer would decode it, and `ReservedHeader` for a
         header named `x-mailbag-...` (mailbag's own bookkeeping)."""
         ids: dict[str, Any] = {"id": message_id} if message_id else {}
-        reserved = sorted(k for k in headers or {} if k.lower().startswith(RESERVED_PREFIX))
-        if reserved:
-            raise ReservedHeader(
-                f"header {reserved[0]!r} is in the reserved {RESERVED_PREFIX}* namespace, which only mailbag "
-                "writes; rename it",
-                [message_id or "(new message)"],
-            )
+        refuse_reserved_headers(headers, message_id)
         try:
             body, content_type, type_name = encode(payload)
             model = self._models.get(topic)
@@ -88,6 +82,18 @@ class TopicModels:
             causation_id=causation_id,
             ordering_key=key,
             **ids,
+        )
+
+
+def refuse_reserved_headers(headers: Mapping[str, Any] | None, message_id: str | None = None) -> None:
+    """Raise `ReservedHeader` for a header named `x-mailbag-...`: mailbag's own
+    bookkeeping (attempts, dead-letter reasons), which no publisher may set."""
+    reserved = sorted(k for k in headers or {} if k.lower().startswith(RESERVED_PREFIX))
+    if reserved:
+        raise ReservedHeader(
+            f"header {reserved[0]!r} is in the reserved {RESERVED_PREFIX}* namespace, which only mailbag "
+            "writes; rename it",
+            [message_id or "(new message)"],
         )
 
 

@@ -32,8 +32,7 @@ from mailbag.workers.supervisor import Supervisor
 log = logging.getLogger("mailbag.worker")
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("worker", help="run an app's handlers until SIGINT/SIGTERM")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.handlers:app")
     add_broker_option(p)
     # unset unless given: the settings read $MAILBAG_BROKER_URL, and know whether a URL was given at all
