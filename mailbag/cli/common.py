@@ -157,3 +157,10 @@ def write_output(path: str | None, text: str, *, follow_symlinks: bool = False) 
 
     write_file(path, text, follow_symlinks=follow_symlinks)
     return True
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value

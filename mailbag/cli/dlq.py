@@ -15,7 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mailbag.broker import Broker, connect
-from mailbag.cli.common import CliError, Parser, add_broker_option, add_follow_symlinks, refuse_in_process
+from mailbag.cli.common import (
+    CliError,
+    Parser,
+    add_broker_option,
+    add_follow_symlinks,
+    positive_float,
+    refuse_in_process,
+)
 from mailbag.dlq import (
     FIELD_NAMES,
     DeadLetter,
@@ -48,7 +55,7 @@ def register(p: argparse.ArgumentParser) -> None:
     )
     _add_selection(replay)
     replay.add_argument("--to", metavar="QUEUE", help="send to this queue instead of the one each died in")
-    replay.add_argument("--rate", type=_positive_float, metavar="N", help="at most N messages per second")
+    replay.add_argument("--rate", type=positive_float, metavar="N", help="at most N messages per second")
     replay.add_argument("--from", dest="from_file", metavar="FILE.jsonl", help="replay an export instead of a DLQ")
     replay.set_defaults(run=_replay)
 
@@ -331,11 +338,4 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
     return value

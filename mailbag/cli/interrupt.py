@@ -24,6 +24,8 @@ from mailbag.cli import INTERRUPTED
 
 #: seconds a cancelled command gets to finish before the process ends regardless
 GRACE = 1.0
+#: seconds the output gets to drain when the process ends that way
+FLUSH_WAIT = 0.3
 
 
 def run_cancellable(command: Coroutine[Any, Any, Any]) -> Any:
@@ -81,10 +83,17 @@ def _exit_after(seconds: float) -> None:
 
 
 def exit_now() -> None:
-    """End the process with status 130 at once, after flushing what was printed."""
+    """End the process with status 130 at once, after flushing what was printed (for a
+    moment at most: a reader that stopped reading must not keep the process alive)."""
+    flushing = threading.Thread(target=_flush, daemon=True, name="interrupt-flush")
+    flushing.start()
+    flushing.join(FLUSH_WAIT)
+    os._exit(INTERRUPTED)
+
+
+def _flush() -> None:
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except (OSError, ValueError):
             pass
-    os._exit(INTERRUPTED)

@@ -111,8 +111,12 @@ async def run(args: argparse.Namespace) -> int:
             if args.declare:
                 await broker.declare(Topology(topics=(args.topic,)))
             for start in range(0, len(messages), RUN):
-                _check_cancelled()
-                await _publish_run(broker, args, messages[start : start + RUN], ids)
+                run = asyncio.ensure_future(_publish_run(broker, args, messages[start : start + RUN], ids))
+                try:  # shielded: a Ctrl-C reaches this task at once, whatever the adapter's waits do with it
+                    await asyncio.shield(run)
+                except asyncio.CancelledError:
+                    run.cancel()
+                    raise
         except UnknownTopic:
             raise CliError(
                 f"topic {args.topic!r} does not exist on {mask_url(args.broker)}, so no queue takes it: nothing "
@@ -140,14 +144,6 @@ async def _publish_run(broker: Broker, args: argparse.Namespace, run: Sequence[M
             f"{len(unrouted)} not sent; subscribe a queue (mailbag topology apply MODULE:APP), "
             "or pass --declare to publish anyway (they are dropped)"
         )
-
-
-def _check_cancelled() -> None:
-    """Raise `CancelledError` if this task was asked to stop: a library's `wait_for`
-    (Python 3.11) can swallow a cancel that arrives as what it waits for completes."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
 
 
 class _Confirmed:
