@@ -137,7 +137,7 @@ async def _publish_run(broker: Broker, args: argparse.Namespace, run: Sequence[M
         unrouted: set[str] = set()
     except Unroutable as exc:
         unrouted = set(exc.message_ids)
-    ids.add([m.id for m in run if m.id not in unrouted], dropped=len(unrouted))
+    ids.add([m.id for m in run if m.id not in unrouted], dropped=len(unrouted) if args.declare else 0)
     if unrouted and not args.declare:
         raise CliError(
             f"no queue takes messages published to topic {args.topic!r} (none is subscribed, or no filter matches): "
