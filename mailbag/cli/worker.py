@@ -234,7 +234,12 @@ def _serving(worker: Worker, metrics: Metrics, settings: WorkerSettings) -> Iter
 SUMMARY_EVERY = 10.0
 
 #: how each settlement reads in the summary line, in its order
-_SUMMARY = {"handled": "handled", "retried": "retried", "dead_lettered": "dead-lettered", "postponed": "postponed"}
+_SUMMARY: dict[Settlement, str] = {
+    "handled": "handled",
+    "retried": "retried",
+    "dead_lettered": "dead-lettered",
+    "postponed": "postponed",
+}
 
 
 class Tally:
