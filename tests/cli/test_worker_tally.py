@@ -5,12 +5,7 @@ process on the real RabbitMQ."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import os
-import signal
-import subprocess
-import sys
 from pathlib import Path
 
 from mailbag.broker import Delivery, Message
@@ -18,7 +13,7 @@ from mailbag.broker.rabbitmq import open_broker
 from mailbag.cli.worker import Tally
 from tests.conformance.env import eventually
 from tests.names import run_name
-from tests.observability import obs_app
+from tests.observability import obs_app, running_worker, stopped
 from tests.rabbitmq.service import amqp_url, remove_declared
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,52 +26,21 @@ async def test_worker_logs_a_summary_and_with_v_each_handled_message(tmp_path):
     try:
         await broker.declare(obs_app.build(run).topology)
         # Given a worker with -v and a short summary period
-        with log_path.open("w") as log_file:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "mailbag.cli",
-                    "worker",
-                    "tests.observability.obs_app:app",
-                    "--broker",
-                    amqp_url(),
-                    "-v",
-                    "--summary-every",
-                    "0.2",
-                ],
-                env={
-                    **os.environ,
-                    "PYTHONPATH": str(ROOT),
-                    "MAILBAG_TEST_RUN": run,
-                    "MAILBAG_IDEMPOTENCY_URL": "memory://",
-                    "MAILBAG_RETRY_JITTER": "false",
-                },
-                cwd=ROOT,
-                stdout=subprocess.DEVNULL,
-                stderr=log_file,
-            )
-        try:
+        with (
+            log_path.open("w") as log_file,
+            running_worker(run, "-v", "--summary-every", "0.2", stderr=log_file) as proc,
+        ):
             # When one message succeeds, one fails its first attempt, one is poison
             topic = obs_app.topic(run)
-            ok, flaky, poison = (
-                Message(topic, b'{"n": 1}'),
-                Message(topic, b'{"fail_first": true}'),
-                Message(topic, b"not json"),
-            )
-            await broker.publish(topic, [ok, flaky, poison])
+            ok, flaky = Message(topic, b'{"n": 1}'), Message(topic, b'{"fail_first": true}')
+            await broker.publish(topic, [ok, flaky, Message(topic, b"not json")])
 
             async def summed_up() -> bool:
                 return "handled 2, retried 1, dead-lettered 1" in log_path.read_text()
 
             # Then the summary line says so
             await eventually(summed_up, timeout=60, what="the summary line")
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(proc.wait, 30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            assert await stopped(proc) == 0
         lines = log_path.read_text().splitlines()
         # and -v gave one INFO line per handled message, with its id and queue
         handled = [line for line in lines if " INFO mailbag.worker handled message_id=" in line]
