@@ -21,6 +21,7 @@ from types import FrameType
 from typing import Any
 
 from mailbag.cli import INTERRUPTED
+from mailbag.cli.common import LIBRARIES
 
 #: seconds a cancelled command gets to finish before the process ends regardless
 GRACE = 1.0
@@ -73,7 +74,7 @@ class _Interrupt:
 def quiet_leftovers() -> None:
     """Silence what an interrupted program's abandoned tasks would log as they are
     collected ("Task exception was never retrieved" and the like)."""
-    for name in ("asyncio", "aio_pika", "aiormq", "botocore", "boto3", "urllib3"):
+    for name in ("asyncio", *LIBRARIES):
         logging.getLogger(name).disabled = True
 
 
