@@ -5,8 +5,9 @@ subpackages, each holding its adapter, marshaling and topology modules).
 It owns every broker-specific call: aio-pika and boto3 are imported here and nowhere
 else, and only once an adapter is opened (`import mailbag` loads neither). It never
 holds handler logic, retry decisions or command-line code. As the lowest layer it also
-holds what the layers above share: the error tree (`errors`, rooted at `MailbagError`)
-and the one circuit-breaker state machine (`breaker`).
+holds what the layers above share: the error tree (`errors`, rooted at `MailbagError`),
+the one circuit-breaker state machine (`breaker`) and the one writer of files a user
+names (`files`: regular files only, written whole).
 """
 
 from __future__ import annotations

@@ -8,8 +8,7 @@ purge remove only through a `Sweep`, which never loses a message (see `mailbag.d
 
 from __future__ import annotations
 
-import os
-import tempfile
+import io
 from collections.abc import Callable, Collection, Iterable
 from pathlib import Path
 from typing import TextIO
@@ -18,6 +17,7 @@ from pydantic import ValidationError
 
 from mailbag.broker import Broker, Message
 from mailbag.broker.errors import MailbagError
+from mailbag.broker.files import write_file
 from mailbag.dlq.pace import Pace
 from mailbag.dlq.record import DeadLetter
 from mailbag.dlq.sweep import Act, Progress, Sweep, SweepResult
@@ -111,22 +111,17 @@ class DeadLetters:
 
         return await self._sweep(choose, drop, ids, None, 100, on_progress)
 
-    async def export(self, out: str | Path | TextIO) -> int:
+    async def export(self, out: str | Path | TextIO, *, follow_symlinks: bool = False) -> int:
         """Write every ready dead letter as one JSON line (see `dump`) without consuming
-        any; a file is written whole or not at all. Returns how many."""
+        any; a file is written whole or not at all, and only a regular file (a symbolic
+        link only with `follow_symlinks`; see `mailbag.broker.files`). Returns how many."""
         records = await self.ls(limit=None)
         if not isinstance(out, (str, Path)):
             dump(records, out)
             return len(records)
-        target = Path(out)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as fh:
-                dump(records, fh)
-            os.replace(tmp, target)
-        except BaseException:
-            os.unlink(tmp)
-            raise
+        text = io.StringIO()
+        dump(records, text)
+        write_file(out, text.getvalue(), follow_symlinks=follow_symlinks)
         return len(records)
 
     def _record(self, message: Message) -> DeadLetter:

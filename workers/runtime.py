@@ -35,7 +35,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from mailbag.broker import Broker, Delivery, DeliveryReleased, tracing
@@ -133,6 +133,9 @@ class Worker:
         self.store = store
         self._owns_store = store is None
         self.metrics = metrics
+        #: called with each settlement the broker took and its delivery (`mailbag worker`
+        #: counts them, and logs each with -v); keep it cheap, it runs per message
+        self.on_settled: Callable[[Settlement, Delivery], None] | None = None
         self.clock = clock
         self._poller: asyncio.Task[None] | None = None
         self._own_middleware = list(middleware if middleware is not None else app.middleware)
@@ -504,6 +507,8 @@ class Worker:
         if self.metrics is not None:
             name = handler.name if handler is not None else ""
             self.metrics.settle(_SETTLEMENTS[outcome.kind], delivery.queue, name)
+        if self.on_settled is not None:
+            self.on_settled(_SETTLEMENTS[outcome.kind], delivery)
 
     @staticmethod
     async def _give_back(delivery: Delivery, outcome: Outcome, why: str) -> None:

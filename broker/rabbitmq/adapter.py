@@ -553,13 +553,26 @@ async def _while_progressing(tasks: list[asyncio.Future[Any]], timeout: float) -
 
     for task in tasks:
         task.add_done_callback(finished)
-    while left:
-        progress.clear()
-        try:
-            await asyncio.wait_for(progress.wait(), timeout)
-        except TimeoutError:
-            return False
+    try:
+        while left:
+            progress.clear()
+            try:  # not wait_for: on Python 3.11 it swallows a cancel that comes as the event is set
+                async with asyncio.timeout(timeout):
+                    await progress.wait()
+            except TimeoutError:
+                return False
+    except asyncio.CancelledError:  # the caller gives up on them: none may fail unheard later
+        for task in tasks:
+            task.cancel()
+            task.add_done_callback(_retrieved)
+        raise
     return True
+
+
+def _retrieved(task: asyncio.Future[Any]) -> None:
+    """Mark a task's outcome seen, so asyncio logs no "exception was never retrieved"."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _RabbitDelivery(Delivery):

@@ -4,6 +4,7 @@ throughput, one broker per colour. A chart whose scenario did not run is skipped
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import matplotlib.pyplot as plt
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
+from mailbag.broker.files import write_file
 from mailbag.harness.result import Report, ScenarioResult
 from mailbag.harness.scenarios.latency import PIPELINE
 
@@ -31,10 +33,10 @@ def draw(report: Report, out: Path) -> list[Path]:
         if not results:
             continue
         fig = plot(results)
-        path = out / f"{name}.png"
-        fig.savefig(path, dpi=110)
+        png = io.BytesIO()
+        fig.savefig(png, format="png", dpi=110)
         plt.close(fig)
-        written.append(path)
+        written.append(write_file(out / f"{name}.png", png.getvalue()))
     return written
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from mailbag.broker.files import write_file
 from mailbag.harness.result import Report
 
 FILE = "results.json"
 
 
 def save(report: Report, path: Path) -> Path:
-    path.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    return path
+    return write_file(path, json.dumps(report.to_dict(), indent=2) + "\n")
 
 
 def load(path: Path) -> Report:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from mailbag.broker.files import write_file
 from mailbag.harness.report import advice
 from mailbag.harness.result import Report
 from mailbag.harness.scenarios import SCENARIOS
@@ -96,5 +97,4 @@ def _verdict(result) -> str:
 
 
 def save(report: Report, images: list[str], path: Path) -> Path:
-    path.write_text(render(report, images))
-    return path
+    return write_file(path, render(report, images))

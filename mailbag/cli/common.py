@@ -8,13 +8,17 @@ import importlib
 import logging
 import os
 import sys
+import sysconfig
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from mailbag.broker.errors import MailbagError
 from mailbag.broker.url import mask_url, scheme_of
-from mailbag.workers import App
+
+if TYPE_CHECKING:
+    from mailbag.workers import App
 
 DEFAULT_BROKER = "memory://"
 
@@ -79,7 +83,11 @@ def add_broker_option(parser: argparse.ArgumentParser) -> None:
 
 
 def load_app(spec: str) -> App:
-    """Import `MODULE:ATTRIBUTE` and check it is an App (the current directory is importable)."""
+    """Import `MODULE:ATTRIBUTE` and check it is an App (the current directory is importable).
+    A module that fails to import, whatever it raises, is one line naming the error and
+    the line of the user's code it came from."""
+    from mailbag.workers import App
+
     module_name, sep, attr = spec.partition(":")
     if not sep or not module_name or not attr:
         raise CliError(f"app must be given as MODULE:APP, got {spec!r}")
@@ -88,7 +96,12 @@ def load_app(spec: str) -> App:
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise CliError(f"cannot import module {module_name!r}: {exc}") from None
+        raise CliError(f"cannot import module {module_name!r}: {exc}{_where_in_user_code(exc)}") from None
+    except Exception as exc:
+        detail = exc.msg if isinstance(exc, SyntaxError) else exc
+        raise CliError(
+            f"importing module {module_name!r} failed: {type(exc).__name__}: {detail}{_where_in_user_code(exc)}"
+        ) from None
     try:
         app: Any = getattr(module, attr)
     except AttributeError:
@@ -98,3 +111,56 @@ def load_app(spec: str) -> App:
     if not isinstance(app, App):
         raise CliError(f"{spec} is a {type(app).__name__}, not a mailbag App")
     return app
+
+
+def _where_in_user_code(exc: BaseException) -> str:
+    """`(at FILE:LINE)` for the line of the user's code nearest the error: the innermost
+    traceback frame outside the standard library, installed packages and mailbag (the
+    file and line of a syntax error); "" when there is none."""
+    if isinstance(exc, SyntaxError) and exc.filename:
+        return f" (at {exc.filename}:{exc.lineno})"
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if _is_user_code(f.filename)]
+    return f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+
+
+def _is_user_code(filename: str) -> bool:
+    if filename.startswith("<"):  # <frozen importlib._bootstrap>, <string>
+        return False
+    return not os.path.realpath(filename).startswith(_installed_folders())
+
+
+def _installed_folders() -> tuple[str, ...]:
+    """The folders of the standard library, of installed packages and of mailbag's own
+    packages (wherever they are installed from)."""
+    folders = {sysconfig.get_path(name) for name in ("stdlib", "platstdlib", "purelib", "platlib")}
+    for name, module in list(sys.modules.items()):
+        if name == "mailbag" or name.startswith("mailbag."):
+            folders.update(getattr(module, "__path__", ()))
+    return tuple(os.path.join(os.path.realpath(folder), "") for folder in folders)
+
+
+def add_follow_symlinks(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--follow-symlinks",
+        action="store_true",
+        help="when the output file is a symbolic link, write to its target (refused otherwise)",
+    )
+
+
+def write_output(path: str | None, text: str, *, follow_symlinks: bool = False) -> bool:
+    """`text` to standard output (`path` None or -), else whole to the regular file at
+    `path` (see `mailbag.broker.files`). True when a file was written."""
+    if path is None or path == "-":
+        sys.stdout.write(text)
+        return False
+    from mailbag.broker.files import write_file
+
+    write_file(path, text, follow_symlinks=follow_symlinks)
+    return True
+
+
+def positive_float(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
+    return value

@@ -20,13 +20,11 @@ DEFAULT_OUT = "mailbag-compare"
 WIDE = 160
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser(
-        "compare",
-        help="compare brokers on ordering, redelivery, crashes, dead letters, fan-out, latency",
-        description="Run the comparison scenarios on each broker and write results.json, PNG charts and "
+def register(p: argparse.ArgumentParser) -> None:
+    p.description = (
+        "Run the comparison scenarios on each broker and write results.json, PNG charts and "
         "index.md. Queue options in the URL pick the variant: ?queue=quorum (RabbitMQ queue type), "
-        "?fifo=1 or ?ordered=1 (order per key), ?label=NAME. Exit status 1 if any message was lost.",
+        "?fifo=1 or ?ordered=1 (order per key), ?label=NAME. Exit status 1 if any message was lost."
     )
     p.add_argument(
         "--broker",

@@ -24,10 +24,7 @@ from mailbag.workers.saga import Orchestrator
 from mailbag.workers.saga.store import open_store
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser(
-        "demo", help="run the order flow (orders -> inventory -> payment -> notification) as events or as a saga"
-    )
+def register(p: argparse.ArgumentParser) -> None:
     add_broker_option(p)
     p.add_argument("--orders", type=int, default=3, metavar="N", help="how many orders to place (default 3)")
     p.add_argument(

@@ -15,7 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from mailbag.broker import Broker, connect
-from mailbag.cli.common import CliError, Parser, add_broker_option, refuse_in_process
+from mailbag.cli.common import (
+    CliError,
+    Parser,
+    add_broker_option,
+    add_follow_symlinks,
+    positive_float,
+    refuse_in_process,
+)
 from mailbag.dlq import (
     FIELD_NAMES,
     DeadLetter,
@@ -28,8 +35,7 @@ from mailbag.dlq import (
 )
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("dlq", help="list, show, replay, purge and export dead letters")
+def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB", parser_class=Parser)
     verbs.required = True
 
@@ -49,7 +55,7 @@ def register(subs: argparse._SubParsersAction) -> None:
     )
     _add_selection(replay)
     replay.add_argument("--to", metavar="QUEUE", help="send to this queue instead of the one each died in")
-    replay.add_argument("--rate", type=_positive_float, metavar="N", help="at most N messages per second")
+    replay.add_argument("--rate", type=positive_float, metavar="N", help="at most N messages per second")
     replay.add_argument("--from", dest="from_file", metavar="FILE.jsonl", help="replay an export instead of a DLQ")
     replay.set_defaults(run=_replay)
 
@@ -59,7 +65,10 @@ def register(subs: argparse._SubParsersAction) -> None:
     purge.set_defaults(run=_purge)
 
     export = _verb(verbs, "export", "write every dead letter as JSON lines (they stay in the DLQ)")
-    export.add_argument("--out", metavar="FILE.jsonl", help="write to FILE (default: standard output)")
+    export.add_argument(
+        "--out", metavar="FILE.jsonl", help="write to FILE, a regular file (default, or -: standard output)"
+    )
+    add_follow_symlinks(export)
     export.set_defaults(run=_export)
 
 
@@ -273,8 +282,9 @@ async def _purge(args: argparse.Namespace) -> int:
 async def _export(args: argparse.Namespace) -> int:
     async with await connect(args.broker) as broker:
         dead = _dead_letters(broker, args)
-        count = await dead.export(args.out or sys.stdout)
-    if args.out:
+        to_file = args.out not in (None, "-")
+        count = await dead.export(args.out if to_file else sys.stdout, follow_symlinks=args.follow_symlinks)
+    if to_file:
         print(f"exported {count} message(s) from {dead.dead_letter_queue} to {args.out}")
     return 0
 
@@ -328,11 +338,4 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be greater than 0, got {value}")
     return value

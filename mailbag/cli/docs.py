@@ -5,20 +5,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 import yaml
 
-from mailbag.cli.common import CliError, load_app
+from mailbag.cli.common import add_follow_symlinks, load_app, write_output
 from mailbag.deploy.asyncapi import document
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("docs", help="write an app's AsyncAPI 3.0 document (topics, queues, handlers, payloads)")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="MODULE:APP", help="the App to document, e.g. myservice.handlers:app")
     p.add_argument("--format", choices=("yaml", "json"), default="yaml", help="document format (default yaml)")
-    p.add_argument("--out", metavar="FILE", help="write here instead of stdout")
+    p.add_argument("--out", metavar="FILE", help="write here, a regular file (default, or -: standard output)")
+    add_follow_symlinks(p)
     p.add_argument("--version", default="1.0.0", metavar="V", help="the document's info.version (default 1.0.0)")
     p.set_defaults(run=run)
 
@@ -30,12 +28,6 @@ def run(args: argparse.Namespace) -> int:
         if args.format == "json"
         else yaml.safe_dump(doc, sort_keys=False, allow_unicode=True)
     )
-    if args.out is None:
-        sys.stdout.write(text)
-        return 0
-    out = Path(args.out)
-    if not out.parent.is_dir():
-        raise CliError(f"--out {out}: folder {out.parent} does not exist")
-    out.write_text(text)
-    print(f"wrote {out}")
+    if write_output(args.out, text, follow_symlinks=args.follow_symlinks):
+        print(f"wrote {args.out}")
     return 0

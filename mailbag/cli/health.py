@@ -26,8 +26,7 @@ PROBES = {"readiness": ("/readyz", "ready"), "liveness": ("/healthz", "alive")}
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("health", help="exit 0 if the worker on --port is ready (or alive: --probe liveness), else 1")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--probe",
         choices=tuple(PROBES),

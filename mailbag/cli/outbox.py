@@ -16,8 +16,7 @@ from mailbag.publishers.outbox import DEFAULT_TABLE, Outbox, Relay, RelaySetting
 log = logging.getLogger("mailbag.outbox")
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("outbox", help="relay the transactional outbox to the broker; show or prune it")
+def register(p: argparse.ArgumentParser) -> None:
     commands = p.add_subparsers(dest="outbox_command", metavar="ACTION", parser_class=type(p))
     commands.required = True
 

@@ -14,8 +14,7 @@ from mailbag.broker import QueueStats, connect
 from mailbag.cli.common import CliError, add_broker_option, load_app, refuse_in_process
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("queues", help="list queues with ready / in-flight / dead-letter counts")
+def register(p: argparse.ArgumentParser) -> None:
     add_broker_option(p)
     p.add_argument("--app", metavar="MODULE:APP", help="the app whose queues to list")
     p.add_argument("--queue", action="append", default=[], metavar="Q", help="a queue to list (repeat)")

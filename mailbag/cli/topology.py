@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 
 from mailbag.broker import TopologyError, connect, mask_url
-from mailbag.cli.common import CliError, add_broker_option, load_app
+from mailbag.cli.common import CliError, add_broker_option, add_follow_symlinks, load_app, write_output
 from mailbag.deploy.cloudformation import (
     DEFAULT_VISIBILITY,
     INLINE_TEMPLATE_MAX,
@@ -24,8 +22,7 @@ from mailbag.deploy.cloudformation import (
 FORMATS = ("cloudformation",)
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("topology", help="work with an app's topology")
+def register(p: argparse.ArgumentParser) -> None:
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
     verbs.required = True
     apply = verbs.add_parser("apply", help="declare an app's topics, queues and dead-letter queues")
@@ -35,7 +32,10 @@ def register(subs: argparse._SubParsersAction) -> None:
     export = verbs.add_parser("export", help="write an app's topology as infrastructure to deploy")
     export.add_argument("app", metavar="MODULE:APP")
     export.add_argument("--format", required=True, choices=FORMATS, help="cloudformation: an AWS template (JSON)")
-    export.add_argument("--output", "-o", metavar="FILE", help="write here (default: standard output)")
+    export.add_argument(
+        "--output", "-o", metavar="FILE", help="write here, a regular file (default, or -: standard output)"
+    )
+    add_follow_symlinks(export)
     export.add_argument(
         "--prefix", default="", help="put before every SNS/SQS name; give workers the same: sqs://?prefix=..."
     )
@@ -101,11 +101,9 @@ def run_export(args: argparse.Namespace) -> int:
     except (ValueError, TopologyError) as exc:
         raise CliError(str(exc)) from None
     text = json.dumps(built, indent=2) + "\n"
-    if args.output is None:
-        sys.stdout.write(text)
+    if not write_output(args.output, text, follow_symlinks=args.follow_symlinks):
         _say_if_too_large_inline(text)
         return 0
-    _write_whole(args.output, text)
     functions = sum(r["Type"] == "AWS::Lambda::Function" for r in built["Resources"].values())
     what = f"{len(topology.topics)} topic(s) and {len(topology.queues)} queue(s)"
     if functions:
@@ -123,18 +121,3 @@ def _say_if_too_large_inline(text: str) -> None:
             "deploy it with `aws cloudformation deploy --s3-bucket BUCKET ...`, which uploads it first",
             file=sys.stderr,
         )
-
-
-def _write_whole(path: str, text: str) -> None:
-    """Write through a temporary file, so a failed export leaves no half template."""
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        with tempfile.NamedTemporaryFile("w", dir=directory, delete=False, suffix=".tmp") as fh:
-            try:
-                fh.write(text)
-            except OSError:
-                os.unlink(fh.name)
-                raise
-        os.replace(fh.name, path)
-    except OSError as exc:
-        raise CliError(f"cannot write {path}: {exc.strerror or exc}") from None

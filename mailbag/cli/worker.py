@@ -3,7 +3,12 @@
 Settings come from `MAILBAG_*` environment variables (see `mailbag.workers.WorkerSettings`);
 flags given on the command line win over them. With `--metrics-port` the worker
 records metrics and serves /metrics, /healthz and /readyz (see `mailbag.workers.endpoints`).
-With `--processes N` it runs N such workers under a supervisor (`mailbag.workers.supervisor`)."""
+With `--processes N` it runs N such workers under a supervisor (`mailbag.workers.supervisor`).
+
+What the worker settles is counted (`Tally`): every `--summary-every` seconds in which
+something happened it logs one line, "handled N, retried N, dead-lettered N" since the
+start, and with `-v` one INFO line per message handled. Failures are logged by the
+worker itself, one WARNING each."""
 
 from __future__ import annotations
 
@@ -12,18 +17,19 @@ import asyncio
 import logging
 import os
 import sys
+from collections import Counter
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 from pydantic import ValidationError
 
-from mailbag.broker import connect, mask_url
+from mailbag.broker import Delivery, connect, mask_url
 from mailbag.broker.errors import MailbagError
 from mailbag.broker.url import scheme_of
-from mailbag.cli.common import CliError, add_broker_option, load_app, quiet_libraries
+from mailbag.cli.common import CliError, add_broker_option, load_app, positive_float, quiet_libraries
 from mailbag.workers import Worker, WorkerSettings, logs
 from mailbag.workers.endpoints import Endpoints
-from mailbag.workers.metrics import Metrics
+from mailbag.workers.metrics import Metrics, Settlement
 from mailbag.workers.runtime import CLOSE_TIMEOUT
 from mailbag.workers.shutdown import serve
 from mailbag.workers.stores import store_factory
@@ -32,8 +38,7 @@ from mailbag.workers.supervisor import Supervisor
 log = logging.getLogger("mailbag.worker")
 
 
-def register(subs: argparse._SubParsersAction) -> None:
-    p = subs.add_parser("worker", help="run an app's handlers until SIGINT/SIGTERM")
+def register(p: argparse.ArgumentParser) -> None:
     p.add_argument("app", metavar="MODULE:APP", help="the App to run, e.g. myservice.handlers:app")
     add_broker_option(p)
     # unset unless given: the settings read $MAILBAG_BROKER_URL, and know whether a URL was given at all
@@ -72,6 +77,17 @@ def register(subs: argparse._SubParsersAction) -> None:
     )
     p.add_argument(
         "--log-format", choices=("text", "json"), help="log lines as key=value text or JSON ($MAILBAG_LOG_FORMAT, text)"
+    )
+    p.add_argument(
+        "-v", "--verbose", action="store_true", help="log one INFO line per message handled (failures always are)"
+    )
+    p.add_argument(
+        "--summary-every",
+        type=positive_float,
+        default=SUMMARY_EVERY,
+        metavar="S",
+        help=f"seconds between the 'handled N, retried N, dead-lettered N' lines, when counts changed "
+        f"(default {SUMMARY_EVERY:g})",
     )
     p.add_argument(
         "--processes",
@@ -132,7 +148,12 @@ async def run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise CliError(str(exc)) from None
             _announce(settings)
-            with nullcontext() if metrics is None else _serving(worker, metrics, settings):
+            tally = Tally(verbose=args.verbose)
+            worker.on_settled = tally.count
+            with (
+                nullcontext() if metrics is None else _serving(worker, metrics, settings),
+                tally.every(args.summary_every),
+            ):
                 return await serve(worker)
         finally:
             if worker is not None and worker.forced:
@@ -189,6 +210,7 @@ async def supervise(args: argparse.Namespace, settings: WorkerSettings) -> int:
             argv += [flag, str(value)]
     for queue in args.queue or ():
         argv += ["--queue", queue]
+    argv += ["--summary-every", str(args.summary_every), *(["--verbose"] if args.verbose else [])]
     env = {**os.environ, "MAILBAG_BROKER_URL": settings.broker_url}
     return await Supervisor(argv, settings.processes, env=env, metrics_port=settings.metrics_port).run()
 
@@ -206,3 +228,65 @@ def _serving(worker: Worker, metrics: Metrics, settings: WorkerSettings) -> Iter
         yield
     finally:
         endpoints.stop()
+
+
+#: default seconds between two summary lines
+SUMMARY_EVERY = 10.0
+
+#: how each settlement reads in the summary line, in its order
+_SUMMARY: dict[Settlement, str] = {
+    "handled": "handled",
+    "retried": "retried",
+    "dead_lettered": "dead-lettered",
+    "postponed": "postponed",
+}
+
+
+class Tally:
+    """What the worker settled, counted per kind as it happens (a dict increment per
+    message: no formatting unless `verbose`), and summed up in one line at times."""
+
+    def __init__(self, verbose: bool = False) -> None:
+        self.counts: Counter[Settlement] = Counter()
+        self.verbose = verbose
+        self._said: Counter[Settlement] = Counter()
+
+    def count(self, settlement: Settlement, delivery: Delivery) -> None:
+        self.counts[settlement] += 1
+        if self.verbose and settlement == "handled":
+            message = delivery.message
+            log.info(
+                "handled",
+                extra={
+                    "message_id": message.id,
+                    "correlation_id": message.correlation_id or message.id,
+                    "queue": delivery.queue,
+                    "attempt": delivery.attempt,
+                },
+            )
+
+    def summary(self) -> str:
+        """`handled N, retried N, dead-lettered N` (and postponed, when any were)."""
+        shown = [k for k in _SUMMARY if k != "postponed" or self.counts[k]]
+        return ", ".join(f"{_SUMMARY[k]} {self.counts[k]}" for k in shown)
+
+    def say_if_changed(self) -> None:
+        if self.counts != self._said:
+            self._said = self.counts.copy()
+            log.info(self.summary())
+
+    @contextmanager
+    def every(self, seconds: float) -> Iterator[None]:
+        """Say the summary every `seconds` while the block runs, when it changed, and
+        once more at the end."""
+        task = asyncio.get_running_loop().create_task(self._repeat(seconds), name="tally")
+        try:
+            yield
+        finally:
+            task.cancel()
+            self.say_if_changed()
+
+    async def _repeat(self, seconds: float) -> None:
+        while True:
+            await asyncio.sleep(seconds)
+            self.say_if_changed()

@@ -148,3 +148,33 @@ def test_stores_that_cannot_open_are_one_line(tmp_path):
         "worker", "mailbag.examples.orders.app:app", "--idempotency-url", "postgresql://postgres@127.0.0.1:1/test"
     )
     assert_one_line(result, "idempotency store postgresql://postgres@127.0.0.1:1/test: cannot reach PostgreSQL")
+
+
+@pytest.mark.parametrize(
+    "source, says, line",
+    [
+        (
+            "import json\n\ndef setup():\n    return 1 / 0\n\nCONFIG = setup()\n",
+            "ZeroDivisionError: division by zero",
+            4,
+        ),
+        ("import os\nTOKEN = os.environ['MB_NO_SUCH_VARIABLE']\n", "KeyError: 'MB_NO_SUCH_VARIABLE'", 2),
+        ("import json\nimport mb_no_such_dependency\n", "No module named 'mb_no_such_dependency'", 2),
+        ("def f(:\n    pass\n", "SyntaxError: invalid syntax", 1),
+    ],
+)
+def test_an_app_module_that_fails_to_import_is_one_line_with_where(tmp_path, source, says, line):
+    # Given the user's module raising (or not parsing) as it is imported
+    (tmp_path / "svc.py").write_text(source)
+    for command in (("worker", "svc:app"), ("topology", "apply", "svc:app"), ("docs", "svc:app")):
+        result = mailbag(*command, cwd=str(tmp_path))
+        # Then one line names the error and the user's file and line, exit 2
+        assert_one_line(result, says)
+        assert f"(at {tmp_path / 'svc.py'}:{line})" in result.stderr
+
+
+def test_reserved_headers_are_refused_before_anything_is_sent():
+    result = mailbag("publish", "orders", "{}", "--header", "x-mailbag-attempt=3", "--broker", amqp_url())
+    assert_one_line(result, "header 'x-mailbag-attempt' is in the reserved x-mailbag-* namespace")
+    result = mailbag("publish", "orders", "{}", "--header", "X-Mailbag-Dead-Reason=x", "--broker", amqp_url())
+    assert_one_line(result, "reserved")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from mailbag.broker.rabbitmq import open_broker
 from mailbag.cli import main
 from tests.conformance.env import eventually
 from tests.names import run_name
-from tests.observability import obs_app
+from tests.observability import obs_app, running_worker, stopped
 from tests.observability.conftest import sample, scrape
 from tests.rabbitmq.service import amqp_url, remove_declared
 
@@ -49,35 +48,12 @@ async def test_worker_serves_metrics_and_probes_and_health_follows_readiness(tmp
     try:
         await broker.declare(obs_app.build(run).topology)
         # Given a worker process with metrics on a port, logging JSON
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mailbag.cli",
-                "worker",
-                "tests.observability.obs_app:app",
-                "--broker",
-                amqp_url(),
-                "--metrics-port",
-                str(port),
-                "--metrics-host",
-                "127.0.0.1",
-                "--log-format",
-                "json",
-            ],
-            env={
-                **os.environ,
-                "PYTHONPATH": str(ROOT),
-                "MAILBAG_TEST_RUN": run,
-                "MAILBAG_IDEMPOTENCY_URL": "memory://",
-                "MAILBAG_METRICS_INTERVAL": "0.2",
-                "MAILBAG_RETRY_JITTER": "false",
-            },
-            cwd=ROOT,
-            stdout=subprocess.DEVNULL,
+        with running_worker(
+            run,
+            *("--metrics-port", str(port), "--metrics-host", "127.0.0.1", "--log-format", "json"),
             stderr=log_file,
-        )
-        try:
+            MAILBAG_METRICS_INTERVAL="0.2",
+        ) as proc:
 
             async def health_says(status: int) -> bool:
                 return await asyncio.to_thread(main, ["health", "--port", str(port)]) == status
@@ -97,12 +73,7 @@ async def test_worker_serves_metrics_and_probes_and_health_follows_readiness(tmp
             assert sample(samples, "mailbag_messages_retried_total", **labels) == 1
             assert (("mailbag_queue_messages", (("queue", topic), ("state", "ready")))) in samples
             # When the worker is told to stop, it exits cleanly and health says not ready
-            proc.send_signal(signal.SIGTERM)
-            assert await asyncio.to_thread(proc.wait, 30) == 0
-        finally:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            assert await stopped(proc) == 0
         down = mailbag("health", "--port", str(port))
         assert down.returncode == 1 and down.stderr.startswith("mailbag: not ready: cannot reach"), down.stderr
         assert len(down.stderr.strip().splitlines()) == 1
