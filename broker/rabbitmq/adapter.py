@@ -405,16 +405,16 @@ class RabbitBroker(Broker):
     async def _publishing_channel(self) -> tuple[aio_pika.Channel, _Answers]:
         """The open channel with publisher confirms that publishes go on: the last one
         while it is open and answering (see `STALLED_AFTER`), else a fresh one once the
-        connection is up, within the publish timeout (else `TimeoutError`)."""
-        async with self._publishing_lock:
+        connection is up, within the publish timeout (else `TimeoutError`), waiting for
+        a concurrent opening included."""
+        async with asyncio.timeout(self._publish_timeout), self._publishing_lock:
             current = self._publishing
             if current is not None and self._answers.stalled():
                 self._renew_publishing(current)
                 current = None
             if current is None or current.is_closed:
                 self._publishing = None
-                async with asyncio.timeout(self._publish_timeout):
-                    current = await self._open_publishing()
+                current = await self._open_publishing()
                 self._publishing, self._answers = current, _Answers()
             return current, self._answers
 
@@ -434,10 +434,13 @@ class RabbitBroker(Broker):
     def _renew_publishing(self, channel: aio_pika.Channel) -> None:
         """Publish on a fresh channel from now on: a channel that nacked or left confirms
         unanswered may keep doing so (after a failover a quorum queue's new leader is
-        unknown to it), while a new channel on the same connection is answered."""
+        unknown to it), while a new channel on the same connection is answered. The
+        publishes still awaiting a confirm on it end now, so their rounds send them again
+        on the new one (closing the channel would end them too, unless it goes unanswered)."""
         if self._publishing is not channel:
             return  # replaced already, after a concurrent publish's failure
         self._publishing = None
+        self._answers.abandon()
         log.warning("publishing on %s: the channel nacked or stalled; going on with a fresh one", self.url)
         if not channel.is_closed:
             task = asyncio.ensure_future(_close_channel(channel, "a replaced publishing channel"))
@@ -509,26 +512,31 @@ class RabbitBroker(Broker):
 
 
 class _Answers:
-    """How a publishing channel answers: how many publishes await their confirm (or
-    nack), and when it last answered one or was given one to a channel that owed none."""
+    """How a publishing channel answers: which publishes await their confirm (or nack),
+    and when it last answered one or was given one to a channel that owed none."""
 
     def __init__(self) -> None:
-        self._waiting = 0
+        self._waiting: set[asyncio.Future[Any]] = set()
         self._since = asyncio.get_running_loop().time()
 
     def sent(self, task: asyncio.Future[Any]) -> None:
         if not self._waiting:
             self._since = asyncio.get_running_loop().time()
-        self._waiting += 1
+        self._waiting.add(task)
         task.add_done_callback(self._answered)
 
-    def _answered(self, _: asyncio.Future[Any]) -> None:
-        self._waiting -= 1
+    def _answered(self, task: asyncio.Future[Any]) -> None:
+        self._waiting.discard(task)
         self._since = asyncio.get_running_loop().time()
 
     def stalled(self) -> bool:
         """Publishes await an answer and none came for `STALLED_AFTER` seconds."""
-        return self._waiting > 0 and asyncio.get_running_loop().time() - self._since > STALLED_AFTER
+        return bool(self._waiting) and asyncio.get_running_loop().time() - self._since > STALLED_AFTER
+
+    def abandon(self) -> None:
+        """Cancel every publish still awaiting an answer: its round counts it as lost."""
+        for task in list(self._waiting):
+            task.cancel()
 
 
 async def _close_channel(channel: aio_pika.Channel, what: str) -> None:
@@ -804,20 +812,36 @@ class _RabbitConsumer(Consumer):
                 await _close_channel(channel, f"a failed opening of the consumer of {self.queue}")
             raise
         self._channel, self._source, self._tag = channel, source, tag
+        if self._stopped:  # `stop` came while opening: take no more messages on the new consumer
+            self._spawn(self._cancel())
         (await channel.get_underlay_channel()).on_consumer_cancel_callbacks.add(self._on_cancelled)
         self._keeper = asyncio.ensure_future(self._reopen_when_closed(channel))
 
     async def _on_cancelled(self, frame: Any) -> None:
-        """The broker cancelled the consumer (its queue deleted, a node gone): open again."""
-        if frame.consumer_tag == self._tag and self._channel is not None:
-            log.warning("consumer of %s was cancelled by the broker; opening again", self.queue)
-            self._spawn(_close_channel(self._channel, f"the cancelled consumer of {self.queue}"))
+        """The broker cancelled the consumer (its queue deleted, a node gone): close its
+        channel and open again, even if the close goes unanswered (then the channel never
+        says it closed)."""
+        channel = self._channel
+        if frame.consumer_tag != self._tag or channel is None or channel.is_closed:
+            return
+        log.warning("consumer of %s was cancelled by the broker; opening again", self.queue)
+        if self._keeper is not None:
+            self._keeper.cancel()
+        self._keeper = asyncio.ensure_future(self._reopen_after_cancel(channel))
+
+    async def _reopen_after_cancel(self, channel: aio_pika.Channel) -> None:
+        await _close_channel(channel, f"the cancelled consumer of {self.queue}")
+        await self._reopen()
 
     async def _reopen_when_closed(self, channel: aio_pika.Channel) -> None:
         """Once the consumer's channel closes (its connection dropped, the broker closed
-        it), consume on a new one; what the old one held goes back to the queue. An
-        opening that fails for good (the queue is gone) ends the consumer with its error."""
+        it), consume on a new one; what the old one held goes back to the queue."""
         await channel.closed()
+        await self._reopen()
+
+    async def _reopen(self) -> None:
+        """Consume on a new channel. An opening that fails for good (the queue is gone)
+        ends the consumer with its error."""
         if self._stopped or self._closed or self.broker._closed:
             return
         log.warning("consumer of %s lost its channel; opening a new one", self.queue)
@@ -859,7 +883,10 @@ class _RabbitConsumer(Consumer):
     ) -> None:
         """Dead-letter a message without handing it out. If that fails (the dead-letter
         queue is gone) it goes back to the queue after a growing pause
-        (`mailbag.broker.backoff`)."""
+        (`mailbag.broker.backoff`): held unacked meanwhile, then nacked, it stays the
+        message the broker returned, so it comes back counted as returned (and with its
+        unreadable header) and never runs; a copy would arrive as a first delivery and
+        run. Closing the consumer ends the pause, and the channel's close returns it."""
         message_id = delivery.message.id
         try:
             await delivery._to_dead_letter_queue(reason, error, attempts=attempts)
@@ -868,7 +895,8 @@ class _RabbitConsumer(Consumer):
             log.warning(
                 "could not dead-letter message %s (%s), it goes back in %gs: %r", message_id, reason, pause, exc
             )
-            await delivery._release(pause)
+            await asyncio.sleep(pause)
+            await delivery._release(0)
         else:
             RETURNS.settled(delivery.queue, message_id)
 

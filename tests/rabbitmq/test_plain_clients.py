@@ -3,15 +3,17 @@ headers mailbag reserves but cannot read never stall a worker, claimed attempts 
 skip a handler, and headers keep their values both ways."""
 
 import asyncio
+import logging
 
 import aio_pika
 import pytest
 
-from mailbag.broker import Message, Queue, RetryPolicy
+from mailbag.broker import Message, Queue, RetryPolicy, Topology
 from mailbag.dlq import DeadLetters
 from mailbag.workers import App, Context, Worker
 from mailbag.workers.stores import open_store
 from tests.conformance.env import eventually, next_delivery
+from tests.rabbitmq.service import delete_queues
 
 
 async def plain_publish(url: str, topic: str, body: bytes, headers: dict) -> None:
@@ -111,3 +113,56 @@ async def test_float_headers_keep_double_precision_and_a_header_amqp_cannot_carr
     for value in (2**70, float("inf")):
         with pytest.raises(ValueError, match="header 'big'"):
             await asyncio.wait_for(broker.publish(topic, [Message(topic, b"{}", headers={"big": value})]), 5)
+
+
+@pytest.mark.parametrize("kind", ["classic", "quorum"])
+async def test_a_message_kept_from_its_handler_stays_kept_while_its_dead_letter_queue_is_gone(
+    broker, url, names, kind, caplog
+):
+    # Given a queue of 3 attempts whose dead-letter queue is gone, a message at its last attempt
+    # that a worker crashed on (a plain client took it and closed its channel unsettled), and
+    # one whose reserved header cannot be read
+    queue = Queue(names("q"), (names("topic"),), retry=RetryPolicy(max_attempts=3), kind=kind)
+    await broker.declare(Topology(queues=(queue,)))
+    await plain_publish(url, queue.topics[0], b'{"crashed": true}', {"x-mailbag-attempt": 3})
+    async with await aio_pika.connect(url) as connection:
+        channel = await connection.channel()
+        taken = await (await channel.get_queue(queue.name)).get(no_ack=False, timeout=5)
+        assert taken is not None
+        await channel.close()  # unsettled: the broker takes it back as returned
+    await plain_publish(url, queue.topics[0], b'{"unreadable": true}', {"x-mailbag-attempt": "two"})
+    await delete_queues([queue.dead_letter_queue])
+    handed: list[bytes] = []
+
+    async def hand_out(consumer) -> None:
+        async for delivery in consumer:
+            handed.append(delivery.message.body)
+            await delivery.ack()
+
+    def returns() -> int:
+        return sum("could not dead-letter" in r.getMessage() for r in caplog.records)
+
+    async with broker.consume(queue.name) as consumer:
+        handing = asyncio.ensure_future(hand_out(consumer))
+        with caplog.at_level(logging.WARNING, logger="mailbag"):
+            # When both failed to dead-letter twice (each came back once after its pause)
+            async def back_twice_or_run() -> bool:
+                return bool(handed) or returns() >= 4
+
+            await eventually(back_twice_or_run, what="two failed dead-letterings of each message")
+            assert handed == []
+            # and the dead-letter queue is restored
+            await broker.declare(Topology(queues=(queue,)))
+            letters = DeadLetters(broker, queue.name)
+
+            async def both_dead() -> bool:
+                return len(await letters.ls()) == 2
+
+            await eventually(both_dead, timeout=30, what="both dead-lettered")
+        handing.cancel()
+        await asyncio.gather(handing, return_exceptions=True)
+    # Then neither was ever handed to a handler, and each is dead-lettered with its reason
+    assert handed == []
+    reasons = sorted(r.reason for r in await letters.ls())
+    assert any("'x-mailbag-attempt'" in reason for reason in reasons), reasons
+    assert (await broker.stats(queue.name)).ready == 0
