@@ -441,7 +441,8 @@ class RabbitBroker(Broker):
             return  # replaced already, after a concurrent publish's failure
         self._publishing = None
         self._answers.abandon()
-        log.warning("publishing on %s: the channel nacked or stalled; going on with a fresh one", self.url)
+        if self._warnings.due("publishing channel"):  # a failover nacks many publishes
+            log.warning("publishing on %s: the channel nacked or stalled; going on with a fresh one", self.url)
         if not channel.is_closed:
             task = asyncio.ensure_future(_close_channel(channel, "a replaced publishing channel"))
             self._closing.add(task)
